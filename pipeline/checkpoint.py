@@ -1,0 +1,93 @@
+"""Atomic file and folder writes, and resumable training checkpoints (safetensors + JSON only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it onto ``target`` (file or folder).
+
+    Nothing is ever visible under the target name until the writer finished; a crash leaves only a
+    hidden ``.tmp-*`` entry, which the next write removes.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".tmp-{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)) / f"out{suffix}"
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            backup = target.with_name(f".tmp-{target.name}-old")
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented, key-sorted JSON atomically."""
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a dict of tensors to a safetensors file atomically (tensors are made contiguous, on CPU)."""
+    with atomic_path(path, ".safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+class TrainingCheckpoint:
+    """A resumable checkpoint folder: model/EMA weights (safetensors), optimizer state and a JSON state.
+
+    The folder is replaced atomically, so a run killed while saving resumes from the previous one.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def exists(self) -> bool:
+        """True when a complete checkpoint is present."""
+        return (self.folder / "state.json").is_file()
+
+    def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+        """Store ``step``, each module's state dict and the optimizer state."""
+        with atomic_path(self.folder) as tmp:
+            tmp.mkdir()
+            for name, module in modules.items():
+                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step}))
+
+    def load(
+        self,
+        modules: dict[str, torch.nn.Module],
+        optimizer: torch.optim.Optimizer,
+        map_location: str | torch.device = "cpu",
+    ) -> int:
+        """Restore modules and optimizer in place; return the step the checkpoint was taken at."""
+        for name, module in modules.items():
+            module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors"), device=str(map_location)))
+        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", map_location=map_location, weights_only=True))
+        return int(json.loads((self.folder / "state.json").read_text())["step"])
+
+
+def save_with(writer: Callable[[Path], None], target: str | Path) -> None:
+    """Run ``writer(tmp_folder)`` (for example a ``save_pretrained``) and atomically publish the folder."""
+    with atomic_path(target) as tmp:
+        writer(tmp)

@@ -1,0 +1,320 @@
+"""Training the embedded ToyFaces models: a small DDPM (diffusers UNet2DModel) and the attribute classifier.
+
+Data is drawn fresh from the procedural world every step (seeds ``step * batch_size + i``, offset by
+the config), so training never repeats an image, needs no dataset on disk, and a run resumed from a
+checkpoint sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from tqdm.auto import tqdm
+
+from pipeline.checkpoint import TrainingCheckpoint, save_with
+from pipeline.classifiers import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.errors import ConfigError
+from pipeline.toyfaces import ToyFacesConfig, make_batch
+
+
+@dataclass
+class ToyUNetConfig:
+    """UNet2DModel architecture for the ToyFaces DDPM (32x32 RGB, bottleneck at resolution / 4)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
+    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """The DDPM training noise schedule (diffusers DDPMScheduler arguments)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``; gradient clipping."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainToyModelConfig:
+    """Parameters of the ``train_toy_model`` stage."""
+
+    unet: ToyUNetConfig = field(default_factory=ToyUNetConfig)
+    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 3000
+    batch_size: int = 64
+    ema_decay: float = 0.999
+    seed: int = 0
+    data_seed_offset: int = 0
+    checkpoint_every: int = 200
+    heldout_size: int = 256
+
+
+@dataclass
+class TrainToyClassifierConfig:
+    """Parameters of the ``train_toy_classifier`` stage."""
+
+    model: ToyClassifierConfig = field(default_factory=ToyClassifierConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50))
+    steps: int = 2000
+    batch_size: int = 64
+    factor_loss_weight: float = 1.0
+    seed: int = 0
+    data_seed_offset: int = 10_000_000
+    heldout_seed_offset: int = 20_000_000
+    heldout_size: int = 4096
+    checkpoint_every: int = 250
+
+
+def _validate_common(section: str, steps: int, batch_size: int, optim: OptimConfig, checkpoint_every: int) -> None:
+    if steps < 1:
+        raise ConfigError(f"{section}.steps={steps}: must be >= 1")
+    if batch_size < 1:
+        raise ConfigError(f"{section}.batch_size={batch_size}: must be >= 1")
+    if optim.lr <= 0:
+        raise ConfigError(f"{section}.optim.lr={optim.lr}: must be > 0")
+    if not 0 <= optim.min_lr_ratio <= 1:
+        raise ConfigError(f"{section}.optim.min_lr_ratio={optim.min_lr_ratio}: must be in [0, 1]")
+    if checkpoint_every < 1:
+        raise ConfigError(f"{section}.checkpoint_every={checkpoint_every}: must be >= 1")
+
+
+def build_toy_unet(cfg: ToyUNetConfig, resolution: int) -> UNet2DModel:
+    """A freshly initialised UNet2DModel for RGB images of ``resolution`` pixels."""
+    if not len(cfg.block_out_channels) == len(cfg.down_block_types) == len(cfg.up_block_types):
+        raise ConfigError("train_toy_model.unet: block_out_channels, down_block_types, up_block_types differ in length")
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_noise_scheduler(cfg: NoiseScheduleConfig) -> DDPMScheduler:
+    """The DDPMScheduler used for training (and saved with the model, so DDIM sampling reads its betas)."""
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule=cfg.beta_schedule,
+        clip_sample=False,
+    )
+
+
+def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    # A generator per step (not one long stream) makes a resumed run draw exactly the same noise.
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _data_seeds(offset: int, step: int, batch_size: int) -> range:
+    start = offset + step * batch_size
+    return range(start, start + batch_size)
+
+
+def _run_loop(
+    total_steps: int,
+    checkpoint: TrainingCheckpoint,
+    checkpoint_every: int,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    train_step: Callable[[int], dict[str, float]],
+    description: str,
+    progress: bool,
+) -> int:
+    """Resume from ``checkpoint`` if present, run ``train_step(step)`` to ``total_steps``; return the start step."""
+    start = checkpoint.load(modules, optimizer) if checkpoint.exists() else 0
+    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc=description, disable=not progress)
+    for step in bar:
+        logs = train_step(step)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
+            checkpoint.save(step + 1, modules, optimizer)
+    return start
+
+
+def train_toy_model(
+    cfg: TrainToyModelConfig,
+    world: ToyFacesConfig,
+    output_dir: str | Path,
+    checkpoint_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[DDPMPipeline, dict[str, float]]:
+    """Train a DDPM on ToyFaces and save the EMA model as a diffusers pipeline folder at ``output_dir``.
+
+    The saved folder (``model_index.json``, ``unet/``, ``scheduler/``; safetensors) loads like a hub
+    model. Checkpoints go to ``checkpoint_dir`` every ``checkpoint_every`` steps; a rerun resumes
+    from the latest one and produces the same weights as an uninterrupted run (same device).
+    ``on_step(step, loss)`` is called after every step (for logging). Returns the pipeline (EMA
+    weights, CPU) and ``{"heldout_loss": ...}``, the EMA model's loss on fixed held-out noisy images.
+    """
+    _validate_common("train_toy_model", cfg.steps, cfg.batch_size, cfg.optim, cfg.checkpoint_every)
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"train_toy_model.ema_decay={cfg.ema_decay}: must be in [0, 1)")
+    torch.manual_seed(cfg.seed)
+    unet = build_toy_unet(cfg.unet, world.resolution).to(device).train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    scheduler = build_noise_scheduler(cfg.schedule)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    optimizer = _optimizer(unet.parameters(), cfg.optim)
+
+    def train_step(step: int) -> dict[str, float]:
+        images, _ = make_batch(_data_seeds(cfg.data_seed_offset, step, cfg.batch_size), world)
+        x0 = (images * 2.0 - 1.0).to(device)
+        generator = _step_generator(cfg.seed, step)
+        t = torch.randint(0, cfg.schedule.num_train_timesteps, (cfg.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        a = alphas_cumprod[t.to(device)].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(x_t, t.to(device)).sample, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        if on_step is not None:
+            on_step(step, loss.item())
+        return {"loss": loss.item()}
+
+    _run_loop(
+        cfg.steps,
+        TrainingCheckpoint(checkpoint_dir),
+        cfg.checkpoint_every,
+        {"unet": unet, "ema": ema},
+        optimizer,
+        train_step,
+        "train_toy_model",
+        progress,
+    )
+    ema = ema.cpu()
+    pipeline = DDPMPipeline(unet=ema, scheduler=scheduler)
+    save_with(lambda tmp: pipeline.save_pretrained(tmp, safe_serialization=True), output_dir)
+    return pipeline, {"heldout_loss": heldout_denoising_loss(ema, scheduler, world, cfg.heldout_size)}
+
+
+@torch.no_grad()
+def heldout_denoising_loss(
+    unet: UNet2DModel, scheduler: DDPMScheduler, world: ToyFacesConfig, size: int, seed_offset: int = 30_000_000
+) -> float:
+    """Mean epsilon-prediction MSE on ``size`` fixed held-out images, timesteps and noises (CPU, deterministic)."""
+    images, _ = make_batch(range(seed_offset, seed_offset + size), world)
+    generator = torch.Generator().manual_seed(seed_offset)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * (images * 2.0 - 1.0) + (1 - a).sqrt() * noise
+    return F.mse_loss(unet(x_t, t).sample, noise).item()
+
+
+def train_toy_classifier(
+    cfg: TrainToyClassifierConfig,
+    world: ToyFacesConfig,
+    output_dir: str | Path,
+    checkpoint_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[ToyFacesClassifier, dict[str, float]]:
+    """Train the ToyFaces attribute classifier on true labels; save it to ``output_dir``.
+
+    Returns the classifier and held-out metrics: accuracy per binary attribute (keys
+    ``accuracy/<name>``), their minimum (``min_accuracy``) and the factor regression RMSE per factor.
+    """
+    _validate_common("train_toy_classifier", cfg.steps, cfg.batch_size, cfg.optim, cfg.checkpoint_every)
+    if cfg.model.resolution != world.resolution:
+        raise ConfigError(
+            f"train_toy_classifier.model.resolution={cfg.model.resolution}: must equal toyfaces.resolution={world.resolution}"
+        )
+    torch.manual_seed(cfg.seed)
+    model = ToyFacesClassifier(cfg.model).to(device).train()
+    optimizer = _optimizer(model.parameters(), cfg.optim)
+
+    def train_step(step: int) -> dict[str, float]:
+        images, factors = make_batch(_data_seeds(cfg.data_seed_offset, step, cfg.batch_size), world)
+        features = model.features(images.to(device))
+        attribute_loss = F.binary_cross_entropy_with_logits(model.attribute_head(features), factors.binary.to(device))
+        factor_loss = F.mse_loss(model.factor_head(features), factors.continuous.to(device))
+        loss = attribute_loss + cfg.factor_loss_weight * factor_loss
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        return {"bce": attribute_loss.item(), "mse": factor_loss.item()}
+
+    _run_loop(
+        cfg.steps,
+        TrainingCheckpoint(checkpoint_dir),
+        cfg.checkpoint_every,
+        {"model": model},
+        optimizer,
+        train_step,
+        "train_toy_classifier",
+        progress,
+    )
+    model = model.cpu().eval().requires_grad_(False)
+    model.save(output_dir)
+    return model, evaluate_classifier(model, world, range(cfg.heldout_seed_offset, cfg.heldout_seed_offset + cfg.heldout_size))
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: ToyFacesClassifier, world: ToyFacesConfig, seeds: range, batch_size: int = 512
+) -> dict[str, float]:
+    """Accuracy per binary attribute and RMSE per continuous factor on ToyFaces images of ``seeds``."""
+    correct = torch.zeros(len(model.attribute_names))
+    squared_error = torch.zeros(len(model.factor_names))
+    for start in range(0, len(seeds), batch_size):
+        images, factors = make_batch(seeds[start : start + batch_size], world)
+        features = model.features(images)
+        correct += ((model.attribute_head(features) > 0).float() == factors.binary).float().sum(0)
+        squared_error += (model.factor_head(features) - factors.continuous).pow(2).sum(0)
+    metrics = {f"accuracy/{name}": (correct[i] / len(seeds)).item() for i, name in enumerate(model.attribute_names)}
+    metrics["min_accuracy"] = min(metrics.values())
+    metrics |= {f"rmse/{name}": (squared_error[i] / len(seeds)).sqrt().item() for i, name in enumerate(model.factor_names)}
+    return metrics
