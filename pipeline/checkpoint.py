@@ -46,7 +46,9 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Save a dict of tensors to a safetensors file atomically (tensors are made contiguous, on CPU)."""
     with atomic_path(path, ".safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -70,7 +72,10 @@ class TrainingCheckpoint:
         with atomic_path(self.folder) as tmp:
             tmp.mkdir()
             for name, module in modules.items():
-                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in module.state_dict().items()},
+                    str(tmp / f"{name}.safetensors"),
+                )
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
 
@@ -82,8 +87,12 @@ class TrainingCheckpoint:
     ) -> int:
         """Restore modules and optimizer in place; return the step the checkpoint was taken at."""
         for name, module in modules.items():
-            module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors"), device=str(map_location)))
-        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", map_location=map_location, weights_only=True))
+            module.load_state_dict(
+                load_file(str(self.folder / f"{name}.safetensors"), device=str(map_location))
+            )
+        optimizer.load_state_dict(
+            torch.load(self.folder / "optimizer.pt", map_location=map_location, weights_only=True)
+        )
         return int(json.loads((self.folder / "state.json").read_text())["step"])
 
 

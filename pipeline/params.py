@@ -67,7 +67,9 @@ def load_value(key: str, expected: type, params: DictConfig | None = None) -> An
     return value
 
 
-def compose(conf_dir: str | Path = "conf", config_name: str = "config", overrides: list[str] | None = None) -> str:
+def compose(
+    conf_dir: str | Path = "conf", config_name: str = "config", overrides: list[str] | None = None
+) -> str:
     """Compose the Hydra tree as DVC does (compose, resolve, dump) and return the YAML text."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -19,8 +19,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from pipeline.checkpoint import TrainingCheckpoint, save_with
-from pipeline.classifiers import ToyClassifierConfig, ToyFacesClassifier
 from pipeline.errors import ConfigError
+from pipeline.toy_classifier import ToyClassifierConfig, ToyFacesClassifier
 from pipeline.toyfaces import ToyFacesConfig, make_batch
 
 
@@ -29,7 +29,9 @@ class ToyUNetConfig:
     """UNet2DModel architecture for the ToyFaces DDPM (32x32 RGB, bottleneck at resolution / 4)."""
 
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
-    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"])
+    down_block_types: list[str] = field(
+        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    )
     up_block_types: list[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
     layers_per_block: int = 1
     norm_num_groups: int = 16
@@ -63,8 +65,8 @@ class TrainToyModelConfig:
     unet: ToyUNetConfig = field(default_factory=ToyUNetConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 3000
-    batch_size: int = 64
+    steps: int = 2500
+    batch_size: int = 32
     ema_decay: float = 0.999
     seed: int = 0
     data_seed_offset: int = 0
@@ -88,7 +90,9 @@ class TrainToyClassifierConfig:
     checkpoint_every: int = 250
 
 
-def _validate_common(section: str, steps: int, batch_size: int, optim: OptimConfig, checkpoint_every: int) -> None:
+def _validate_common(
+    section: str, steps: int, batch_size: int, optim: OptimConfig, checkpoint_every: int
+) -> None:
     if steps < 1:
         raise ConfigError(f"{section}.steps={steps}: must be >= 1")
     if batch_size < 1:
@@ -104,7 +108,9 @@ def _validate_common(section: str, steps: int, batch_size: int, optim: OptimConf
 def build_toy_unet(cfg: ToyUNetConfig, resolution: int) -> UNet2DModel:
     """A freshly initialised UNet2DModel for RGB images of ``resolution`` pixels."""
     if not len(cfg.block_out_channels) == len(cfg.down_block_types) == len(cfg.up_block_types):
-        raise ConfigError("train_toy_model.unet: block_out_channels, down_block_types, up_block_types differ in length")
+        raise ConfigError(
+            "train_toy_model.unet: block_out_channels, down_block_types, up_block_types differ in length"
+        )
     return UNet2DModel(
         sample_size=resolution,
         in_channels=3,
@@ -133,7 +139,9 @@ def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    )
 
 
 def _optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -162,7 +170,9 @@ def _run_loop(
 ) -> int:
     """Resume from ``checkpoint`` if present, run ``train_step(step)`` to ``total_steps``; return the start step."""
     start = checkpoint.load(modules, optimizer) if checkpoint.exists() else 0
-    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc=description, disable=not progress)
+    bar = tqdm(
+        range(start, total_steps), initial=start, total=total_steps, desc=description, disable=not progress
+    )
     for step in bar:
         logs = train_step(step)
         bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
@@ -239,7 +249,11 @@ def train_toy_model(
 
 @torch.no_grad()
 def heldout_denoising_loss(
-    unet: UNet2DModel, scheduler: DDPMScheduler, world: ToyFacesConfig, size: int, seed_offset: int = 30_000_000
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    world: ToyFacesConfig,
+    size: int,
+    seed_offset: int = 30_000_000,
 ) -> float:
     """Mean epsilon-prediction MSE on ``size`` fixed held-out images, timesteps and noises (CPU, deterministic)."""
     images, _ = make_batch(range(seed_offset, seed_offset + size), world)
@@ -267,7 +281,8 @@ def train_toy_classifier(
     _validate_common("train_toy_classifier", cfg.steps, cfg.batch_size, cfg.optim, cfg.checkpoint_every)
     if cfg.model.resolution != world.resolution:
         raise ConfigError(
-            f"train_toy_classifier.model.resolution={cfg.model.resolution}: must equal toyfaces.resolution={world.resolution}"
+            f"train_toy_classifier.model.resolution={cfg.model.resolution}: "
+            f"must equal toyfaces.resolution={world.resolution}"
         )
     torch.manual_seed(cfg.seed)
     model = ToyFacesClassifier(cfg.model).to(device).train()
@@ -276,7 +291,9 @@ def train_toy_classifier(
     def train_step(step: int) -> dict[str, float]:
         images, factors = make_batch(_data_seeds(cfg.data_seed_offset, step, cfg.batch_size), world)
         features = model.features(images.to(device))
-        attribute_loss = F.binary_cross_entropy_with_logits(model.attribute_head(features), factors.binary.to(device))
+        attribute_loss = F.binary_cross_entropy_with_logits(
+            model.attribute_head(features), factors.binary.to(device)
+        )
         factor_loss = F.mse_loss(model.factor_head(features), factors.continuous.to(device))
         loss = attribute_loss + cfg.factor_loss_weight * factor_loss
         for group in optimizer.param_groups:
@@ -299,7 +316,9 @@ def train_toy_classifier(
     )
     model = model.cpu().eval().requires_grad_(False)
     model.save(output_dir)
-    return model, evaluate_classifier(model, world, range(cfg.heldout_seed_offset, cfg.heldout_seed_offset + cfg.heldout_size))
+    return model, evaluate_classifier(
+        model, world, range(cfg.heldout_seed_offset, cfg.heldout_seed_offset + cfg.heldout_size)
+    )
 
 
 @torch.no_grad()
@@ -314,7 +333,12 @@ def evaluate_classifier(
         features = model.features(images)
         correct += ((model.attribute_head(features) > 0).float() == factors.binary).float().sum(0)
         squared_error += (model.factor_head(features) - factors.continuous).pow(2).sum(0)
-    metrics = {f"accuracy/{name}": (correct[i] / len(seeds)).item() for i, name in enumerate(model.attribute_names)}
+    metrics = {
+        f"accuracy/{name}": (correct[i] / len(seeds)).item() for i, name in enumerate(model.attribute_names)
+    }
     metrics["min_accuracy"] = min(metrics.values())
-    metrics |= {f"rmse/{name}": (squared_error[i] / len(seeds)).sqrt().item() for i, name in enumerate(model.factor_names)}
+    metrics |= {
+        f"rmse/{name}": (squared_error[i] / len(seeds)).sqrt().item()
+        for i, name in enumerate(model.factor_names)
+    }
     return metrics

@@ -290,7 +290,9 @@ def render(factors: Factors, cfg: ToyFacesConfig, chunk_size: int = 64) -> torch
     """
     validate_config(cfg)
     chunks = [
-        _render_chunk(Factors(factors.binary[i : i + chunk_size], factors.continuous[i : i + chunk_size]), cfg)
+        _render_chunk(
+            Factors(factors.binary[i : i + chunk_size], factors.continuous[i : i + chunk_size]), cfg
+        )
         for i in range(0, factors.binary.shape[0], chunk_size)
     ]
     return torch.cat(chunks) if chunks else torch.empty(0, 3, cfg.resolution, cfg.resolution)
@@ -323,7 +325,7 @@ def region_masks(factors: Factors, cfg: ToyFacesConfig) -> dict[str, torch.Tenso
 
     ``mouth`` and ``eyes`` are boxes around those features (whatever their state), ``hair`` is all
     hair (and hat), ``face`` the skin ellipse, ``background`` the rest. A pixel belongs to a region
-    when at least half of its supersampled area does.
+    when more than half of its supersampled area does.
     """
     validate_config(cfg)
     size = cfg.resolution * cfg.supersample
@@ -341,7 +343,7 @@ def region_masks(factors: Factors, cfg: ToyFacesConfig) -> dict[str, torch.Tenso
         name: F.avg_pool2d(mask[:, None].float(), cfg.supersample) if cfg.supersample > 1 else mask[:, None]
         for name, mask in raw.items()
     }
-    return {name: (mask >= 0.5).float() for name, mask in pooled.items()}
+    return {name: (mask > 0.5).float() for name, mask in pooled.items()}
 
 
 def make_batch(seeds: Sequence[int] | torch.Tensor, cfg: ToyFacesConfig) -> tuple[torch.Tensor, Factors]:

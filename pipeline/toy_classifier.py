@@ -1,8 +1,8 @@
-"""Attribute classifiers: the ToyFaces CNN (trained by the project) and the CelebA 40-attribute predictor.
+"""The ToyFaces attribute classifier: a small CNN trained by the project on true ToyFaces labels.
 
-Every classifier takes images in [0, 1], shape [N, 3, H, W] (resized internally when needed), and
-returns one logit per attribute, [N, A]; ``attribute_names`` names the columns. ``features`` gives the
-penultimate activations [N, num_features], the feature extractor for FID/KID (torchmetrics ``feature=``).
+Like every classifier of the pipeline it takes images in [0, 1], shape [N, 3, H, W] (resized when
+needed), returns one logit per attribute [N, A] named by ``attribute_names``, and exposes the
+penultimate activations ``features`` [N, num_features] (the FID/KID feature extractor).
 """
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ from torch import nn
 from pipeline.checkpoint import atomic_path
 from pipeline.errors import ConfigError, ModelNotFoundError
 from pipeline.toyfaces import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS
-
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)  # fmt: skip
 
 
 @dataclass
@@ -66,7 +57,9 @@ class ToyFacesClassifier(nn.Module):
             in_channels = width
         self.body = nn.Sequential(*layers)
         spatial = self.config.resolution // 2 ** len(self.config.widths)
-        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * spatial**2, self.config.feature_dim), nn.SiLU())
+        self.neck = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_channels * spatial**2, self.config.feature_dim), nn.SiLU()
+        )
         self.attribute_head = nn.Linear(self.config.feature_dim, len(BINARY_ATTRIBUTES))
         self.factor_head = nn.Linear(self.config.feature_dim, len(CONTINUOUS_FACTORS))
         self.num_features = self.config.feature_dim
@@ -96,7 +89,9 @@ class ToyFacesClassifier(nn.Module):
         with atomic_path(folder) as tmp:
             tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp / "model.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp / "model.safetensors")
+            )
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ToyFacesClassifier:
@@ -104,7 +99,9 @@ class ToyFacesClassifier(nn.Module):
         folder = Path(folder)
         weights = folder / "model.safetensors"
         if not weights.is_file() or not (folder / "config.json").is_file():
-            raise ModelNotFoundError(f"classifier folder '{folder}': missing config.json or model.safetensors")
+            raise ModelNotFoundError(
+                f"classifier folder '{folder}': missing config.json or model.safetensors"
+            )
         model = cls(ToyClassifierConfig(**json.loads((folder / "config.json").read_text())))
         model.load_state_dict(load_file(str(weights)))
         return model.to(device).eval().requires_grad_(False)

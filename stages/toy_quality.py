@@ -1,0 +1,31 @@
+"""DVC stage ``toy_quality``: judge the trained ToyFaces DDPM with the ToyFaces classifier."""
+
+from pipeline.checkpoint import write_json
+from pipeline.images import save_png
+from pipeline.models import load_model, resolve_device
+from pipeline.params import load_params, load_section, load_value
+from pipeline.toy_classifier import ToyFacesClassifier
+from pipeline.toy_quality import ToyQualityConfig, assess_toy_model
+from pipeline.toyfaces import ToyFacesConfig
+
+MODEL = "models/toyfaces/ddpm"
+CLASSIFIER = "models/toyfaces/classifier"
+METRICS = "metrics/toy_quality.json"
+GRID = "plots/toy_quality_samples.png"
+
+
+def main() -> None:
+    """Sample, classify, and write metrics/toy_quality.json and a generated-vs-real grid."""
+    params = load_params()
+    world = load_section("toyfaces", ToyFacesConfig, params)
+    cfg = load_section("toy_quality", ToyQualityConfig, params)
+    device = resolve_device(load_value("device", str, params))
+    model = load_model(MODEL, device=str(device))
+    classifier = ToyFacesClassifier.load(CLASSIFIER, device=device)
+    metrics, picture = assess_toy_model(model, classifier, world, cfg)
+    write_json(METRICS, metrics)
+    save_png(picture, GRID, upscale=3)
+
+
+if __name__ == "__main__":
+    main()
