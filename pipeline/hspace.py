@@ -1,0 +1,163 @@
+"""Capture and edit UNet activations ("h-space") at a named location with forward hooks.
+
+Locations (ALGORITHMS 1.3):
+
+* ``"after"``: output of ``unet.mid_block`` (the bottleneck h of Asyrp and of both papers; the default).
+* ``"before"``: input of ``unet.mid_block`` (the last down block's hidden state).
+* ``"down_blocks.i"``: hidden-state output of down block i; its skip residuals are left untouched.
+* ``"up_blocks.i"``: output of up block i.
+
+The recorded h is always the clean activation, before any delta is added. An edit returns
+``h + delta`` from the hook, which replaces the module output (NOTES 5.1); the ControlNet argument
+``mid_block_additional_residual`` is not used because diffusers ignores it on its own.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from torch import nn
+
+from pipeline.errors import ConfigError
+
+DEFAULT_LOCATION = "after"
+
+
+def hspace_locations(unet: UNet2DModel | UNet2DConditionModel) -> list[str]:
+    """All valid location names for this UNet, in forward order of the blocks they name."""
+    mid = ["after", "before"] if unet.mid_block is not None else []
+    down = [f"down_blocks.{index}" for index in range(len(unet.down_blocks))]
+    up = [f"up_blocks.{index}" for index in range(len(unet.up_blocks))]
+    return mid + down + up
+
+
+def _describe_locations(unet: UNet2DModel | UNet2DConditionModel) -> str:
+    """Compact one-line list of the valid locations, e.g. 'after', 'down_blocks.0'..'down_blocks.3'."""
+    parts = ["'after'", "'before'"] if unet.mid_block is not None else []
+    for name, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
+        last = len(blocks) - 1
+        parts.append(f"'{name}.0'" if last == 0 else f"'{name}.0'..'{name}.{last}'")
+    return ", ".join(parts)
+
+
+def check_location(unet: UNet2DModel | UNet2DConditionModel, location: str) -> None:
+    """Raise ConfigError (listing the valid names) unless ``location`` names a hookable site of ``unet``."""
+    _resolve_location(unet, location)
+
+
+def _resolve_location(unet: UNet2DModel | UNet2DConditionModel, location: str) -> tuple[nn.Module, bool]:
+    """Return (module to hook, True when the location is the module's input rather than its output)."""
+    if location in ("after", "before"):
+        if unet.mid_block is None:
+            raise ConfigError(
+                f"hspace location '{location}': this UNet has no mid block; "
+                f"expected {_describe_locations(unet)}"
+            )
+        return unet.mid_block, location == "before"
+    if location in hspace_locations(unet):
+        group, index = location.split(".")
+        return getattr(unet, group)[int(index)], False
+    raise ConfigError(f"hspace location '{location}': unknown; expected {_describe_locations(unet)}")
+
+
+class HSpaceHook:
+    """Context manager that records and/or shifts the activation h at one location of a UNet.
+
+    Inside the ``with`` block every UNet forward pass:
+
+    * stores the clean activation in :attr:`h` (shape [B, *h_shape], before any delta) when
+      :attr:`capture` is True; detached unless :attr:`keep_graph` is True (needed for Jacobians);
+    * replaces h by ``h + delta`` when :attr:`delta` is not None. ``delta`` has shape [*h_shape],
+      [1, *h_shape] or [B, *h_shape] and may require grad; it is cast to h's dtype and device.
+
+    Both attributes may be changed between forward passes. Hooks are removed on exit, after which the
+    UNet behaves exactly as before.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel | UNet2DConditionModel,
+        location: str = DEFAULT_LOCATION,
+        *,
+        capture: bool = True,
+        keep_graph: bool = False,
+    ) -> None:
+        self.location = location
+        self.capture = capture
+        self.keep_graph = keep_graph
+        self.delta: torch.Tensor | None = None
+        self.h: torch.Tensor | None = None
+        self._module, self._is_input = _resolve_location(unet, location)
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> HSpaceHook:
+        if self._is_input:
+            self._handle = self._module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        else:
+            self._handle = self._module.register_forward_hook(self._forward_hook)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _record_and_edit(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Record the clean h if asked, and return h + delta (or h itself when there is no delta)."""
+        if self.capture:
+            self.h = hidden if self.keep_graph else hidden.detach()
+        if self.delta is None:
+            return hidden
+        batch, *h_shape = hidden.shape
+        allowed = (tuple(h_shape), (1, *h_shape), (batch, *h_shape))
+        if tuple(self.delta.shape) not in allowed:
+            raise ConfigError(
+                f"delta_h shape {tuple(self.delta.shape)} does not fit h at '{self.location}'; "
+                f"expected {tuple(h_shape)} or {(batch, *h_shape)}"
+            )
+        return hidden + self.delta.to(device=hidden.device, dtype=hidden.dtype)
+
+    def _forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        # Down blocks return (hidden, res_samples[, skip]): only the hidden state is edited.
+        if isinstance(output, tuple):
+            edited = self._record_and_edit(output[0])
+            return None if edited is output[0] else (edited, *output[1:])
+        edited = self._record_and_edit(output)
+        return None if edited is output else edited
+
+    def _pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if args:
+            edited = self._record_and_edit(args[0])
+            return None if edited is args[0] else ((edited, *args[1:]), kwargs)
+        edited = self._record_and_edit(kwargs["hidden_states"])
+        return None if edited is kwargs["hidden_states"] else (args, {**kwargs, "hidden_states": edited})
+
+
+def hspace_shape(
+    unet: UNet2DModel | UNet2DConditionModel, location: str, sample_shape: tuple[int, int, int]
+) -> tuple[int, ...]:
+    """Per-sample shape of h at ``location`` for x_t of shape ``sample_shape`` (C, H, W).
+
+    For example (512, 8, 8) at "after" on a 256 px DDPM. Found by one forward pass at batch size 1 on
+    zeros; a text-conditioned UNet gets a one-token zero text embedding.
+    """
+    x = torch.zeros((1, *sample_shape), device=unet.device, dtype=unet.dtype)
+    extra: dict[str, torch.Tensor] = {}
+    if isinstance(unet, UNet2DConditionModel):
+        extra["encoder_hidden_states"] = torch.zeros(
+            (1, 1, unet.config.cross_attention_dim), device=unet.device, dtype=unet.dtype
+        )
+    with torch.no_grad(), HSpaceHook(unet, location) as hook:
+        unet(x, 0, **extra)
+    assert hook.h is not None  # every forward pass runs every block, so the hook has fired
+    return tuple(hook.h.shape[1:])

@@ -1,0 +1,250 @@
+"""Load a diffusion UNet and its DDIM scheduler from a local folder or a Hugging Face hub id.
+
+Everything downstream (sampling, h-space hooks, inversion) receives a :class:`DiffusionModel`, so the
+way a model was found (pipeline folder, bare UNet folder, hub cache) stays in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from pipeline.errors import ConfigError, ModelNotFoundError
+
+KNOWN_HUB_MODELS: dict[str, str] = {
+    "google/ddpm-ema-celebahq-256": "pixel",
+    "google/ddpm-ema-church-256": "pixel",
+    "google/ddpm-ema-bedroom-256": "pixel",
+    "google/ddpm-ema-cat-256": "pixel",
+    "google/ddpm-cifar10-32": "pixel",
+}
+"""Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM).
+Other ids of the form 'owner/name' are loaded the same way."""
+
+DEFAULT_TRAIN_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+}
+"""Training noise schedule assumed for a bare UNet folder that ships no scheduler config (Ho et al. DDPM)."""
+
+UNET_CLASSES: dict[str, type[UNet2DModel] | type[UNet2DConditionModel]] = {
+    "UNet2DModel": UNet2DModel,
+    "UNet2DConditionModel": UNet2DConditionModel,
+}
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.bin.index.json",
+)
+
+# The config files needed to tell the layouts apart, fetched before any weights.
+_LAYOUT_FILES = [
+    "model_index.json",
+    "config.json",
+    "scheduler_config.json",
+    "unet/config.json",
+    "scheduler/scheduler_config.json",
+]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass
+class DiffusionModel:
+    """A denoising UNet with the DDIM scheduler that defines its noise schedule.
+
+    ``unet`` predicts epsilon for x_t of shape [B, *sample_shape] at integer timestep t; it is in eval mode
+    with frozen parameters. ``scheduler`` is used only for ``alphas_cumprod``, ``final_alpha_cumprod`` and
+    its timestep grid. ``vae``, ``text_encoder`` and ``tokenizer`` stay None for pixel-space models and
+    are reserved for latent, text-conditioned models.
+    """
+
+    unet: UNet2DModel | UNet2DConditionModel
+    scheduler: DDIMScheduler
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    vae: Any | None = None
+    text_encoder: Any | None = None
+    tokenizer: Any | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_t, the tensor the UNet denoises (pixels, or latents for a latent model)."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(self.unet.config.in_channels), int(height), int(width))
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" to a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ConfigError(f"device '{name}': unknown; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}': CUDA is not available on this machine; use 'cpu' or 'auto'")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}': only {torch.cuda.device_count()} CUDA device(s) visible")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Map "float32", "float16" or "bfloat16" to the torch dtype the UNet runs in."""
+    if name not in DTYPES:
+        raise ConfigError(f"dtype '{name}': unknown; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(source: str, device: str = "auto", dtype: str = "float32") -> DiffusionModel:
+    """Load a UNet and a DDIM scheduler from a local folder or a hub id, ready for inference.
+
+    ``source`` is either a folder, laid out as a diffusers pipeline (``model_index.json``, ``unet/``,
+    ``scheduler/``) or as a bare UNet (``config.json`` and weights at the top, optionally with a
+    ``scheduler_config.json``), or a hub id 'owner/name' whose files are fetched through the Hugging Face
+    cache (safetensors preferred; no remote code is ever run). A bare folder without a scheduler config
+    gets :data:`DEFAULT_TRAIN_SCHEDULE`. The scheduler is always ``DDIMScheduler.from_config`` of the
+    model's scheduler config with ``clip_sample=False``. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        unet, scheduler = _load_local(folder, torch_dtype)
+    elif _HUB_ID.fullmatch(source):
+        unet, scheduler = _load_hub(source, torch_dtype)
+    else:
+        raise ModelNotFoundError(
+            f"model source '{source}': no such folder and not a hub id 'owner/name'; "
+            f"known ids: {', '.join(KNOWN_HUB_MODELS)}"
+        )
+    if scheduler.config.prediction_type != "epsilon":
+        raise ConfigError(
+            f"model '{source}': prediction_type '{scheduler.config.prediction_type}' is not supported; "
+            "expected 'epsilon'"
+        )
+    unet.eval().requires_grad_(False)
+    unet.to(torch_device)
+    return DiffusionModel(
+        unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype
+    )
+
+
+def _load_local(
+    folder: Path, torch_dtype: torch.dtype
+) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
+    """Load from a pipeline folder or a bare UNet folder; raise ModelNotFoundError naming what is missing."""
+    unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
+    unet_folder = folder / unet_subfolder if unet_subfolder else folder
+    if not any((unet_folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelNotFoundError(
+            f"model folder '{unet_folder}': no UNet weights (expected {WEIGHT_FILES[0]} or {WEIGHT_FILES[2]})"
+        )
+    unet_class = _unet_class(unet_folder / "config.json", str(folder))
+    unet = unet_class.from_pretrained(
+        str(folder), subfolder=unet_subfolder, use_safetensors=None, torch_dtype=torch_dtype
+    )
+    return unet, _ddim_scheduler(scheduler_config)
+
+
+def _load_hub(
+    repo_id: str, torch_dtype: torch.dtype
+) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
+    """Load through the Hugging Face cache; raise ModelNotFoundError when the files cannot be had."""
+    offline = _hub_offline()
+    not_local = ModelNotFoundError(
+        f"the weights for '{repo_id}' are not available locally: download them once with "
+        f"`huggingface-cli download {repo_id}` on a machine with internet and set HF_HOME to that cache, "
+        "or pass a local model folder"
+    )
+    try:
+        config_folder = Path(
+            snapshot_download(repo_id, allow_patterns=_LAYOUT_FILES, local_files_only=offline)
+        )
+    except RepositoryNotFoundError as error:
+        raise ModelNotFoundError(f"hub id '{repo_id}': no such model repository on the hub") from error
+    except OSError as error:  # not cached while offline, or no connection
+        raise not_local from error
+    unet_subfolder, scheduler_config = _detect_layout(config_folder, repo_id)
+    config_path = (
+        config_folder / unet_subfolder / "config.json" if unet_subfolder else config_folder / "config.json"
+    )
+    unet_class = _unet_class(config_path, repo_id)
+    try:
+        unet = unet_class.from_pretrained(
+            repo_id,
+            subfolder=unet_subfolder,
+            use_safetensors=None,
+            torch_dtype=torch_dtype,
+            local_files_only=offline,
+        )
+    except OSError as error:
+        raise not_local from error
+    return unet, _ddim_scheduler(scheduler_config)
+
+
+def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Return (UNet subfolder or None for a bare folder, scheduler config dict or None for the default)."""
+    if (folder / "unet" / "config.json").is_file():
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        if not scheduler_file.is_file():
+            raise ModelNotFoundError(
+                f"model '{source}': pipeline layout without scheduler/scheduler_config.json"
+            )
+        return "unet", _read_json(scheduler_file)
+    if (folder / "config.json").is_file():
+        scheduler_file = folder / "scheduler_config.json"
+        return None, _read_json(scheduler_file) if scheduler_file.is_file() else None
+    raise ModelNotFoundError(f"model '{source}': neither unet/config.json nor config.json found")
+
+
+def _unet_class(config_path: Path, source: str) -> type[UNet2DModel] | type[UNet2DConditionModel]:
+    """The diffusers class named in a UNet config.json, restricted to the supported UNets."""
+    class_name = _read_json(config_path).get("_class_name")
+    if class_name not in UNET_CLASSES:
+        raise ConfigError(
+            f"model '{source}': UNet class '{class_name}' is not supported; "
+            f"expected {' or '.join(UNET_CLASSES)}"
+        )
+    return UNET_CLASSES[class_name]
+
+
+def _ddim_scheduler(scheduler_config: dict[str, Any] | None) -> DDIMScheduler:
+    """DDIM scheduler over the model's training schedule, with sample clipping off (as the reference code)."""
+    if scheduler_config is None:
+        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=False)
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON config file into a dict."""
+    with path.open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set now; huggingface_hub itself only reads it at import time."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

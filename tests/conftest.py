@@ -1,0 +1,62 @@
+"""Shared pytest fixtures: a tiny, randomly initialised pixel UNet and its saved pipeline folder."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from pipeline.models import DiffusionModel, load_model
+
+
+@pytest.fixture(scope="session")
+def tiny_unet() -> UNet2DModel:
+    """A 16 px, 3-channel UNet2DModel (one attention level) with fixed random weights; h "after" is 32x8x8."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    return unet.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_unet`` saved as a diffusers pipeline folder (model_index.json, unet/, scheduler/).
+
+    The noise schedule is milder than DDPM's (beta_end 0.002, so ā_T ≈ 0.35): with random weights the
+    predicted x_0 = (x_t - sqrt(1-ā) eps) / sqrt(ā) then stays O(1) instead of growing to O(100), which keeps
+    float32 tolerances meaningful and DDIM inversion well-posed.
+    """
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.002
+    )
+    DDPMPipeline(unet=tiny_unet, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> DiffusionModel:
+    """``tiny_model_dir`` loaded on the CPU in float32 through :func:`pipeline.models.load_model`."""
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread per test module: tiny models run many times slower when threads contend for cores.
+
+    Module-scoped so that module-scoped fixtures requesting it compute under the same thread count as the
+    tests (bitwise comparisons depend on it).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,68 @@
+"""params.yaml: composed from conf/, validated against the stage schemas with one-line errors."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.errors import ConfigError
+from pipeline.params import compose, load_params, load_section, load_value
+from pipeline.toy_quality import ToyQualityConfig
+from pipeline.toy_training import TrainToyClassifierConfig, TrainToyModelConfig
+from pipeline.toyfaces import ToyFacesConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = {
+    "toyfaces": ToyFacesConfig,
+    "train_toy_model": TrainToyModelConfig,
+    "train_toy_classifier": TrainToyClassifierConfig,
+    "toy_quality": ToyQualityConfig,
+}
+
+
+def test_committed_params_equal_what_conf_composes():
+    committed = (ROOT / "params.yaml").read_text()
+    assert compose(ROOT / "conf") == committed, "params.yaml is stale: run `python -m pipeline.params`"
+
+
+@pytest.mark.parametrize("section", sorted(SCHEMAS))
+def test_every_committed_section_validates(section):
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(load_section(section, SCHEMAS[section], params), SCHEMAS[section])
+
+
+def test_conf_values_are_the_schema_defaults():
+    """The library's defaults (used from notebooks) and the pipeline's conf/ agree."""
+    params = load_params(ROOT / "params.yaml")
+    for section, schema in SCHEMAS.items():
+        assert load_section(section, schema, params) == schema(), section
+
+
+@pytest.mark.parametrize(
+    ("section", "override", "key"),
+    [
+        ("train_toy_model", {"stepz": 3}, "train_toy_model.stepz"),
+        ("train_toy_model", {"optim": {"lr": "fast"}}, "train_toy_model.optim.lr"),
+        ("toyfaces", {"probabilities": {"smiling": "often"}}, "toyfaces.probabilities.smiling"),
+        ("toy_quality", {"num_samples": [1, 2]}, "toy_quality.num_samples"),
+    ],
+)
+def test_unknown_key_or_wrong_type_is_one_line_naming_the_key(section, override, key):
+    params = OmegaConf.merge(load_params(ROOT / "params.yaml"), {section: override})
+    with pytest.raises(ConfigError) as error:
+        load_section(section, SCHEMAS[section], params)
+    assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_file_section_and_value_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("device: 3\n")
+    params = load_params(tmp_path / "params.yaml")
+    with pytest.raises(ConfigError, match="section 'toyfaces' is missing"):
+        load_section("toyfaces", ToyFacesConfig, params)
+    with pytest.raises(ConfigError, match="device=3: expected str"):
+        load_value("device", str, params)
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "broken.yaml")
