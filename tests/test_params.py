@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.classifiers import ClassifierConfig
 from pipeline.errors import ConfigError
 from pipeline.params import compose, load_params, load_section, load_value
 from pipeline.toy_quality import ToyQualityConfig
@@ -13,6 +14,7 @@ from pipeline.toyfaces import ToyFacesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {
+    "classifier": ClassifierConfig,
     "toyfaces": ToyFacesConfig,
     "train_toy_model": TrainToyModelConfig,
     "train_toy_classifier": TrainToyClassifierConfig,

@@ -1,0 +1,138 @@
+"""The attribute-classifier registry used to label samples (``conf/classifier/``).
+
+Every registered classifier is an ``nn.Module`` that takes images in [0, 1], shape [N, 3, H, W], and
+returns one logit per attribute [N, A], with ``attribute_names`` (A names), ``features(images)``
+[N, num_features] (the FID/KID feature extractor) and ``num_features``.
+
+- ``toyfaces``: the project's CNN on ToyFaces (weights committed under ``models/toyfaces/classifier``).
+- ``celeba_attributes``: the 40-attribute CelebA predictor of paper A (a ResNet-50 with 80 outputs read
+  as 40 two-way softmaxes; the logit is log P(present) - log P(absent)). Needs the optional
+  ``torchvision`` extra and weights from a local file (safetensors, or a PyTorch state dict loaded with
+  ``weights_only=True``) or a URL fetched once into the torch hub cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from pipeline.errors import ConfigError, ModelNotFoundError
+from pipeline.toy_classifier import ToyFacesClassifier
+
+CELEBA_ATTRIBUTES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+
+CLASSIFIERS = ("toyfaces", "celeba_attributes")
+
+
+@dataclass
+class ClassifierConfig:
+    """Which classifier labels the samples, and where its weights are.
+
+    ``path`` is a folder (toyfaces) or a weights file (celeba_attributes). For celeba_attributes only:
+    ``url`` is used when ``path`` is empty, and ``input_size`` is the side images are resized to.
+    """
+
+    name: str = "toyfaces"
+    path: str = "models/toyfaces/classifier"
+    url: str = ""
+    input_size: int = 32
+
+
+class CelebAAttributeClassifier(nn.Module):
+    """ResNet-50 with 80 outputs read as (40, 2) softmaxes: logits [N, 40] = out[..., 1] - out[..., 0].
+
+    Input images [N, 3, H, W] in [0, 1] are area-resized to ``input_size`` and mapped to [-1, 1], as the
+    reference predictor expects. ``features`` is the 2048-d pooled activation.
+    """
+
+    attribute_names = CELEBA_ATTRIBUTES
+    num_features = 2048
+
+    def __init__(self, input_size: int = 256):
+        super().__init__()
+        try:
+            from torchvision.models import resnet50
+        except ImportError as error:
+            raise ModelNotFoundError(
+                "classifier 'celeba_attributes' needs torchvision: pip install -e '.[celeba]'"
+            ) from error
+        self.backbone = resnet50(weights=None, num_classes=2 * len(CELEBA_ATTRIBUTES))
+        self.input_size = input_size
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"classifier input: expected images [N, 3, H, W], got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="area")
+        return images * 2.0 - 1.0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone activations [N, 2048]."""
+        net = self.backbone
+        x = net.maxpool(net.relu(net.bn1(net.conv1(self._prepare(images)))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return torch.flatten(net.avgpool(x), 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Attribute logits [N, 40] (order ``attribute_names``)."""
+        pairs = self.backbone.fc(self.features(images)).view(-1, len(CELEBA_ATTRIBUTES), 2)
+        log_probabilities = pairs.log_softmax(dim=-1)
+        return log_probabilities[..., 1] - log_probabilities[..., 0]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a PyTorch file read with ``weights_only=True``.
+
+    A checkpoint that wraps its weights (``{"state_dict": ...}``) or prefixes them (``module.``) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"classifier weights '{path}': no such file")
+    try:
+        state = (
+            load_file(str(path))
+            if path.suffix == ".safetensors"
+            else torch.load(path, map_location="cpu", weights_only=True)
+        )
+    except Exception as error:
+        raise ModelNotFoundError(f"classifier weights '{path}': unreadable ({str(error).splitlines()[0]})") from error
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the configured classifier with its weights, in eval mode with gradients off, on ``device``."""
+    if cfg.name == "toyfaces":
+        return ToyFacesClassifier.load(cfg.path, device=device)
+    if cfg.name == "celeba_attributes":
+        model = CelebAAttributeClassifier(cfg.input_size)
+        if cfg.path:
+            state = read_state_dict(cfg.path)
+        elif cfg.url:
+            state = torch.hub.load_state_dict_from_url(cfg.url, map_location="cpu", weights_only=True)
+        else:
+            raise ConfigError("classifier.path and classifier.url are both empty for 'celeba_attributes'")
+        backbone_state = {key.removeprefix("backbone."): value for key, value in state.items()}
+        try:
+            model.backbone.load_state_dict(backbone_state)
+        except RuntimeError as error:
+            raise ModelNotFoundError(
+                f"classifier weights '{cfg.path or cfg.url}': not a ResNet-50 with 80 outputs "
+                f"({str(error).splitlines()[0]})"
+            ) from error
+        return model.to(device).eval().requires_grad_(False)
+    raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
