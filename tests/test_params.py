@@ -11,10 +11,12 @@ from pipeline.params import compose, load_params, load_section, load_value
 from pipeline.toy_quality import ToyQualityConfig
 from pipeline.toy_training import TrainToyClassifierConfig, TrainToyModelConfig
 from pipeline.toyfaces import ToyFacesConfig
+from pipeline.tracking import LoggingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {
     "classifier": ClassifierConfig,
+    "logging": LoggingConfig,
     "toyfaces": ToyFacesConfig,
     "train_toy_model": TrainToyModelConfig,
     "train_toy_classifier": TrainToyClassifierConfig,
