@@ -1,0 +1,366 @@
+"""Operator-based spectral tools: randomized SVD of linear maps known only through products, and data
+matrices streamed in row batches (ALGORITHMS 2.1 and 4).
+
+A :class:`LinearOperator` is a linear map A: R^d -> R^m (or a batch of independent ones, solved together)
+given by two callables, ``matmat`` (V -> A V) and ``rmatmat`` (U -> A^T U), optionally with a fused
+``gram`` (V -> A^T A V). :func:`randomized_svd` finds its top-k singular triplets (Halko, Martinsson and
+Tropp 2011, randomized subspace iteration) in float64. :class:`StreamedRows` turns a re-iterable stream of
+row batches into such operators, computing each product in one pass over the stream.
+
+Sign convention: each right singular vector is flipped so that its entry of largest magnitude is positive
+(the first such entry on ties; sklearn's ``svd_flip(..., u_based_decision=False)`` rule), and its left
+singular vector with it.
+"""
+
+from __future__ import annotations
+
+import operator as _operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import ConfigError
+
+BatchFactory = Callable[[], Iterable[torch.Tensor]]
+"""A zero-argument callable returning a fresh iterable of row batches (one full pass over the data)."""
+
+_CPU = torch.device("cpu")
+DEFAULT_OVERSAMPLING = 10
+DEFAULT_POWER_ITERATIONS = 4
+
+
+@dataclass(frozen=True)
+class LinearOperator:
+    """A linear map A: R^d -> R^m, or a batch of independent maps of the same shape, given by products.
+
+    Attributes:
+        shape: (m, d).
+        matmat: V [*batch_shape, d, b] -> A V [*batch_shape, m, b].
+        rmatmat: U [*batch_shape, m, b] -> A^T U [*batch_shape, d, b].
+        gram: optional V [*batch_shape, d, b] -> A^T A V in one application (for streamed data: one pass
+            instead of two, and no [m, b] intermediate kept). When given, :func:`randomized_svd` works on
+            A^T A only.
+        batch_shape: leading dimensions indexing independent operators (() for a single one).
+        device: where the products take and return their tensors.
+    """
+
+    shape: tuple[int, int]
+    matmat: Callable[[torch.Tensor], torch.Tensor]
+    rmatmat: Callable[[torch.Tensor], torch.Tensor]
+    gram: Callable[[torch.Tensor], torch.Tensor] | None = None
+    batch_shape: tuple[int, ...] = ()
+    device: torch.device = _CPU
+
+
+@dataclass(frozen=True)
+class SVDResult:
+    """Top-k singular triplets of an operator (float64), A ≈ sum_i s_i u_i v_i^T.
+
+    Attributes:
+        singular_values: [*batch_shape, k] s_i, non-increasing.
+        right_vectors: [*batch_shape, k, d] rows v_i (unit norm, mutually orthogonal), signed by the module's
+            sign convention.
+        left_vectors: [*batch_shape, k, m] rows u_i, or None when not computed. A row whose s_i is 0 is zero.
+    """
+
+    singular_values: torch.Tensor
+    right_vectors: torch.Tensor
+    left_vectors: torch.Tensor | None
+
+
+def canonical_signs(rows: torch.Tensor) -> torch.Tensor:
+    """Signs [*, k] (+1 or -1, rows' dtype) that make the largest-magnitude entry of each row of ``rows``
+    [*, k, d] positive (the first such entry on ties). Multiply ``rows`` by ``signs[..., None]`` to apply.
+
+    The largest entry has magnitude >= 1/sqrt(d) for a unit vector, so the sign is stable under rounding,
+    unlike a rule that looks at a fixed coordinate that may be close to 0.
+    """
+    largest = rows.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(rows.gather(-1, largest).squeeze(-1))
+    return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def randomized_svd(
+    op: LinearOperator,
+    k: int,
+    *,
+    oversampling: int = DEFAULT_OVERSAMPLING,
+    power_iterations: int = DEFAULT_POWER_ITERATIONS,
+    seed: int = 0,
+    compute_left: bool = False,
+) -> SVDResult:
+    """Top-``k`` singular values and vectors of ``op`` by randomized subspace iteration, in float64.
+
+    Both variants search the same subspace, range((A^T A)^(q+1) Omega) for a Gaussian d x (k + oversampling)
+    start Omega drawn from a CPU generator seeded with ``seed`` (so a result is reproducible from the seed),
+    and re-orthonormalise with a QR after every application:
+
+    * without ``op.gram``: Halko et al. Algorithm 4.4, alternating A and A^T, then the SVD of the small
+      projected matrix Q^T A. Applications: 2 q + 2 (the left vectors come for free).
+    * with ``op.gram``: subspace iteration on A^T A followed by a Rayleigh-Ritz step on it; s_i = sqrt of
+      the Ritz values. Applications: q + 2 (+ one ``matmat`` for the left vectors). This squares the
+      condition number of the small problem, harmless with float64 products.
+
+    Args:
+        op: the operator (float64 products expected).
+        k: number of triplets, 1 <= k <= min(m, d).
+        oversampling: extra columns of the search subspace (its width is min(k + oversampling, m, d);
+            at full width the result is exact up to rounding).
+        power_iterations: q >= 0; each one sharpens the separation of s_k from s_(width+1).
+        seed: seed of the start matrix.
+        compute_left: also return the left singular vectors.
+
+    Returns:
+        :class:`SVDResult` with singular values [*batch, k], right vectors [*batch, k, d] and, when asked,
+        left vectors [*batch, k, m].
+    """
+    rows, columns = op.shape
+    if _as_int(k) is None or not 1 <= k <= min(rows, columns):
+        raise ConfigError(
+            f"k {k!r}: must be an integer in [1, min(m, d)] = [1, {min(rows, columns)}] "
+            f"for an operator of shape {rows} x {columns}"
+        )
+    for name, value in (("oversampling", oversampling), ("power_iterations", power_iterations)):
+        if _as_int(value) is None or value < 0:
+            raise ConfigError(f"{name} {value!r}: must be a non-negative integer")
+    if _as_int(seed) is None:
+        raise ConfigError(f"seed {seed!r}: must be an integer")
+    width = min(k + oversampling, rows, columns)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    start = torch.randn((*op.batch_shape, columns, width), generator=generator, dtype=torch.float64)
+    start = start.to(op.device)
+    if op.gram is None:
+        singular_values, right, left = _alternating_iteration(op, start, power_iterations)
+    else:
+        singular_values, right, left = _gram_iteration(op, start, power_iterations, compute_left)
+    singular_values, right = singular_values[..., :k], right[..., :k, :]
+    signs = canonical_signs(right).unsqueeze(-1)
+    left = left[..., :k, :] * signs if compute_left and left is not None else None
+    return SVDResult(singular_values=singular_values, right_vectors=right * signs, left_vectors=left)
+
+
+def _alternating_iteration(
+    op: LinearOperator, start: torch.Tensor, power_iterations: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Halko Algorithm 4.4 + SVD of Q^T A: (s [*, w], right rows [*, w, d], left rows [*, w, m])."""
+    range_basis = _orthonormal(op.matmat(start))
+    for _ in range(power_iterations):
+        row_basis = _orthonormal(op.rmatmat(range_basis))
+        range_basis = _orthonormal(op.matmat(row_basis))
+    projected_transposed = op.rmatmat(range_basis)  # (Q^T A)^T, [*, d, w]
+    right_columns, singular_values, small_left_t = torch.linalg.svd(projected_transposed, full_matrices=False)
+    left = range_basis @ small_left_t.mT
+    return singular_values, right_columns.mT, left.mT
+
+
+def _gram_iteration(
+    op: LinearOperator, start: torch.Tensor, power_iterations: int, compute_left: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Subspace iteration and Rayleigh-Ritz on A^T A: (s [*, w], right rows [*, w, d], left rows or None)."""
+    assert op.gram is not None
+    basis = _orthonormal(start)
+    for _ in range(power_iterations + 1):
+        basis = _orthonormal(op.gram(basis))
+    ritz_matrix = basis.mT @ op.gram(basis)
+    ritz_values, ritz_vectors = torch.linalg.eigh((ritz_matrix + ritz_matrix.mT) / 2)
+    ritz_values, ritz_vectors = ritz_values.flip(-1), ritz_vectors.flip(-1)
+    singular_values = ritz_values.clamp(min=0).sqrt()
+    right_columns = basis @ ritz_vectors
+    if not compute_left:
+        return singular_values, right_columns.mT, None
+    images = op.matmat(right_columns)  # A v_i = s_i u_i
+    safe = torch.where(singular_values > 0, singular_values, torch.ones_like(singular_values))
+    left = torch.where(singular_values.unsqueeze(-2) > 0, images / safe.unsqueeze(-2), torch.zeros_like(images))
+    return singular_values, right_columns.mT, left.mT
+
+
+def _orthonormal(matrix: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis [*, n, w] of the columns of ``matrix`` [*, n, w] (Householder QR; orthonormal
+    even when the columns are rank deficient)."""
+    return torch.linalg.qr(matrix, mode="reduced").Q
+
+
+class StreamedRows:
+    """A data matrix X [N, d], or B matrices X_b [N, d] sharing their rows, whose rows arrive in batches.
+
+    ``batches()`` returns a fresh iterable over row batches, [n_i, d] for one matrix or [n_i, B, d] for a
+    stack (for h: X_t holds h at step t of every sample, batches [n, T, D]). Every call must yield the same
+    rows in the same order, because ``rmatmat`` pairs its input rows with the stream by position. Each
+    batch is moved to ``device``, converted to float64 and centred by ``mean`` there (peak memory about
+    three float64 copies of one batch); every product is accumulated in float64 in one pass, with memory
+    O(d b) beyond the batch and the output.
+
+    Each pass also recounts the rows (a different count from ``num_rows`` is an error) and accumulates
+    ``squared_norms``, the sum of squared centred entries of each matrix ([B], or [] for one matrix).
+    """
+
+    def __init__(
+        self,
+        batches: BatchFactory,
+        *,
+        mean: torch.Tensor | None = None,
+        num_rows: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Wrap ``batches``; ``mean`` [d] or [B, d] is subtracted from every row; ``num_rows`` N is counted
+        by a first pass when None (one extra pass over the stream; pass it when known)."""
+        if num_rows is not None and (_as_int(num_rows) is None or num_rows < 1):
+            raise ConfigError(f"num_rows {num_rows!r}: must be a positive integer")
+        self.batches = batches
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.mean = None if mean is None else mean.to(device=self.device, dtype=torch.float64)
+        self.squared_norms: torch.Tensor | None = None
+        self._row_shape: tuple[int, ...] | None = None
+        self._row_shape = self._first_row_shape()
+        if self.mean is not None and tuple(self.mean.shape) != self.row_shape:
+            raise ConfigError(f"mean shape {tuple(self.mean.shape)}: expected the row shape {self.row_shape}")
+        self._num_rows = num_rows
+        if num_rows is None:
+            self.scan()
+
+    @property
+    def num_rows(self) -> int:
+        """N, the number of rows of every matrix."""
+        assert self._num_rows is not None
+        return self._num_rows
+
+    @property
+    def stacked(self) -> bool:
+        """True for a stack of B matrices (batches [n, B, d]), False for one matrix (batches [n, d])."""
+        return len(self.row_shape) == 2
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """(d,) for one matrix, (B, d) for a stack."""
+        assert self._row_shape is not None
+        return self._row_shape
+
+    def scan(self) -> None:
+        """One pass that only counts the rows and accumulates ``squared_norms``."""
+        for _ in self._pass():
+            pass
+
+    def operator(self) -> LinearOperator:
+        """X as an operator of shape (N, d), or for a stack the concatenation [X_1 ... X_B] of shape
+        (N, B d) (column index b d + j is column j of X_b); vectors V are [B d, k]."""
+        blocks, width = self._blocks_and_width()
+
+        def matmat(vectors: torch.Tensor) -> torch.Tensor:
+            blocked = vectors.reshape(blocks, width, -1)
+            out = torch.empty((self.num_rows, vectors.shape[-1]), dtype=torch.float64, device=self.device)
+            for rows, x in self._pass():
+                out[rows] = torch.einsum("nbd,bdk->nk", x, blocked)
+            return out
+
+        def rmatmat(vectors: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((blocks, width, vectors.shape[-1]), dtype=torch.float64, device=self.device)
+            for rows, x in self._pass():
+                out += torch.einsum("nbd,nk->bdk", x, vectors[rows])
+            return out.reshape(blocks * width, -1)
+
+        def gram(vectors: torch.Tensor) -> torch.Tensor:
+            blocked = vectors.reshape(blocks, width, -1)
+            out = torch.zeros_like(blocked)
+            for _, x in self._pass():
+                out += torch.einsum("nbd,nk->bdk", x, torch.einsum("nbd,bdk->nk", x, blocked))
+            return out.reshape(blocks * width, -1)
+
+        return LinearOperator(
+            shape=(self.num_rows, blocks * width), matmat=matmat, rmatmat=rmatmat, gram=gram, device=self.device
+        )
+
+    def stacked_operator(self) -> LinearOperator:
+        """The B matrices X_b as a batch of operators of shape (N, d), batch_shape (B,); vectors [B, d, k].
+
+        Solving them together reads the stream once per product for all B (instead of B times).
+        """
+        if not self.stacked:
+            raise ConfigError(
+                f"stacked_operator: the stream yields batches of rows of shape {self.row_shape}, not a stack [n, B, d]"
+            )
+        blocks, width = self.row_shape
+
+        def matmat(vectors: torch.Tensor) -> torch.Tensor:
+            out = torch.empty((blocks, self.num_rows, vectors.shape[-1]), dtype=torch.float64, device=self.device)
+            for rows, x in self._pass():
+                out[:, rows] = torch.einsum("nbd,bdk->bnk", x, vectors)
+            return out
+
+        def rmatmat(vectors: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((blocks, width, vectors.shape[-1]), dtype=torch.float64, device=self.device)
+            for rows, x in self._pass():
+                out += torch.einsum("nbd,bnk->bdk", x, vectors[:, rows])
+            return out
+
+        def gram(vectors: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(vectors)
+            for _, x in self._pass():
+                out += torch.einsum("nbd,bnk->bdk", x, torch.einsum("nbd,bdk->bnk", x, vectors))
+            return out
+
+        return LinearOperator(
+            shape=(self.num_rows, width),
+            matmat=matmat,
+            rmatmat=rmatmat,
+            gram=gram,
+            batch_shape=(blocks,),
+            device=self.device,
+        )
+
+    def _blocks_and_width(self) -> tuple[int, int]:
+        return (self.row_shape[0], self.row_shape[1]) if self.stacked else (1, self.row_shape[0])
+
+    def _first_row_shape(self) -> tuple[int, ...]:
+        for batch in self.batches():
+            return self._check_layout(batch)
+        raise ConfigError("batches: the stream yielded no batch")
+
+    def _check_layout(self, batch: torch.Tensor) -> tuple[int, ...]:
+        if not isinstance(batch, torch.Tensor) or batch.dim() not in (2, 3) or batch.shape[0] < 1:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ConfigError(f"batch {shape}: expected a tensor [n, d] or [n, B, d] with n >= 1")
+        row_shape = tuple(batch.shape[1:])
+        if self._row_shape is not None and row_shape != self._row_shape:
+            raise ConfigError(
+                f"batch shape {tuple(batch.shape)}: rows of shape {row_shape}, expected {self._row_shape}"
+            )
+        return row_shape
+
+    def _pass(self) -> Iterable[tuple[slice, torch.Tensor]]:
+        """One pass: yields (row slice, centred float64 batch [n, B, d] on ``device``) and updates the counts."""
+        offset = 0
+        squared_norms: torch.Tensor | None = None
+        for batch in self.batches():
+            self._check_layout(batch)
+            x = batch.to(device=self.device, dtype=torch.float64)
+            if self.mean is not None:
+                x = x - self.mean
+            if not self.stacked:
+                x = x.unsqueeze(1)
+            if self._num_rows is not None and offset + len(x) > self._num_rows:
+                raise ConfigError(f"batches: the stream yielded more than num_rows = {self._num_rows} rows")
+            batch_norms = x.square().sum(dim=(0, 2))
+            squared_norms = batch_norms if squared_norms is None else squared_norms + batch_norms
+            yield slice(offset, offset + len(x)), x
+            offset += len(x)
+        if offset == 0 or squared_norms is None:
+            raise ConfigError("batches: the stream yielded no batch")
+        if self._num_rows is None:
+            self._num_rows = offset
+        elif offset != self._num_rows:
+            raise ConfigError(
+                f"batches: the stream yielded {offset} rows, expected num_rows = {self._num_rows} "
+                "(every pass must yield the same rows)"
+            )
+        self.squared_norms = squared_norms if self.stacked else squared_norms[0]
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int if it is an integer (int, NumPy or 0-d integer tensor; not bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return _operator.index(value)
+    except TypeError:
+        return None
