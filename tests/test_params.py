@@ -8,6 +8,14 @@ from omegaconf import OmegaConf
 from pipeline.classifiers import ClassifierConfig
 from pipeline.errors import ConfigError
 from pipeline.params import compose, load_params, load_section, load_value
+from pipeline.study import (
+    DirectionsConfig,
+    GenerateConfig,
+    HStatsConfig,
+    ModelConfig,
+    PreviewConfig,
+    SamplerConfig,
+)
 from pipeline.toy_quality import ToyQualityConfig
 from pipeline.toy_training import TrainToyClassifierConfig, TrainToyModelConfig
 from pipeline.toyfaces import ToyFacesConfig
@@ -17,6 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {
     "classifier": ClassifierConfig,
     "logging": LoggingConfig,
+    "model": ModelConfig,
+    "sampler": SamplerConfig,
+    "generate": GenerateConfig,
+    "hstats": HStatsConfig,
+    "directions": DirectionsConfig,
+    "preview": PreviewConfig,
     "toyfaces": ToyFacesConfig,
     "train_toy_model": TrainToyModelConfig,
     "train_toy_classifier": TrainToyClassifierConfig,

@@ -1,0 +1,411 @@
+"""The study's steps as library functions, one per DVC stage (the stages only read params and write files).
+
+generate -> label -> hstats -> pca / supervised -> preview. Each function takes typed configs (the
+params sections) and in-memory objects, so a notebook can run any step without Hydra or DVC.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.checkpoint import atomic_path
+from pipeline.directions import Directions, Origin, supervised
+from pipeline.directions.pca import PCAResult, pca_directions_streaming
+from pipeline.errors import ConfigError
+from pipeline.hspace import DEFAULT_LOCATION
+from pipeline.hstats import HStats, centered_batches, compute_hstats, select_extremes, threshold_groups
+from pipeline.images import make_grid
+from pipeline.models import DiffusionModel, load_model
+from pipeline.sampling import decode, initial_noise, to_image_range
+from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` params section: which diffusion model, its dtype, and the h-space site."""
+
+    source: str = "models/toyfaces/ddpm"
+    dtype: str = "float32"
+    hspace_location: str = DEFAULT_LOCATION
+
+
+@dataclass
+class SamplerConfig:
+    """The ``sampler`` params section: the DDIM grid used to generate and to decode edits."""
+
+    steps: int = 20
+    eta: float = 0.0
+    batch_size: int = 64
+
+
+@dataclass
+class GenerateConfig:
+    """The ``generate`` params section: which samples define the statistics, and how they are stored."""
+
+    num_samples: int = 256
+    seed_offset: int = 0
+    shard_size: int = 64
+    h_dtype: str = "float16"
+    store_noise: bool = True
+
+
+@dataclass
+class HStatsConfig:
+    """The ``hstats`` params section."""
+
+    top_k: int = 24
+    label_conditioned: bool = True
+    threshold: float = 0.5
+    batch_size: int = 64
+
+
+@dataclass
+class PCAConfig:
+    """The ``directions.pca`` params section (randomized SVD settings: pipeline.linalg)."""
+
+    n_components: int = 8
+    oversampling: int = 8
+    power_iterations: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SupervisedConfig:
+    """The ``directions.supervised`` params section: target attribute -> attributes projected out."""
+
+    conditional: dict[str, list[str]] = field(default_factory=lambda: {"smiling": ["light_hair"]})
+
+
+@dataclass
+class DirectionsConfig:
+    """The ``directions`` params section, one subsection per method."""
+
+    pca: PCAConfig = field(default_factory=PCAConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+
+
+@dataclass
+class PreviewConfig:
+    """The ``preview`` params section: edit grids and the supervised-direction check on held-out seeds."""
+
+    seed_offset: int = 90_000_000
+    grid_samples: int = 4
+    scales: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
+    max_directions: int = 8
+    check_samples: int = 32
+    check_scale: float = 1.0
+
+
+def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
+    """Load the configured diffusion model on ``device``."""
+    return load_model(cfg.source, device=device, dtype=cfg.dtype)
+
+
+def generate(
+    model: DiffusionModel,
+    model_cfg: ModelConfig,
+    sampler: SamplerConfig,
+    cfg: GenerateConfig,
+    folder: str | Path,
+    progress: bool = True,
+) -> StoreIndex:
+    """Sample seeds ``seed_offset .. seed_offset + num_samples - 1`` into a sharded store at ``folder``.
+
+    Resumable: shards already written for the same settings are kept (see :func:`pipeline.store.generate_store`).
+    """
+    if cfg.num_samples < 2:
+        raise ConfigError(f"generate.num_samples={cfg.num_samples}: must be >= 2")
+    spec = StoreSpec(
+        steps=sampler.steps,
+        eta=sampler.eta,
+        hspace_location=model_cfg.hspace_location,
+        h_dtype=cfg.h_dtype,
+        store_noise=cfg.store_noise,
+    )
+    seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.num_samples)
+    return generate_store(
+        model, folder, seeds, spec, shard_size=cfg.shard_size, batch_size=sampler.batch_size, progress=progress
+    )
+
+
+@torch.no_grad()
+def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Attribute probabilities [N, A] of images [N, 3, H, W] in [0, 1] (sigmoid of the classifier's logits)."""
+    device = next(classifier.parameters()).device
+    return torch.cat([torch.sigmoid(classifier(chunk.to(device))).cpu() for chunk in images.split(batch_size)])
+
+
+def label(store: Store, classifier: nn.Module, batch_size: int = 256) -> torch.Tensor:
+    """Probabilities [N, A] of every stored sample's x_0, in store order (streamed)."""
+    scores = [
+        classify(classifier, to_image_range(batch["x_0"]), batch_size)
+        for batch in store.iter_batches(("x_0",), batch_size=batch_size)
+    ]
+    return torch.cat(scores)
+
+
+def write_labels(path: str | Path, seeds: torch.Tensor, names: Sequence[str], scores: torch.Tensor) -> None:
+    """Write the label table: a CSV with columns ``seed`` and one probability per attribute (6 decimals)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["seed", *names])
+    for seed, row in zip(seeds.tolist(), scores.tolist(), strict=True):
+        writer.writerow([seed, *(f"{value:.6f}" for value in row)])
+    with atomic_path(path, ".csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def read_labels(path: str | Path) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Read a label table: seeds [N] int64, attribute names [A], probabilities [N, A] float32."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0][0] != "seed" or len(rows) < 2:
+        raise ConfigError(f"label table '{path}': expected a header 'seed,<attributes...>' and at least one row")
+    seeds = torch.tensor([int(row[0]) for row in rows[1:]], dtype=torch.int64)
+    scores = torch.tensor([[float(value) for value in row[1:]] for row in rows[1:]], dtype=torch.float32)
+    return seeds, rows[0][1:], scores
+
+
+def check_labels_match(store: Store, seeds: torch.Tensor) -> None:
+    """Refuse a label table whose seeds are not the store's, in the store's order."""
+    if not torch.equal(seeds, store.seeds):
+        raise ConfigError("label table: seeds differ from the samples store's; rerun the label stage")
+
+
+def hstats(
+    store: Store, names: Sequence[str], scores: torch.Tensor, cfg: HStatsConfig, progress: bool = True
+) -> HStats:
+    """One streaming pass: means of h (and x_T) over all samples and over the top-k/bottom-k samples of
+    every attribute (groups ``<name>/top``, ``<name>/bottom``), plus, with ``label_conditioned``, the
+    groups above/below ``threshold`` (``<name>/positive``, ``<name>/negative``)."""
+    groups = select_extremes(scores, cfg.top_k, names).groups()
+    if cfg.label_conditioned:
+        groups |= threshold_groups(scores, cfg.threshold, names)
+    return compute_hstats(store, groups, fields=("h", "x_T"), batch_size=cfg.batch_size, progress=progress)
+
+
+def origin_of(store: Store) -> Origin:
+    """Provenance of directions computed from ``store``: model, site, sampler grid and captured steps."""
+    return Origin(
+        model_id=store.model_id,
+        hspace_location=store.spec.hspace_location,
+        sampler_steps=store.spec.steps,
+        eta=store.spec.eta,
+        timesteps=store.timesteps[store.h_steps],
+        steps=store.h_steps,
+    )
+
+
+def pca(store: Store, stats: HStats, cfg: PCAConfig, batch_size: int = 64) -> PCAResult:
+    """Per-step and all-step PCA of the store's h, streamed (memory independent of the number of samples)."""
+    return pca_directions_streaming(
+        centered_batches(store, stats.means["h"], batch_size=batch_size, dtype=torch.float64),
+        cfg.n_components,
+        origin_of(store),
+        h_shape=store.h_shape,
+        num_samples=len(store),
+        oversampling=cfg.oversampling,
+        power_iterations=cfg.power_iterations,
+        seed=cfg.seed,
+    )
+
+
+def spectrum_rows(result: PCAResult) -> list[dict[str, float]]:
+    """Rows for a DVC plot of the PCA spectrum: component, explained variance ratio (all-step and mean per-step)."""
+    all_ratio = result.all_steps.extra["explained_variance_ratio"]
+    per_step = torch.tensor(result.per_step.extra["explained_variance_ratio"])
+    return [
+        {"component": k, "all_steps": float(all_ratio[k]), "per_step_mean": float(per_step[k].mean())}
+        for k in range(len(all_ratio))
+    ]
+
+
+def supervised_methods(
+    store: Store, stats: HStats, names: Sequence[str], cfg: SupervisedConfig
+) -> dict[str, Directions]:
+    """Supervised directions (top-k minus bottom-k mean) in h and in x_T, and conditional ones in h.
+
+    Returns ``{"supervised": ..., "supervised_conditional": ..., "noise_supervised": ...}``; the
+    conditional file holds one direction per target of ``cfg.conditional``.
+    """
+    for target, conditions in cfg.conditional.items():
+        for name in (target, *conditions):
+            if name not in names:
+                raise ConfigError(f"directions.supervised.conditional: unknown attribute '{name}'")
+    origin = origin_of(store)
+
+    def means(space: str, side: str) -> dict[str, torch.Tensor]:
+        return {name: stats.group_means[space][f"{name}/{side}"] for name in names}
+
+    in_h = supervised.supervised_directions(means("h", "top"), means("h", "bottom"), origin, space="h")
+    noise_origin = Origin(model_id=origin.model_id, sampler_steps=origin.sampler_steps, eta=origin.eta)
+    in_noise = supervised.supervised_directions(means("x_T", "top"), means("x_T", "bottom"), noise_origin, space="x_T")
+    methods = {"supervised": in_h, "noise_supervised": in_noise}
+    if cfg.conditional:
+        methods["supervised_conditional"] = supervised.conditional_directions(in_h, cfg.conditional)
+    return methods
+
+
+@dataclass
+class HeldOut:
+    """Held-out samples to edit: seeds [M], x_T [M, C, H, W], variance noise [M, T, C, H, W] or None."""
+
+    seeds: list[int]
+    x_T: torch.Tensor
+    noise: torch.Tensor | None
+
+
+def held_out(model: DiffusionModel, sampler: SamplerConfig, seed_offset: int, count: int) -> HeldOut:
+    """Noise of ``count`` held-out seeds from ``seed_offset`` (never used to fit directions)."""
+    seeds = list(range(seed_offset, seed_offset + count))
+    x_T, noise = initial_noise(model.sample_shape, seeds, sampler.steps, sampler.eta)
+    return HeldOut(seeds, x_T, noise)
+
+
+@torch.no_grad()
+def edit(
+    model: DiffusionModel,
+    directions: Directions,
+    k: int,
+    scale: float,
+    samples: HeldOut,
+    sampler: SamplerConfig,
+    hspace_location: str,
+) -> torch.Tensor:
+    """Decode held-out samples with direction ``k`` at ``scale`` (in the direction's own unit): images [M, 3, H, W].
+
+    h-space directions are injected at every step (symmetric); x_T-space directions shift the starting noise.
+    """
+    x_T, delta_h = samples.x_T, None
+    if directions.space == "h":
+        delta_h = directions.delta(k, scale)
+    elif directions.space == "x_T":
+        x_T = x_T + directions.delta(k, scale)
+    else:
+        raise ConfigError(f"directions space '{directions.space}': editing by preview supports 'h' and 'x_T'")
+    result = decode(
+        model,
+        x_T,
+        samples.noise,
+        steps=sampler.steps,
+        eta=sampler.eta,
+        hspace_location=hspace_location,
+        capture_steps=None,
+        delta_h=delta_h,
+        batch_size=sampler.batch_size,
+    )
+    return to_image_range(result.x_0)
+
+
+@torch.no_grad()
+def edit_none(model: DiffusionModel, samples: HeldOut, sampler: SamplerConfig) -> torch.Tensor:
+    """The unedited held-out samples as images [M, 3, H, W] in [0, 1]."""
+    result = decode(
+        model, samples.x_T, samples.noise, steps=sampler.steps, eta=sampler.eta, capture_steps=None,
+        batch_size=sampler.batch_size,
+    )  # fmt: skip
+    return to_image_range(result.x_0)
+
+
+def preview_grid(
+    model: DiffusionModel,
+    directions: Directions,
+    cfg: PreviewConfig,
+    sampler: SamplerConfig,
+    hspace_location: str,
+    samples: HeldOut,
+) -> torch.Tensor:
+    """A picture [3, H', W']: one row per (direction, held-out sample), one column per scale of ``cfg.scales``."""
+    count = min(cfg.max_directions, directions.num_directions)
+    columns = []
+    for scale in cfg.scales:
+        columns.append(
+            torch.stack([edit(model, directions, k, scale, samples, sampler, hspace_location) for k in range(count)])
+        )
+    # [S, K, M, 3, H, W] -> rows (k, m), columns s
+    stacked = torch.stack(columns).permute(1, 2, 0, 3, 4, 5)
+    return make_grid(stacked.reshape(-1, *stacked.shape[-3:]), columns=len(cfg.scales))
+
+
+def logit(probabilities: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Log-odds of probabilities, clamped to [eps, 1 - eps]."""
+    p = probabilities.clamp(eps, 1 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def attribute_effects(
+    model: DiffusionModel,
+    classifier: nn.Module,
+    directions: Directions,
+    scale: float,
+    samples: HeldOut,
+    sampler: SamplerConfig,
+    hspace_location: str,
+    baseline_logits: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """For every direction k: the change of every attribute's logit [M, A] when editing at +scale and -scale.
+
+    Returns ``{"up": [K, M, A], "down": [K, M, A]}`` (edited minus unedited logits).
+    """
+    up, down = [], []
+    for k in range(directions.num_directions):
+        for sign, bucket in ((1.0, up), (-1.0, down)):
+            images = edit(model, directions, k, sign * scale, samples, sampler, hspace_location)
+            bucket.append(logit(classify(classifier, images)) - baseline_logits)
+    return {"up": torch.stack(up), "down": torch.stack(down)}
+
+
+def supervised_check(
+    names: Sequence[str], directions: Directions, effects: dict[str, torch.Tensor]
+) -> dict[str, dict[str, float]]:
+    """Per supervised direction (named after its attribute): how often editing moves its own attribute the
+    intended way (``moved_up``: +scale raises the logit; ``moved_down``: -scale lowers it; ``moved`` the
+    smaller), the mean target logit change at +scale, and the mean |change| of every other attribute."""
+    report = {}
+    for k, name in enumerate(directions.names):
+        target = list(names).index(name)
+        up, down = effects["up"][k], effects["down"][k]
+        moved_up = (up[:, target] > 0).float().mean().item()
+        moved_down = (down[:, target] < 0).float().mean().item()
+        off_target = {other: up[:, a].abs().mean().item() for a, other in enumerate(names) if a != target}
+        report[name] = {
+            "moved_up": moved_up,
+            "moved_down": moved_down,
+            "moved": min(moved_up, moved_down),
+            "target_effect": up[:, target].mean().item(),
+            "max_off_target": max(off_target.values(), default=0.0),
+            **{f"effect/{other}": value for other, value in off_target.items()},
+        }
+    return report
+
+
+def conditional_check(
+    supervised_report: dict[str, dict[str, float]],
+    conditional_report: dict[str, dict[str, float]],
+    conditions: dict[str, list[str]],
+) -> dict[str, dict[str, float]]:
+    """For each conditional target: its effect on the projected-out attributes against the plain direction's.
+
+    ``partner_effect_*`` is the mean |logit change| of the removed attributes (averaged over them),
+    ``target_kept`` the conditional target effect as a fraction of the plain one.
+    """
+    report = {}
+    for target, removed in conditions.items():
+        plain, conditional = supervised_report[target], conditional_report[target]
+        partner_plain = sum(plain[f"effect/{name}"] for name in removed) / len(removed)
+        partner_conditional = sum(conditional[f"effect/{name}"] for name in removed) / len(removed)
+        report[target] = {
+            "partner_effect_plain": partner_plain,
+            "partner_effect_conditional": partner_conditional,
+            "target_effect_plain": plain["target_effect"],
+            "target_effect_conditional": conditional["target_effect"],
+            "target_kept": conditional["target_effect"] / plain["target_effect"] if plain["target_effect"] else 0.0,
+        }
+    return report

@@ -1,0 +1,31 @@
+"""DVC stage ``generate``: sample the configured model into the sharded store data/samples (resumable)."""
+
+from pipeline import study
+from pipeline.images import make_grid
+from pipeline.models import resolve_device
+from pipeline.params import load_params, load_section, load_value
+from pipeline.store import open_store
+from pipeline.tracking import LoggingConfig, Tracker
+
+SAMPLES = "data/samples"
+METRICS = "metrics/generate.json"
+
+
+def main() -> None:
+    """Read params.yaml, generate (skipping shards already written), record the store's size."""
+    params = load_params()
+    model_cfg = load_section("model", study.ModelConfig, params)
+    sampler = load_section("sampler", study.SamplerConfig, params)
+    cfg = load_section("generate", study.GenerateConfig, params)
+    device = resolve_device(load_value("device", str, params))
+    tracked = {key: params[key] for key in ("model", "sampler", "generate")}
+    with Tracker("generate", load_section("logging", LoggingConfig, params), tracked) as tracker:
+        model = study.open_model(model_cfg, str(device))
+        study.generate(model, model_cfg, sampler, cfg, SAMPLES)
+        store = open_store(SAMPLES)
+        tracker.image("samples", make_grid(store.images(range(min(64, len(store)))), columns=8))
+        tracker.metrics(METRICS, {"num_samples": len(store), "h_shape": list(store.h_shape), "steps": sampler.steps})
+
+
+if __name__ == "__main__":
+    main()

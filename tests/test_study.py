@@ -1,0 +1,80 @@
+"""The study end to end: every DVC stage's entry point, run in a temporary workspace on a tiny model."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.directions import load_directions
+from pipeline.params import compose
+from pipeline.study import read_labels
+from stages import generate, hstats, label, pca, preview, supervised
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_model_dir, tmp_path_factory, single_thread):
+    """A folder with a params.yaml composed from the real conf/ and shrunk to a tiny, fast study."""
+    folder = tmp_path_factory.mktemp("study")
+    overrides = [
+        f"model.source={tiny_model_dir}",
+        "sampler.steps=4",
+        "sampler.batch_size=8",
+        "generate.num_samples=12",
+        "generate.shard_size=5",
+        "hstats.top_k=3",
+        "hstats.label_conditioned=false",
+        "directions.pca.n_components=3",
+        "preview.grid_samples=1",
+        "preview.check_samples=3",
+        "preview.max_directions=2",
+        "preview.scales=[-1.0,0.0,1.0]",
+        f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
+        "logging.wandb.mode=disabled",
+        "device=cpu",
+    ]
+    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        for stage in (generate, label, hstats, pca, supervised, preview):
+            stage.main()
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+def test_every_stage_writes_its_outputs(workspace):
+    seeds, names, scores = read_labels(workspace / "data/labels.csv")
+    assert seeds.tolist() == list(range(12)) and scores.shape == (12, len(names))
+    assert (workspace / "data/samples/index.json").is_file()
+    assert (workspace / "data/hstats.safetensors").is_file()
+    for method in ("pca_per_step", "pca_all_steps", "supervised", "supervised_conditional", "noise_supervised"):
+        assert (workspace / f"plots/preview/{method}.png").is_file()
+    assert (workspace / "plots/pca_spectrum.csv").read_text().startswith("component,all_steps,per_step_mean")
+
+
+def test_directions_files_follow_the_one_format(workspace):
+    per_step = load_directions(workspace / "directions/pca_per_step.safetensors")
+    assert per_step.directions.shape[:2] == (3, 4) and per_step.scales.shape == (3, 4)
+    unit_norms = per_step.directions.flatten(2).norm(dim=-1)
+    torch.testing.assert_close(unit_norms, torch.ones_like(unit_norms), rtol=0, atol=1e-4)
+    sup = load_directions(workspace / "directions/supervised.safetensors")
+    assert sup.method == "supervised" and sup.space == "h" and sup.num_directions == 7
+    conditional = load_directions(workspace / "directions/supervised_conditional.safetensors")
+    assert conditional.names == ["smiling"]
+    partner = sup.direction("light_hair").flatten()
+    assert abs(conditional.direction("smiling").flatten() @ partner) < 1e-4 * partner.norm() ** 2
+    noise = load_directions(workspace / "directions/noise_supervised.safetensors")
+    assert noise.space == "x_T" and noise.directions.shape == (7, 3, 16, 16)
+
+
+def test_preview_metrics_report_every_supervised_attribute(workspace):
+    metrics = json.loads((workspace / "metrics/preview.json").read_text())
+    assert set(metrics["supervised"]) == set(load_directions(workspace / "directions/supervised.safetensors").names)
+    for entry in metrics["supervised"].values():
+        assert 0.0 <= entry["moved"] <= 1.0
+    assert set(metrics["conditional"]["smiling"]) >= {"partner_effect_plain", "partner_effect_conditional"}
