@@ -44,6 +44,11 @@ class SamplerConfig:
     eta: float = 0.0
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "sampler.steps", self.steps, "must be >= 1")
+        _require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1]")
+        _require(self.batch_size >= 1, "sampler.batch_size", self.batch_size, "must be >= 1")
+
 
 @dataclass
 class GenerateConfig:
@@ -55,6 +60,11 @@ class GenerateConfig:
     h_dtype: str = "float16"
     store_noise: bool = True
 
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 2, "generate.num_samples", self.num_samples, "must be >= 2")
+        _require(self.seed_offset >= 0, "generate.seed_offset", self.seed_offset, "must be >= 0")
+        _require(self.shard_size >= 1, "generate.shard_size", self.shard_size, "must be >= 1")
+
 
 @dataclass
 class HStatsConfig:
@@ -65,6 +75,11 @@ class HStatsConfig:
     threshold: float = 0.5
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        _require(self.top_k >= 1, "hstats.top_k", self.top_k, "must be >= 1")
+        _require(0.0 < self.threshold < 1.0, "hstats.threshold", self.threshold, "must be in (0, 1)")
+        _require(self.batch_size >= 1, "hstats.batch_size", self.batch_size, "must be >= 1")
+
 
 @dataclass
 class PCAConfig:
@@ -74,6 +89,13 @@ class PCAConfig:
     oversampling: int = 8
     power_iterations: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.n_components >= 1, "directions.pca.n_components", self.n_components, "must be >= 1")
+        _require(self.oversampling >= 0, "directions.pca.oversampling", self.oversampling, "must be >= 0")
+        _require(
+            self.power_iterations >= 0, "directions.pca.power_iterations", self.power_iterations, "must be >= 0"
+        )
 
 
 @dataclass
@@ -101,6 +123,19 @@ class PreviewConfig:
     max_directions: int = 8
     check_samples: int = 32
     check_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.seed_offset >= 0, "preview.seed_offset", self.seed_offset, "must be >= 0")
+        _require(self.grid_samples >= 1, "preview.grid_samples", self.grid_samples, "must be >= 1")
+        _require(len(self.scales) >= 1, "preview.scales", self.scales, "must list at least one scale")
+        _require(self.max_directions >= 1, "preview.max_directions", self.max_directions, "must be >= 1")
+        _require(self.check_samples >= 1, "preview.check_samples", self.check_samples, "must be >= 1")
+        _require(self.check_scale > 0, "preview.check_scale", self.check_scale, "must be > 0")
+
+
+def _require(condition: bool, key: str, value: object, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"params: {key}={value!r}: {rule}")
 
 
 def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:

@@ -63,9 +63,14 @@ def test_conf_values_are_the_schema_defaults():
         ("train_toy_model", {"optim": {"lr": "fast"}}, "train_toy_model.optim.lr"),
         ("toyfaces", {"probabilities": {"smiling": "often"}}, "toyfaces.probabilities.smiling"),
         ("toy_quality", {"num_samples": [1, 2]}, "toy_quality.num_samples"),
+        ("sampler", {"eta": 1.5}, "sampler.eta"),
+        ("directions", {"pca": {"n_components": 0}}, "directions.pca.n_components"),
+        ("hstats", {"top_k": -1}, "hstats.top_k"),
+        ("preview", {"scales": []}, "preview.scales"),
+        ("generate", {"num_samples": 1}, "generate.num_samples"),
     ],
 )
-def test_unknown_key_or_wrong_type_is_one_line_naming_the_key(section, override, key):
+def test_unknown_key_wrong_type_or_range_is_one_line_naming_the_key(section, override, key):
     params = OmegaConf.merge(load_params(ROOT / "params.yaml"), {section: override})
     with pytest.raises(ConfigError) as error:
         load_section(section, SCHEMAS[section], params)
