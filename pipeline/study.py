@@ -93,9 +93,7 @@ class PCAConfig:
     def __post_init__(self) -> None:
         _require(self.n_components >= 1, "directions.pca.n_components", self.n_components, "must be >= 1")
         _require(self.oversampling >= 0, "directions.pca.oversampling", self.oversampling, "must be >= 0")
-        _require(
-            self.power_iterations >= 0, "directions.pca.power_iterations", self.power_iterations, "must be >= 0"
-        )
+        _require(self.power_iterations >= 0, "directions.pca.power_iterations", self.power_iterations, "must be >= 0")
 
 
 @dataclass
@@ -309,26 +307,47 @@ def edit(
     model: DiffusionModel,
     directions: Directions,
     k: int,
-    scale: float,
+    scales: Sequence[float],
     samples: HeldOut,
     sampler: SamplerConfig,
     hspace_location: str,
 ) -> torch.Tensor:
-    """Decode held-out samples with direction ``k`` at ``scale`` (in the direction's own unit): images [M, 3, H, W].
+    """Decode the held-out samples with direction ``k`` at every scale (in the direction's own unit), in one
+    batched decode: images [S, M, 3, H, W] in [0, 1].
 
     h-space directions are injected at every step (symmetric); x_T-space directions shift the starting noise.
+    With no scales edited (scale 0) the result equals the unedited decode.
     """
-    x_T, delta_h = samples.x_T, None
-    if directions.space == "h":
-        delta_h = directions.delta(k, scale)
-    elif directions.space == "x_T":
-        x_T = x_T + directions.delta(k, scale)
-    else:
+    if directions.space not in ("h", "x_T"):
         raise ConfigError(f"directions space '{directions.space}': editing by preview supports 'h' and 'x_T'")
+    count = len(samples.seeds)
+    unit = directions.delta(k, 1.0)
+    scale_column = torch.as_tensor(list(scales), dtype=torch.float32).repeat_interleave(count)
+    shifts = scale_column.reshape(-1, *([1] * unit.dim())) * unit  # [S*M, *unit.shape]
+    x_T = samples.x_T.repeat(len(scales), 1, 1, 1)
+    noise = None if samples.noise is None else samples.noise.repeat(len(scales), 1, 1, 1, 1)
+    delta_h = shifts if directions.space == "h" else None
+    if directions.space == "x_T":
+        x_T = x_T + shifts
+    images = decode_images(model, x_T, noise, sampler, hspace_location, delta_h)
+    return images.reshape(len(scales), count, *images.shape[1:])
+
+
+@torch.no_grad()
+def decode_images(
+    model: DiffusionModel,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None,
+    sampler: SamplerConfig,
+    hspace_location: str,
+    delta_h: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode x_T [B, C, H, W] (with stored noise, and a per-sample delta_h [B, T, *h] if given) to images
+    [B, 3, H, W] in [0, 1]."""
     result = decode(
         model,
         x_T,
-        samples.noise,
+        noise,
         steps=sampler.steps,
         eta=sampler.eta,
         hspace_location=hspace_location,
@@ -336,16 +355,6 @@ def edit(
         delta_h=delta_h,
         batch_size=sampler.batch_size,
     )
-    return to_image_range(result.x_0)
-
-
-@torch.no_grad()
-def edit_none(model: DiffusionModel, samples: HeldOut, sampler: SamplerConfig) -> torch.Tensor:
-    """The unedited held-out samples as images [M, 3, H, W] in [0, 1]."""
-    result = decode(
-        model, samples.x_T, samples.noise, steps=sampler.steps, eta=sampler.eta, capture_steps=None,
-        batch_size=sampler.batch_size,
-    )  # fmt: skip
     return to_image_range(result.x_0)
 
 
@@ -359,14 +368,11 @@ def preview_grid(
 ) -> torch.Tensor:
     """A picture [3, H', W']: one row per (direction, held-out sample), one column per scale of ``cfg.scales``."""
     count = min(cfg.max_directions, directions.num_directions)
-    columns = []
-    for scale in cfg.scales:
-        columns.append(
-            torch.stack([edit(model, directions, k, scale, samples, sampler, hspace_location) for k in range(count)])
-        )
-    # [S, K, M, 3, H, W] -> rows (k, m), columns s
-    stacked = torch.stack(columns).permute(1, 2, 0, 3, 4, 5)
-    return make_grid(stacked.reshape(-1, *stacked.shape[-3:]), columns=len(cfg.scales))
+    edits = torch.stack(
+        [edit(model, directions, k, cfg.scales, samples, sampler, hspace_location) for k in range(count)]
+    )
+    rows = edits.permute(0, 2, 1, 3, 4, 5)  # [K, S, M, ...] -> [K, M, S, ...]: rows (k, m), columns s
+    return make_grid(rows.reshape(-1, *rows.shape[-3:]), columns=len(cfg.scales))
 
 
 def logit(probabilities: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -391,9 +397,10 @@ def attribute_effects(
     """
     up, down = [], []
     for k in range(directions.num_directions):
-        for sign, bucket in ((1.0, up), (-1.0, down)):
-            images = edit(model, directions, k, sign * scale, samples, sampler, hspace_location)
-            bucket.append(logit(classify(classifier, images)) - baseline_logits)
+        images = edit(model, directions, k, [scale, -scale], samples, sampler, hspace_location)
+        changes = logit(classify(classifier, images.flatten(0, 1))).reshape(2, len(samples.seeds), -1) - baseline_logits
+        up.append(changes[0])
+        down.append(changes[1])
     return {"up": torch.stack(up), "down": torch.stack(down)}
 
 

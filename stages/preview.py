@@ -36,7 +36,12 @@ def main() -> None:
 
         names = list(classifier.attribute_names)
         check_samples = study.held_out(model, sampler, cfg.seed_offset, cfg.check_samples)
-        baseline = study.logit(study.classify(classifier, study.edit_none(model, check_samples, sampler)))
+        baseline = study.logit(
+            study.classify(
+                classifier,
+                study.decode_images(model, check_samples.x_T, check_samples.noise, sampler, model_cfg.hspace_location),
+            )
+        )
         reports = {}
         for method in ("supervised", "supervised_conditional", "noise_supervised"):
             effects = study.attribute_effects(

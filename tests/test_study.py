@@ -78,3 +78,32 @@ def test_preview_metrics_report_every_supervised_attribute(workspace):
     for entry in metrics["supervised"].values():
         assert 0.0 <= entry["moved"] <= 1.0
     assert set(metrics["conditional"]["smiling"]) >= {"partner_effect_plain", "partner_effect_conditional"}
+
+
+def test_batched_edits_equal_single_decodes(tiny_model, single_thread):
+    from pipeline.directions import Directions, Origin
+    from pipeline.hspace import hspace_shape
+    from pipeline.sampling import decode, to_image_range
+    from pipeline.study import SamplerConfig, edit, held_out
+
+    sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4)
+    h_shape = hspace_shape(tiny_model.unet, "after", tiny_model.sample_shape)
+    torch.manual_seed(0)
+    directions = Directions(
+        directions=torch.randn(1, 3, *h_shape),
+        method="supervised",
+        space="h",
+        names=["smiling"],
+        origin=Origin(model_id="tiny", hspace_location="after", sampler_steps=3, eta=1.0),
+    )
+    samples = held_out(tiny_model, sampler, seed_offset=5, count=2)
+    edits = edit(tiny_model, directions, 0, [0.0, 0.5], samples, sampler, "after")
+    assert edits.shape == (2, 2, 3, 16, 16)
+    plain = decode(tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None)
+    torch.testing.assert_close(edits[0], to_image_range(plain.x_0), rtol=0, atol=1e-6)
+    edited = decode(
+        tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None,
+        delta_h=0.5 * directions.direction(0),
+    )  # fmt: skip
+    torch.testing.assert_close(edits[1], to_image_range(edited.x_0), rtol=0, atol=1e-5)
+    assert not torch.allclose(edits[0], edits[1])
