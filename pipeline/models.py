@@ -119,7 +119,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "float32") -> DiffusionModel:
+def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_sample: bool = False) -> DiffusionModel:
     """Load a UNet and a DDIM scheduler from a local folder or a hub id, ready for inference.
 
     ``source`` is either a folder, laid out as a diffusers pipeline (``model_index.json``, ``unet/``,
@@ -127,15 +127,17 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Dif
     ``scheduler_config.json``), or a hub id 'owner/name' whose files are fetched through the Hugging Face
     cache (safetensors preferred; no remote code is ever run). A bare folder without a scheduler config
     gets :data:`DEFAULT_TRAIN_SCHEDULE`. The scheduler is always ``DDIMScheduler.from_config`` of the
-    model's scheduler config with ``clip_sample=False``. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
+    model's scheduler config with ``clip_sample`` as given: False (the reference code's choice for
+    well-trained models) keeps the predicted x_0 unclamped; True clamps it to [-1, 1] at every step, which
+    keeps a small or undertrained model's samples in range. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     folder = Path(source).expanduser()
     if folder.is_dir():
-        unet, scheduler = _load_local(folder, torch_dtype)
+        unet, scheduler = _load_local(folder, torch_dtype, clip_sample)
     elif _HUB_ID.fullmatch(source):
-        unet, scheduler = _load_hub(source, torch_dtype)
+        unet, scheduler = _load_hub(source, torch_dtype, clip_sample)
     else:
         raise ModelNotFoundError(
             f"model source '{source}': no such folder and not a hub id 'owner/name'; "
@@ -148,13 +150,11 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Dif
         )
     unet.eval().requires_grad_(False)
     unet.to(torch_device)
-    return DiffusionModel(
-        unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype
-    )
+    return DiffusionModel(unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype)
 
 
 def _load_local(
-    folder: Path, torch_dtype: torch.dtype
+    folder: Path, torch_dtype: torch.dtype, clip_sample: bool
 ) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
     """Load from a pipeline folder or a bare UNet folder; raise ModelNotFoundError naming what is missing."""
     unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
@@ -167,11 +167,11 @@ def _load_local(
     unet = unet_class.from_pretrained(
         str(folder), subfolder=unet_subfolder, use_safetensors=None, torch_dtype=torch_dtype
     )
-    return unet, _ddim_scheduler(scheduler_config)
+    return unet, _ddim_scheduler(scheduler_config, clip_sample)
 
 
 def _load_hub(
-    repo_id: str, torch_dtype: torch.dtype
+    repo_id: str, torch_dtype: torch.dtype, clip_sample: bool
 ) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
     """Load through the Hugging Face cache; raise ModelNotFoundError when the files cannot be had."""
     offline = _hub_offline()
@@ -181,17 +181,13 @@ def _load_hub(
         "or pass a local model folder"
     )
     try:
-        config_folder = Path(
-            snapshot_download(repo_id, allow_patterns=_LAYOUT_FILES, local_files_only=offline)
-        )
+        config_folder = Path(snapshot_download(repo_id, allow_patterns=_LAYOUT_FILES, local_files_only=offline))
     except RepositoryNotFoundError as error:
         raise ModelNotFoundError(f"hub id '{repo_id}': no such model repository on the hub") from error
     except OSError as error:  # not cached while offline, or no connection
         raise not_local from error
     unet_subfolder, scheduler_config = _detect_layout(config_folder, repo_id)
-    config_path = (
-        config_folder / unet_subfolder / "config.json" if unet_subfolder else config_folder / "config.json"
-    )
+    config_path = config_folder / unet_subfolder / "config.json" if unet_subfolder else config_folder / "config.json"
     unet_class = _unet_class(config_path, repo_id)
     try:
         unet = unet_class.from_pretrained(
@@ -203,7 +199,7 @@ def _load_hub(
         )
     except OSError as error:
         raise not_local from error
-    return unet, _ddim_scheduler(scheduler_config)
+    return unet, _ddim_scheduler(scheduler_config, clip_sample)
 
 
 def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -211,9 +207,7 @@ def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any
     if (folder / "unet" / "config.json").is_file():
         scheduler_file = folder / "scheduler" / "scheduler_config.json"
         if not scheduler_file.is_file():
-            raise ModelNotFoundError(
-                f"model '{source}': pipeline layout without scheduler/scheduler_config.json"
-            )
+            raise ModelNotFoundError(f"model '{source}': pipeline layout without scheduler/scheduler_config.json")
         return "unet", _read_json(scheduler_file)
     if (folder / "config.json").is_file():
         scheduler_file = folder / "scheduler_config.json"
@@ -226,17 +220,16 @@ def _unet_class(config_path: Path, source: str) -> type[UNet2DModel] | type[UNet
     class_name = _read_json(config_path).get("_class_name")
     if class_name not in UNET_CLASSES:
         raise ConfigError(
-            f"model '{source}': UNet class '{class_name}' is not supported; "
-            f"expected {' or '.join(UNET_CLASSES)}"
+            f"model '{source}': UNet class '{class_name}' is not supported; expected {' or '.join(UNET_CLASSES)}"
         )
     return UNET_CLASSES[class_name]
 
 
-def _ddim_scheduler(scheduler_config: dict[str, Any] | None) -> DDIMScheduler:
-    """DDIM scheduler over the model's training schedule, with sample clipping off (as the reference code)."""
+def _ddim_scheduler(scheduler_config: dict[str, Any] | None, clip_sample: bool) -> DDIMScheduler:
+    """DDIM scheduler over the model's training schedule; ``clip_sample`` clamps the predicted x_0 to [-1, 1]."""
     if scheduler_config is None:
-        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=False)
-    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=clip_sample, clip_sample_range=1.0)
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=clip_sample, clip_sample_range=1.0)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -77,12 +77,15 @@ class DDIMGrid:
     """The inference timestep grid and the cumulative alphas (ā) each step moves between.
 
     ``timesteps`` [T] int64 (noisiest first); ``alphas_cumprod`` [T] float64, ā at t_i;
-    ``alphas_cumprod_prev`` [T] float64, ā at the step's target (``final_alpha_cumprod`` for the last).
+    ``alphas_cumprod_prev`` [T] float64, ā at the step's target (``final_alpha_cumprod`` for the last);
+    ``clip_range``: the predicted x_0 is clamped to [-clip_range, clip_range] at every step (the
+    scheduler's ``clip_sample``), or None for no clamping.
     """
 
     timesteps: torch.Tensor
     alphas_cumprod: torch.Tensor
     alphas_cumprod_prev: torch.Tensor
+    clip_range: float | None = None
 
     @property
     def num_steps(self) -> int:
@@ -108,8 +111,12 @@ def ddim_grid(scheduler: DDIMScheduler, steps: int) -> DDIMGrid:
     previous = timesteps - num_train // steps
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     alphas_prev = torch.where(previous >= 0, all_alphas[previous.clamp(min=0)], final_alpha)
+    clip_range = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
     return DDIMGrid(
-        timesteps=timesteps, alphas_cumprod=all_alphas[timesteps], alphas_cumprod_prev=alphas_prev
+        timesteps=timesteps,
+        alphas_cumprod=all_alphas[timesteps],
+        alphas_cumprod_prev=alphas_prev,
+        clip_range=clip_range,
     )
 
 
@@ -124,7 +131,8 @@ def ddim_step(
 ) -> torch.Tensor:
     """One DDIM step x_{t_i} -> x_{t_i'} (ALGORITHMS 1.1); all tensors [B, C, H, W], same dtype.
 
-    x' = sqrt(ā') P(eps) + sqrt(1 - ā' - sigma^2) eps_direction + sigma z, with P(eps) the predicted x_0.
+    x' = sqrt(ā') P(eps) + sqrt(1 - ā' - sigma^2) eps_direction + sigma z, with P(eps) the predicted x_0
+    (clamped to the grid's ``clip_range`` when set).
     ``eps_direction`` defaults to ``eps`` (symmetric step); Asyrp passes the unedited prediction there.
     ``z`` is required when sigma > 0.
     """
@@ -132,6 +140,8 @@ def ddim_step(
     alpha_prev = grid.alphas_cumprod_prev[step_index].item()
     sigma = grid.sigmas(eta)[step_index].item()
     predicted_x0 = (x_t - math.sqrt(1 - alpha) * eps) / math.sqrt(alpha)
+    if grid.clip_range is not None:
+        predicted_x0 = predicted_x0.clamp(-grid.clip_range, grid.clip_range)
     direction = eps if eps_direction is None else eps_direction
     x_prev = math.sqrt(alpha_prev) * predicted_x0 + math.sqrt(max(1 - alpha_prev - sigma**2, 0.0)) * direction
     if sigma > 0:
@@ -175,10 +185,7 @@ def initial_noise(
     if eta == 0:
         return x_T, None
     z = torch.stack(
-        [
-            torch.randn((steps, *sample_shape), generator=_generator(variance_noise_seed(seed)))
-            for seed in seed_list
-        ]
+        [torch.randn((steps, *sample_shape), generator=_generator(variance_noise_seed(seed))) for seed in seed_list]
     )
     return x_T, z
 
@@ -290,9 +297,7 @@ def decode(
     )
     noise = _check_noise(noise, eta, batch, grid.num_steps, model.sample_shape)
     override = _check_override(x_t_override, x_T.shape, start_step, grid.num_steps)
-    return _decode_checked(
-        model, grid, settings, x_T, noise, override, batch_size, progress, keep_inputs=True
-    )
+    return _decode_checked(model, grid, settings, x_T, noise, override, batch_size, progress, keep_inputs=True)
 
 
 def decode_scales(
@@ -317,17 +322,13 @@ def decode_scales(
     ``batch_size``), and nothing is captured.
     """
     if x_T.dim() not in (3, 4) or (x_T.dim() == 4 and len(x_T) != 1):
-        raise ConfigError(
-            f"x_T shape {tuple(x_T.shape)}: decode_scales takes one sample, [C, H, W] or [1, C, H, W]"
-        )
+        raise ConfigError(f"x_T shape {tuple(x_T.shape)}: decode_scales takes one sample, [C, H, W] or [1, C, H, W]")
     if noise is not None and (noise.dim() not in (4, 5) or (noise.dim() == 5 and len(noise) != 1)):
         raise ConfigError(f"noise shape {tuple(noise.shape)}: decode_scales takes one sample's [T, C, H, W]")
     scale_tensor = torch.as_tensor(scales, dtype=torch.float32).reshape(-1)
     repeats = len(scale_tensor)
     x_batch = x_T.reshape(1, *x_T.shape[-3:]).expand(repeats, -1, -1, -1)
-    noise_batch = (
-        None if noise is None else noise.reshape(1, *noise.shape[-4:]).expand(repeats, -1, -1, -1, -1)
-    )
+    noise_batch = None if noise is None else noise.reshape(1, *noise.shape[-4:]).expand(repeats, -1, -1, -1, -1)
     deltas = scale_tensor.reshape(-1, *([1] * direction.dim())) * direction.unsqueeze(0)
     _check_model(model)
     grid = ddim_grid(model.scheduler, steps)
@@ -347,9 +348,7 @@ def decode_scales(
         batch_size=batch_size,
     )
     noise_batch = _check_noise(noise_batch, eta, repeats, grid.num_steps, model.sample_shape)
-    result = _decode_checked(
-        model, grid, settings, x_batch, noise_batch, None, batch_size, progress, keep_inputs=False
-    )
+    result = _decode_checked(model, grid, settings, x_batch, noise_batch, None, batch_size, progress, keep_inputs=False)
     return result.x_0
 
 
@@ -464,10 +463,7 @@ def invert_edit_friendly(
     ):
         for begin in range(0, len(x0), batch_size):
             clean = x0[begin : begin + batch_size].to(dtype=compute_dtype)
-            noisy = (
-                alphas.sqrt() * clean.unsqueeze(1)
-                + (1 - alphas).sqrt() * all_noise[begin : begin + batch_size]
-            )
+            noisy = alphas.sqrt() * clean.unsqueeze(1) + (1 - alphas).sqrt() * all_noise[begin : begin + batch_size]
             levels = torch.cat([noisy, clean.unsqueeze(1)], dim=1).to(model.device)
             z = torch.zeros_like(levels[:, :-1])
             recorder = _HRecorder(settings, len(clean))
@@ -554,15 +550,11 @@ def _settings(
         capture: tuple[int, ...] = ()
     elif isinstance(capture_steps, str):
         if capture_steps != "all":
-            raise ConfigError(
-                f"capture_steps '{capture_steps}': expected 'all', None or a list of step indices"
-            )
+            raise ConfigError(f"capture_steps '{capture_steps}': expected 'all', None or a list of step indices")
         capture = tuple(range(start_step, num_steps))
     else:
         capture = tuple(sorted(set(_check_indices("capture_steps", capture_steps, start_step, num_steps))))
-    edit = frozenset(
-        range(num_steps) if edit_steps is None else _check_indices("edit_steps", edit_steps, 0, num_steps)
-    )
+    edit = frozenset(range(num_steps) if edit_steps is None else _check_indices("edit_steps", edit_steps, 0, num_steps))
     per_sample = False
     if delta_h is not None:
         h_shape = hspace_shape(model.unet, location, model.sample_shape)

@@ -29,11 +29,13 @@ from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
 
 @dataclass
 class ModelConfig:
-    """The ``model`` params section: which diffusion model, its dtype, and the h-space site."""
+    """The ``model`` params section: which diffusion model, its dtype, the h-space site, and whether
+    sampling clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.models.load_model`)."""
 
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
+    clip_sample: bool = True
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _require(condition: bool, key: str, value: object, rule: str) -> None:
 
 def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
     """Load the configured diffusion model on ``device``."""
-    return load_model(cfg.source, device=device, dtype=cfg.dtype)
+    return load_model(cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample)
 
 
 def generate(

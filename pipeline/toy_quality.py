@@ -21,6 +21,7 @@ class ToyQualityConfig:
     num_samples: int = 512
     steps: int = 50
     eta: float = 0.0
+    clip_sample: bool = True
     batch_size: int = 128
     seed_offset: int = 40_000_000
     confidence: float = 0.9

@@ -20,7 +20,7 @@ def main() -> None:
     world = load_section("toyfaces", ToyFacesConfig, params)
     cfg = load_section("toy_quality", ToyQualityConfig, params)
     device = resolve_device(load_value("device", str, params))
-    model = load_model(MODEL, device=str(device))
+    model = load_model(MODEL, device=str(device), clip_sample=cfg.clip_sample)
     classifier = ToyFacesClassifier.load(CLASSIFIER, device=device)
     metrics, picture = assess_toy_model(model, classifier, world, cfg)
     write_json(METRICS, metrics)

@@ -346,3 +346,14 @@ def test_bad_inputs_raise_one_line_config_errors(tiny_model: DiffusionModel, sto
         message = str(error.value)
         assert "\n" not in message, name
         assert fragment in message, f"{name}: {message}"
+
+
+def test_clip_sample_keeps_the_predicted_x0_in_range(tiny_model_dir, single_thread):
+    from pipeline.models import load_model
+
+    clipped = load_model(str(tiny_model_dir), device="cpu", clip_sample=True)
+    assert clipped.scheduler.config.clip_sample
+    x_0 = sample(clipped, [0, 1], steps=4, eta=0.0, capture_steps=None).x_0
+    assert x_0.abs().max() <= 1.0
+    free = load_model(str(tiny_model_dir), device="cpu")
+    assert not free.scheduler.config.clip_sample
