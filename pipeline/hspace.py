@@ -14,6 +14,8 @@ The recorded h is always the clean activation, before any delta is added. An edi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +65,10 @@ def _resolve_location(unet: UNet2DModel | UNet2DConditionModel, location: str) -
     raise ConfigError(f"hspace location '{location}': unknown; expected {_describe_locations(unet)}")
 
 
+class HSpaceReached(Exception):
+    """Raised by an :class:`HSpaceHook` with ``stop=True`` to end a forward pass once h is recorded."""
+
+
 class HSpaceHook:
     """Context manager that records and/or shifts the activation h at one location of a UNet.
 
@@ -73,8 +79,10 @@ class HSpaceHook:
     * replaces h by ``h + delta`` when :attr:`delta` is not None. ``delta`` has shape [*h_shape],
       [1, *h_shape] or [B, *h_shape] and may require grad; it is cast to h's dtype and device.
 
-    Both attributes may be changed between forward passes. Hooks are removed on exit, after which the
-    UNet behaves exactly as before.
+    Both attributes may be changed between forward passes. With ``stop=True`` the forward pass ends
+    right after h is recorded (the rest of the UNet is skipped; the call raises :class:`HSpaceReached`,
+    which :func:`h_of_x` catches). Hooks are removed on exit, after which the UNet behaves exactly as
+    before.
     """
 
     def __init__(
@@ -84,10 +92,12 @@ class HSpaceHook:
         *,
         capture: bool = True,
         keep_graph: bool = False,
+        stop: bool = False,
     ) -> None:
         self.location = location
         self.capture = capture
         self.keep_graph = keep_graph
+        self.stop = stop
         self.delta: torch.Tensor | None = None
         self.h: torch.Tensor | None = None
         self._module, self._is_input = _resolve_location(unet, location)
@@ -114,6 +124,8 @@ class HSpaceHook:
         """Record the clean h if asked, and return h + delta (or h itself when there is no delta)."""
         if self.capture:
             self.h = hidden if self.keep_graph else hidden.detach()
+        if self.stop:
+            raise HSpaceReached
         if self.delta is None:
             return hidden
         batch, *h_shape = hidden.shape
@@ -161,3 +173,53 @@ def hspace_shape(
         unet(x, 0, **extra)
     assert hook.h is not None  # every forward pass runs every block, so the hook has fired
     return tuple(hook.h.shape[1:])
+
+
+def h_of_x(
+    unet: UNet2DModel, timestep: int, location: str = DEFAULT_LOCATION
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder map x_t [b, C, H, W] -> h [b, *h_shape] at ``timestep`` (the f of the pullback metric,
+    ALGORITHMS 3.1), differentiable; the UNet stops at ``location``, so the decoder half is never run."""
+    check_location(unet, location)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        with HSpaceHook(unet, location, keep_graph=True, stop=True) as hook, contextlib.suppress(HSpaceReached):
+            unet(x, timestep)
+        assert hook.h is not None  # the hook stops the pass only after recording h
+        return hook.h
+
+    return encode
+
+
+def eps_of_h(
+    unet: UNet2DModel,
+    x_t: torch.Tensor,
+    timestep: int,
+    location: str = DEFAULT_LOCATION,
+    mask: torch.Tensor | None = None,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The denoiser as a function of h with x_t (and so every skip connection) fixed (ALGORITHMS 2.2).
+
+    Args:
+        x_t: [C, H, W] one noisy sample.
+        timestep: scheduler timestep of x_t.
+        location: the h site.
+        mask: optional [C, H, W] or [1, H, W] weights on eps (1 inside the region, 0 outside).
+
+    Returns:
+        (function h [b, *h_shape] -> mask * eps [b, C, H, W], the clean h [*h_shape] of x_t).
+    """
+    check_location(unet, location)
+    with torch.no_grad(), HSpaceHook(unet, location) as hook:
+        unet(x_t.unsqueeze(0), timestep)
+    assert hook.h is not None
+    clean = hook.h[0]
+    weights = None if mask is None else mask.to(device=x_t.device, dtype=x_t.dtype)
+
+    def denoise(h: torch.Tensor) -> torch.Tensor:
+        with HSpaceHook(unet, location, capture=False) as edit:
+            edit.delta = h - clean  # the hook adds delta to the clean h, so the UNet sees h itself
+            eps = unet(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep).sample
+        return eps if weights is None else eps * weights
+
+    return denoise, clean

@@ -65,7 +65,7 @@ class TrainToyModelConfig:
     unet: ToyUNetConfig = field(default_factory=ToyUNetConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 32
     ema_decay: float = 0.999
     seed: int = 0
