@@ -675,3 +675,45 @@ def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for parameter, flag in zip(module.parameters(), flags, strict=True):
             parameter.requires_grad_(flag)
         module.train(training)
+
+
+@dataclass
+class SolverConfig:
+    """Settings of the Jacobian spectral solver (the ``solver`` subsection of the jacobian and pullback params).
+
+    Attributes:
+        block_size: vectors per Krylov block (None: k).
+        tolerance: stop when singular values and the top-k subspace move by less than this between blocks.
+        max_iterations: most Krylov blocks after the first.
+        chunk_size: Jacobian products per batched UNet call (memory ~ chunk_size UNet activations).
+        mode: "auto" | "forward" | "reverse" (how J v is computed, see :func:`jacobian_operator`).
+        seed: seed of the start block.
+    """
+
+    block_size: int | None = None
+    tolerance: float = DEFAULT_KRYLOV_TOLERANCE
+    max_iterations: int = DEFAULT_KRYLOV_ITERATIONS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    mode: str = "auto"
+    seed: int = 0
+
+
+def jacobian_svd(
+    function: Callable[[torch.Tensor], torch.Tensor],
+    point: torch.Tensor,
+    k: int,
+    solver: SolverConfig,
+    compute_left: bool = False,
+) -> SVDResult:
+    """Top-``k`` singular triplets of d function / d input at ``point`` (see :func:`jacobian_operator` for
+    the function's contract and :func:`block_krylov_svd` for the result)."""
+    op = jacobian_operator(function, point, chunk_size=solver.chunk_size, mode=solver.mode)
+    return block_krylov_svd(
+        op,
+        k,
+        block_size=solver.block_size,
+        tolerance=solver.tolerance,
+        max_iterations=solver.max_iterations,
+        seed=solver.seed,
+        compute_left=compute_left,
+    )

@@ -479,6 +479,51 @@ def invert_edit_friendly(
     return _assemble(results, grid, settings, seeds=None)
 
 
+def denoise_steps(
+    model: DiffusionModel,
+    x: torch.Tensor,
+    *,
+    steps: int,
+    start_step: int = 0,
+    stop_step: int | None = None,
+    eta: float | Sequence[float] = 0.0,
+    noise: torch.Tensor | None = None,
+    record_steps: Sequence[int] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Plain DDIM steps ``start_step`` .. ``stop_step - 1`` of the T-step grid from x [B, C, H, W] (no h edit).
+
+    ``eta`` is one value or one per grid step (for example 0 before a step and 1 after it, as the
+    pullback edit's quality boost); ``noise`` [B, T, C, H, W] is the variance noise (required where eta > 0).
+    Returns (x after the last step, {i: x_{t_i} just before step i for i in ``record_steps``}), on the CPU.
+    """
+    _check_model(model)
+    grid = ddim_grid(model.scheduler, steps)
+    x = _check_images("x", x, model.sample_shape)
+    stop = grid.num_steps if stop_step is None else stop_step
+    if _as_int(start_step) is None or _as_int(stop) is None or not 0 <= start_step <= stop <= grid.num_steps:
+        raise ConfigError(
+            f"start_step {start_step!r} / stop_step {stop_step!r}: need 0 <= start <= stop <= {grid.num_steps}"
+        )
+    etas = [eta] * grid.num_steps if isinstance(eta, numbers.Real) else list(eta)
+    if len(etas) != grid.num_steps:
+        raise ConfigError(f"eta: expected one value or {grid.num_steps} (one per step), got {len(etas)}")
+    for value in etas:
+        _check_eta(value)
+    if any(etas[i] > 0 for i in range(start_step, stop)):
+        noise = _check_noise(noise, 1.0, len(x), grid.num_steps, model.sample_shape)
+    recorded: dict[int, torch.Tensor] = {}
+    wanted = set(_check_indices("record_steps", record_steps, start_step, stop))
+    compute_dtype = _compute_dtype(model)
+    x = x.to(device=model.device, dtype=compute_dtype)
+    for step_index in range(start_step, stop):
+        if step_index in wanted:
+            recorded[step_index] = x.cpu()
+        eps = _predict_eps(model, x, grid, step_index)
+        z = None if noise is None or etas[step_index] == 0 else noise[:, step_index].to(x.device, compute_dtype)
+        x = ddim_step(grid, step_index, x, eps, etas[step_index], z)
+    return x.cpu(), recorded
+
+
 def to_image_range(x: torch.Tensor) -> torch.Tensor:
     """Map model-space x in [-1, 1] (any shape) to image intensities in [0, 1], clamping outliers."""
     return ((x + 1) / 2).clamp(0, 1)

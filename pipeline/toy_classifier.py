@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.checkpoint import atomic_path
 from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.toyfaces import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS
+from pipeline.toyfaces import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS, Factors, ToyFacesConfig, region_masks
 
 
 @dataclass
@@ -105,3 +105,20 @@ class ToyFacesClassifier(nn.Module):
         model = cls(ToyClassifierConfig(**json.loads((folder / "config.json").read_text())))
         model.load_state_dict(load_file(str(weights)))
         return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def locate_regions(
+    classifier: ToyFacesClassifier, images: torch.Tensor, world: ToyFacesConfig
+) -> dict[str, torch.Tensor]:
+    """Face-parsing for ToyFaces images (the role BiSeNet plays for CelebA-HQ in paper A): masks of the
+    regions of :data:`pipeline.toyfaces.REGIONS`, [N, 1, R, R] in {0, 1}, drawn from the factors and
+    attributes the classifier reads off ``images`` [N, 3, R, R] in [0, 1] (for generated samples, whose
+    true factors are unknown)."""
+    device = next(classifier.parameters()).device
+    images = images.to(device)
+    binary = (classifier(images) > 0).float().cpu()
+    continuous = classifier.predict_factors(images).cpu()
+    low = torch.tensor([-1.0 if name == "pose_x" else 0.0 for name in CONTINUOUS_FACTORS])
+    factors = Factors(binary=binary, continuous=torch.maximum(torch.minimum(continuous, torch.ones(1)), low))
+    return region_masks(factors, world)
