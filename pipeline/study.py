@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.hspace import DEFAULT_LOCATION
 from pipeline.hstats import HStats, centered_batches, compute_hstats, select_extremes, threshold_groups
 from pipeline.images import make_grid
+from pipeline.linalg import JACOBIAN_MODES, SolverConfig
 from pipeline.models import DiffusionModel, load_model
 from pipeline.sampling import decode, initial_noise, to_image_range
 from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
@@ -106,11 +108,96 @@ class SupervisedConfig:
 
 
 @dataclass
+class JacobianConfig:
+    """The ``directions.jacobian`` params section: image-specific Jacobian directions (paper A).
+
+    ``mask`` is null (whole image), a ToyFaces region name (located on each sample by the ToyFaces
+    classifier), a rectangle [top, left, bottom, right] in fractions of the image, or a mask image path.
+    ``steps`` is "all" or a list of grid step indices; ``source_step`` the step whose vectors "global"
+    application uses (negative counts from the end); ``unit`` the paper's alpha of edit scale 1.
+    """
+
+    seed_offset: int = 70_000_000
+    num_samples: int = 2
+    k: int = 3
+    steps: Any = "all"
+    source_step: int = 4
+    apply: str = "global"
+    unit: float = 50.0
+    mask: Any = "mouth"
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+    def __post_init__(self) -> None:
+        key = "directions.jacobian"
+        _require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        _require(self.num_samples >= 1, f"{key}.num_samples", self.num_samples, "must be >= 1")
+        _require(self.k >= 1, f"{key}.k", self.k, "must be >= 1")
+        _require(
+            self.steps == "all" or (isinstance(self.steps, list) and len(self.steps) > 0),
+            f"{key}.steps", self.steps, "must be 'all' or a non-empty list of step indices",
+        )  # fmt: skip
+        _require(self.apply in ("global", "per_step"), f"{key}.apply", self.apply, "must be 'global' or 'per_step'")
+        _require(self.unit > 0, f"{key}.unit", self.unit, "must be > 0")
+        _check_solver(self.solver, f"{key}.solver")
+
+
+@dataclass
+class PullbackConfig:
+    """The ``directions.pullback`` params section: local pullback bases in x_t (paper B).
+
+    Times are fractions of the training schedule (1.0 = noisiest): ``edit_t`` where bases are computed and
+    edits applied, ``analysis_t`` where the spectra and tangent-space statistics are measured, ``boost_t``
+    from where denoising uses eta = 1 (null: no quality boost). ``scales`` are the guidance strengths c
+    of the preview; ``step_size`` and ``iterations`` are gamma and N_g of x-space guidance.
+    """
+
+    seed_offset: int = 80_000_000
+    num_samples: int = 4
+    basis_size: int = 8
+    edit_t: float = 0.6
+    analysis_t: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2])
+    step_size: float = 0.1
+    iterations: int = 16
+    boost_t: float | None = 0.2
+    scales: list[float] = field(default_factory=lambda: [-8.0, -4.0, 0.0, 4.0, 8.0])
+    preview_directions: int = 3
+    curvedness_points: int = 8
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+    def __post_init__(self) -> None:
+        key = "directions.pullback"
+        _require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        _require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2 (for transport)")
+        _require(self.basis_size >= 1, f"{key}.basis_size", self.basis_size, "must be >= 1")
+        times = [("edit_t", self.edit_t), ("boost_t", self.boost_t), *(("analysis_t", t) for t in self.analysis_t)]
+        for name, value in times:
+            _require(value is None or 0.0 <= value <= 1.0, f"{key}.{name}", value, "t_edit outside the schedule [0, 1]")
+        _require(len(self.analysis_t) >= 1, f"{key}.analysis_t", self.analysis_t, "must list at least one t")
+        _require(self.step_size > 0, f"{key}.step_size", self.step_size, "must be > 0")
+        _require(self.iterations >= 0, f"{key}.iterations", self.iterations, "must be >= 0")
+        _require(len(self.scales) >= 1, f"{key}.scales", self.scales, "must list at least one scale")
+        _require(self.preview_directions >= 1, f"{key}.preview_directions", self.preview_directions, "must be >= 1")
+        _require(self.curvedness_points >= 2, f"{key}.curvedness_points", self.curvedness_points, "must be >= 2")
+        _check_solver(self.solver, f"{key}.solver")
+
+
+def _check_solver(solver: SolverConfig, key: str) -> None:
+    block = solver.block_size
+    _require(block is None or block >= 1, f"{key}.block_size", block, "must be >= 1")
+    _require(solver.tolerance > 0, f"{key}.tolerance", solver.tolerance, "must be > 0")
+    _require(solver.max_iterations >= 0, f"{key}.max_iterations", solver.max_iterations, "must be >= 0")
+    _require(solver.chunk_size >= 1, f"{key}.chunk_size", solver.chunk_size, "must be >= 1")
+    _require(solver.mode in JACOBIAN_MODES, f"{key}.mode", solver.mode, f"must be one of {', '.join(JACOBIAN_MODES)}")
+
+
+@dataclass
 class DirectionsConfig:
     """The ``directions`` params section, one subsection per method."""
 
     pca: PCAConfig = field(default_factory=PCAConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    jacobian: JacobianConfig = field(default_factory=JacobianConfig)
+    pullback: PullbackConfig = field(default_factory=PullbackConfig)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from pipeline.directions import load_directions
 from pipeline.params import compose
 from pipeline.study import read_labels
-from stages import generate, hstats, label, pca, preview, supervised
+from stages import generate, hstats, jacobian, label, pca, preview, pullback, supervised
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,18 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         "preview.check_samples=3",
         "preview.max_directions=2",
         "preview.scales=[-1.0,0.0,1.0]",
+        "directions.jacobian.num_samples=1",
+        "directions.jacobian.k=2",
+        "directions.jacobian.steps=[0,2]",
+        "directions.jacobian.source_step=2",
+        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
+        "directions.pullback.num_samples=2",
+        "directions.pullback.basis_size=3",
+        "directions.pullback.analysis_t=[1.0,0.2]",
+        "directions.pullback.curvedness_points=3",
+        "directions.pullback.iterations=2",
+        "directions.pullback.scales=[-1.0,0.0,1.0]",
+        "directions.pullback.preview_directions=1",
         f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
         "logging.wandb.mode=disabled",
         "device=cpu",
@@ -40,7 +52,7 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        for stage in (generate, label, hstats, pca, supervised, preview):
+        for stage in (generate, label, hstats, pca, supervised, preview, jacobian, pullback):
             stage.main()
         yield folder
     finally:
@@ -107,3 +119,32 @@ def test_batched_edits_equal_single_decodes(tiny_model, single_thread):
     )  # fmt: skip
     torch.testing.assert_close(edits[1], to_image_range(edited.x_0), rtol=0, atol=1e-5)
     assert not torch.allclose(edits[0], edits[1])
+
+
+def test_jacobian_stage_writes_directions_spectrum_and_locality(workspace):
+    directions = load_directions(workspace / "directions/jacobian.safetensors")
+    assert directions.method == "jacobian" and directions.names == ["seed70000000/k0", "seed70000000/k1"]
+    assert directions.directions.shape == (2, 2, 32, 8, 8) and directions.origin.steps.tolist() == [0, 2]
+    metrics = json.loads((workspace / "metrics/jacobian.json").read_text())
+    assert metrics["converged"] and metrics["products"] > 0
+    assert metrics["mask_locality"]["mean_ratio"] > 0
+    rows = (workspace / "plots/jacobian_spectrum.csv").read_text().splitlines()
+    assert rows[0] == "step,timestep,sigma_0,sigma_1" and len(rows) == 3
+    assert (workspace / "plots/jacobian_preview.png").is_file()
+
+
+def test_pullback_stage_writes_bases_global_directions_and_analyses(workspace):
+    local = load_directions(workspace / "directions/pullback.safetensors")
+    assert local.space == "x_t" and local.directions.shape == (6, 3, 16, 16)
+    rows = local.directions[:3].flatten(1)
+    torch.testing.assert_close(rows @ rows.T, torch.eye(3), atol=1e-5, rtol=0)
+    glob = load_directions(workspace / "directions/pullback_global.safetensors")
+    assert glob.method == "pullback_global" and glob.names == ["global/v0", "global/v1", "global/v2"]
+    metrics = json.loads((workspace / "metrics/pullback.json").read_text())
+    assert set(metrics["curvedness"]) == {"arc_length", "chord_length", "curvedness", "tangent_turning"}
+    assert 0.0 <= metrics["curvedness"]["curvedness"] < 1.0
+    assert len(metrics["mean_frequency"]) == 3  # analysis t 1.0 and 0.2, plus edit_t 0.6
+    assert all(0.0 <= value <= 1.0 + 1e-6 for value in metrics["transport_alignment"])
+    for name in ("pullback_spectrum", "pullback_psd", "pullback_tangent_distance"):
+        assert (workspace / f"plots/{name}.csv").is_file()
+    assert (workspace / "plots/pullback_preview.png").is_file()

@@ -42,6 +42,7 @@ METHODS = (
     "noise_supervised",
     "jacobian",
     "pullback",
+    "pullback_global",
 )
 """Method names a directions file may carry."""
 

@@ -1,0 +1,46 @@
+"""DVC stage ``jacobian``: image-specific Jacobian directions of held-out samples (directions/jacobian.safetensors)."""
+
+from pipeline import study
+from pipeline.classifiers import ClassifierConfig, load_classifier
+from pipeline.directions import save_directions
+from pipeline.images import save_png
+from pipeline.models import resolve_device
+from pipeline.params import load_params, load_section, load_value
+from pipeline.spectral_study import run_jacobian
+from pipeline.toyfaces import ToyFacesConfig
+from pipeline.tracking import LoggingConfig, Tracker
+
+OUTPUT = "directions/{method}.safetensors"
+PLOT = "plots/{name}.csv"
+GRID = "plots/{name}_preview.png"
+METRICS = "metrics/jacobian.json"
+
+
+def main() -> None:
+    """Read params.yaml; write the directions file, the spectrum plot, the preview grid and the metrics."""
+    params = load_params()
+    model_cfg = load_section("model", study.ModelConfig, params)
+    sampler = load_section("sampler", study.SamplerConfig, params)
+    cfg = load_section("directions", study.DirectionsConfig, params).jacobian
+    preview = load_section("preview", study.PreviewConfig, params)
+    device = str(resolve_device(load_value("device", str, params)))
+    tracked = {"model": params["model"], "sampler": params["sampler"], "jacobian": params["directions"]["jacobian"]}
+    with Tracker("jacobian", load_section("logging", LoggingConfig, params), tracked) as tracker:
+        model = study.open_model(model_cfg, device)
+        classifier = load_classifier(load_section("classifier", ClassifierConfig, params), device)
+        world = load_section("toyfaces", ToyFacesConfig, params)
+        result = run_jacobian(
+            model, cfg, sampler, model_cfg.hspace_location, classifier, world, preview_scales=preview.scales
+        )
+        for method, directions in result.directions.items():
+            save_directions(OUTPUT.format(method=method), directions)
+        for name, rows in result.plots.items():
+            tracker.plot(PLOT.format(name=name), rows, x="step", y="sigma_0", title="Jacobian singular values")
+        for name, picture in result.pictures.items():
+            save_png(picture, GRID.format(name=name), upscale=2)
+            tracker.image(f"grid/{name}", picture, caption="rows: (sample, k); columns: preview.scales")
+        tracker.metrics(METRICS, result.metrics)
+
+
+if __name__ == "__main__":
+    main()
