@@ -556,8 +556,8 @@ def jacobian_operator(
     ``function`` maps a batch [b, *in_shape] to [b, *out_shape] with rows independent of each other (true
     for a UNet in eval mode: GroupNorm and attention act within a sample). ``point`` is one input
     [*in_shape]. Products take and return float64 ([d, n] and [m, n], d = prod(in_shape),
-    m = prod(out_shape)) and are computed in ``point``'s dtype, ``chunk_size`` vectors per call by
-    replicating the point ``chunk_size`` times (the last chunk is zero-padded).
+    m = prod(out_shape)) and are computed in ``point``'s dtype, up to ``chunk_size`` vectors per call, by
+    running ``function`` on that many copies of the point.
 
     * J^T u (``rmatmat``): one reverse pass per chunk through a graph built once and reused.
     * J v (``matmat``): ``mode="forward"`` uses forward-mode AD (``torch.func.jvp``, one forward per chunk);
@@ -586,7 +586,11 @@ def jacobian_operator(
 
 
 class _ReplicatedJacobian:
-    """Batched J v and J^T u of a row-independent function at one point, by replicating the point."""
+    """Batched J v and J^T u of a row-independent function at one point, by replicating the point.
+
+    The graph of ``function`` on b copies of the point is built once per batch size b (at most two sizes
+    occur: full chunks and the remainder) and reused by every later product of that size.
+    """
 
     def __init__(
         self,
@@ -601,17 +605,8 @@ class _ReplicatedJacobian:
         self.forward_mode = forward_mode
         self.in_shape = tuple(point.shape)
         self.in_size = point.numel()
-        with _math_attention():
-            self.inputs = point.unsqueeze(0).expand(chunk_size, *self.in_shape).clone().requires_grad_(True)
-            self.outputs = function(self.inputs)
-        if self.outputs.shape[0] != chunk_size or not self.outputs.requires_grad:
-            raise ConfigError(
-                f"function: expected an output [{chunk_size}, ...] that depends on the input, "
-                f"got shape {tuple(self.outputs.shape)}"
-            )
-        self.out_size = self.outputs[0].numel()
-        self._cotangent: torch.Tensor | None = None
-        self._input_gradient: torch.Tensor | None = None
+        self._graphs: dict[int, _Graph] = {}
+        self.out_size = self._graph(1).outputs[0].numel()
 
     def vjp(self, vectors: torch.Tensor) -> torch.Tensor:
         """J^T U for U [m, n] float64 -> [d, n] float64."""
@@ -621,40 +616,62 @@ class _ReplicatedJacobian:
         """J V for V [d, n] float64 -> [m, n] float64."""
         return self._chunked(vectors, self.in_size, self._jvp_chunk)
 
+    def _graph(self, batch: int) -> _Graph:
+        if batch not in self._graphs:
+            with _math_attention():
+                inputs = self.point.unsqueeze(0).expand(batch, *self.in_shape).clone().requires_grad_(True)
+                outputs = self.function(inputs)
+            if outputs.shape[0] != batch or not outputs.requires_grad:
+                raise ConfigError(
+                    f"function: expected an output [{batch}, ...] that depends on the input, "
+                    f"got shape {tuple(outputs.shape)}"
+                )
+            self._graphs[batch] = _Graph(inputs, outputs)
+        return self._graphs[batch]
+
     def _chunked(
-        self, vectors: torch.Tensor, size: int, product: Callable[[torch.Tensor], torch.Tensor]
+        self, vectors: torch.Tensor, size: int, product: Callable[[_Graph, torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
         if vectors.dim() != 2 or vectors.shape[0] != size:
             raise ConfigError(f"vectors shape {tuple(vectors.shape)}: expected [{size}, n]")
         columns = []
         for begin in range(0, vectors.shape[1], self.chunk):
             part = vectors[:, begin : begin + self.chunk].mT.to(self.point.dtype)
-            padded = torch.zeros((self.chunk, size), dtype=part.dtype, device=part.device)
-            padded[: len(part)] = part
+            graph = self._graph(len(part))
             with _math_attention():
-                result = product(padded)
-            columns.append(result.reshape(self.chunk, -1)[: len(part)].to(torch.float64).mT)
+                result = product(graph, part)
+            columns.append(result.reshape(len(part), -1).to(torch.float64).mT)
         return torch.cat(columns, dim=1)
 
-    def _vjp_chunk(self, cotangents: torch.Tensor) -> torch.Tensor:
+    def _vjp_chunk(self, graph: _Graph, cotangents: torch.Tensor) -> torch.Tensor:
         (gradient,) = torch.autograd.grad(
-            self.outputs, self.inputs, cotangents.reshape(self.outputs.shape), retain_graph=True
+            graph.outputs, graph.inputs, cotangents.reshape(graph.outputs.shape), retain_graph=True
         )
         return gradient
 
-    def _jvp_chunk(self, tangents: torch.Tensor) -> torch.Tensor:
-        tangents = tangents.reshape(self.inputs.shape)
+    def _jvp_chunk(self, graph: _Graph, tangents: torch.Tensor) -> torch.Tensor:
+        tangents = tangents.reshape(graph.inputs.shape)
         if self.forward_mode:
-            _, output_tangents = torch.func.jvp(self.function, (self.inputs.detach(),), (tangents,))
+            _, output_tangents = torch.func.jvp(self.function, (graph.inputs.detach(),), (tangents,))
             return output_tangents
-        if self._input_gradient is None:
+        if graph.input_gradient is None:
             # g(w) = J^T w is linear in w; differentiating <g(w), v> in w gives J v (double-vjp identity).
-            self._cotangent = torch.zeros_like(self.outputs, requires_grad=True)
-            (self._input_gradient,) = torch.autograd.grad(
-                self.outputs, self.inputs, self._cotangent, retain_graph=True, create_graph=True
+            graph.cotangent = torch.zeros_like(graph.outputs, requires_grad=True)
+            (graph.input_gradient,) = torch.autograd.grad(
+                graph.outputs, graph.inputs, graph.cotangent, retain_graph=True, create_graph=True
             )
-        (output_tangents,) = torch.autograd.grad(self._input_gradient, self._cotangent, tangents, retain_graph=True)
+        (output_tangents,) = torch.autograd.grad(graph.input_gradient, graph.cotangent, tangents, retain_graph=True)
         return output_tangents
+
+
+@dataclass
+class _Graph:
+    """The autograd graph of the function on b copies of the point (and, once needed, of J^T w in w)."""
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    cotangent: torch.Tensor | None = None
+    input_gradient: torch.Tensor | None = None
 
 
 def _math_attention() -> contextlib.AbstractContextManager[None]:

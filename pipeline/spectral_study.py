@@ -6,7 +6,6 @@ rows for DVC plots, metrics and preview pictures.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,8 +258,8 @@ def run_pullback(
         "seconds": seconds,
         "edit_step": edit_step,
         "mean_frequency": {f"t={row['t']:.3f}": row["mean_frequency"] for row in psd_rows},
-        # rows run from the noisiest step: coarse to fine means the frequency never falls along them
-        "coarse_to_fine": bool(all(a <= b for a, b in itertools.pairwise(frequencies))),
+        # rows run from the noisiest step; coarse-to-fine: the noisiest t's basis is smoother than the last t's
+        "late_over_early_frequency": frequencies[-1] / frequencies[0],
         "grassmann_distance_x": {f"t={row['t']:.3f}": row["grassmann_distance_x"] for row in distance_rows},
         "transport_alignment": [float(value) for value in transport_alignment],
         "global_weights": [float(value) for value in weights],

@@ -123,7 +123,7 @@ class JacobianConfig:
     steps: Any = "all"
     source_step: int = 4
     apply: str = "global"
-    unit: float = 50.0
+    unit: float = 300.0
     mask: Any = "mouth"
     solver: SolverConfig = field(default_factory=SolverConfig)
 
@@ -159,7 +159,7 @@ class PullbackConfig:
     step_size: float = 0.1
     iterations: int = 16
     boost_t: float | None = 0.2
-    scales: list[float] = field(default_factory=lambda: [-8.0, -4.0, 0.0, 4.0, 8.0])
+    scales: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     preview_directions: int = 3
     curvedness_points: int = 8
     solver: SolverConfig = field(default_factory=SolverConfig)
