@@ -205,9 +205,9 @@ class PreviewConfig:
     """The ``preview`` params section: edit grids and the supervised-direction check on held-out seeds."""
 
     seed_offset: int = 90_000_000
-    grid_samples: int = 4
+    grid_samples: int = 2
     scales: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
-    max_directions: int = 8
+    max_directions: int = 4
     check_samples: int = 32
     check_scale: float = 1.0
 

@@ -43,7 +43,7 @@ def main() -> None:
             )
         )
         reports = {}
-        for method in ("supervised", "supervised_conditional", "noise_supervised"):
+        for method in ("supervised", "supervised_conditional"):
             effects = study.attribute_effects(
                 model, classifier, files[method], cfg.check_scale, check_samples, sampler,
                 model_cfg.hspace_location, baseline,

@@ -1,0 +1,1 @@
+"""Benchmarks against the papers' own algorithms and diffusers' sampler (``python -m benchmarks.run``)."""

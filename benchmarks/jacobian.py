@@ -1,0 +1,439 @@
+"""Suite ``jacobian``: the project's block Krylov solver against the papers' schemes, on one sample's Jacobians.
+
+Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A, :func:`pipeline.hspace.eps_of_h`)
+against sequential power iteration (:func:`benchmarks.reference.sequential_power_iteration`), and J1 = d h / d x_t
+(paper B's pullback, :func:`pipeline.hspace.h_of_x`) against subspace iteration
+(:func:`benchmarks.reference.subspace_iteration`). Both are compared with the exact SVD of the explicitly formed
+Jacobian; the project's :func:`pipeline.linalg.block_krylov_svd` is tightened until it is at least as accurate
+as the reference on both measures, and the two are timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from benchmarks.reference import (
+    POWER_MAX_ITERS,
+    POWER_TOLERANCE,
+    SUBSPACE_CHUNK,
+    SUBSPACE_MAX_ITER,
+    SUBSPACE_MIN_ITER,
+    SUBSPACE_THRESHOLD,
+    ReferenceResult,
+    sequential_power_iteration,
+    subspace_iteration,
+    synchronize,
+)
+from pipeline.errors import ConfigError
+from pipeline.hspace import eps_of_h, h_of_x
+from pipeline.linalg import JACOBIAN_MODES, LinearOperator, SVDResult, block_krylov_svd, frozen, jacobian_operator
+from pipeline.models import DiffusionModel
+from pipeline.sampling import ddim_grid, denoise_steps, initial_noise
+
+TOLERANCE_LADDER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+"""Tolerances tried for the project's solver, loosest first, until it is accurate enough."""
+
+
+@dataclass
+class JacobianBenchConfig:
+    """Settings of the ``jacobian`` suite.
+
+    Attributes:
+        steps: DDIM grid size used to pick x_t; ``step_index`` the grid step (None: steps // 2, a mid timestep).
+        seed: seed of the sample whose x_t is used (and of every solver's start vectors).
+        location: h site.
+        power_k, power_tolerance, power_max_iters: reference 2.2 (paper A) settings, on J2.
+        subspace_n, subspace_min_iter, subspace_max_iter, subspace_threshold, subspace_chunk: reference 3.2
+            (paper B) settings, on J1.
+        chunk_size: vectors per batched UNet call in the project's operator.
+        exact_chunk: vectors per batched call when forming the exact Jacobian (None: ``chunk_size``).
+        mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
+        tolerances: the project's tolerance ladder, loosest first.
+        krylov_max_iterations: cap on the Krylov blocks (besides exhausting the input dimension).
+        sweep_sizes: k (or n) of the size sweep; sizes above min(m, d) are skipped.
+        sweep_sv_target, sweep_sine_target: the sweep's target accuracy.
+        sweep_references: also run the matching reference in the sweep (where within ``max_reference_products``).
+        max_reference_products: worst-case product budget of one sweep reference run (else skipped).
+        warmup: untimed runs before each timed run (sweep references: none; their operators are primed).
+    """
+
+    steps: int = 20
+    step_index: int | None = None
+    seed: int = 0
+    location: str = "after"
+    power_k: int = 3
+    power_tolerance: float = POWER_TOLERANCE
+    power_max_iters: int = POWER_MAX_ITERS
+    subspace_n: int = 50
+    subspace_min_iter: int = SUBSPACE_MIN_ITER
+    subspace_max_iter: int = SUBSPACE_MAX_ITER
+    subspace_threshold: float = SUBSPACE_THRESHOLD
+    subspace_chunk: int = SUBSPACE_CHUNK
+    chunk_size: int = 16
+    exact_chunk: int | None = None
+    mode: str = "auto"
+    tolerances: tuple[float, ...] = TOLERANCE_LADDER
+    krylov_max_iterations: int = 200
+    sweep_sizes: tuple[int, ...] = (3, 8, 32, 50)
+    sweep_sv_target: float = 1e-3
+    sweep_sine_target: float = 1e-2
+    sweep_references: bool = True
+    max_reference_products: int = 6000
+    warmup: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "power_k", "power_max_iters", "subspace_n", "subspace_max_iter", "subspace_chunk",
+                     "chunk_size", "krylov_max_iterations", "max_reference_products"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"jacobian {name} {value!r}: must be a positive integer")
+        if self.exact_chunk is None:
+            self.exact_chunk = self.chunk_size
+        if isinstance(self.exact_chunk, bool) or not isinstance(self.exact_chunk, int) or self.exact_chunk < 1:
+            raise ConfigError(f"jacobian exact_chunk {self.exact_chunk!r}: must be a positive integer")
+        if self.mode not in JACOBIAN_MODES:
+            raise ConfigError(f"jacobian mode {self.mode!r}: expected one of {', '.join(JACOBIAN_MODES)}")
+        if not self.tolerances or any(not t > 0 for t in self.tolerances):
+            raise ConfigError(f"jacobian tolerances {self.tolerances!r}: must be a non-empty list of positive numbers")
+        if not self.sweep_sizes or any(s < 1 for s in self.sweep_sizes):
+            raise ConfigError(f"jacobian sweep_sizes {self.sweep_sizes!r}: must be positive integers")
+        if self.warmup < 0:
+            raise ConfigError(f"jacobian warmup {self.warmup!r}: must be >= 0")
+
+
+@dataclass
+class Exact:
+    """Exact spectrum of a Jacobian: all singular values [min(m, d)] (descending) and top right vectors [r, d]."""
+
+    singular_values: torch.Tensor
+    right_vectors: torch.Tensor
+    seconds: float
+    products: int
+
+
+@dataclass
+class JacobianMap:
+    """One Jacobian to benchmark: name, the function and the point it is taken at."""
+
+    name: str
+    description: str
+    function: Callable[[torch.Tensor], torch.Tensor]
+    point: torch.Tensor
+    operators: dict[int, LinearOperator] = field(default_factory=dict)
+
+    def operator(self, chunk: int, mode: str) -> LinearOperator:
+        """The Jacobian as an operator batching ``chunk`` vectors per call (built once per chunk size, so its
+        autograd graphs are reused by every later run)."""
+        if chunk not in self.operators:
+            self.operators[chunk] = jacobian_operator(self.function, self.point, chunk_size=chunk, mode=mode)
+        return self.operators[chunk]
+
+
+def exact_spectrum(op: LinearOperator, top: int, chunk: int) -> Exact:
+    """The exact Jacobian [m, d] formed row by row (``rmatmat`` of identity columns, ``chunk`` at a time), and
+    its singular values [min(m, d)] and top-``top`` right singular vectors [top, d], from the eigendecomposition
+    of the smaller Gram matrix in float64."""
+    rows, columns = op.shape
+    synchronize(op.device)
+    start = time.perf_counter()
+    block = 8 * chunk
+    parts = []
+    for begin in range(0, rows, block):
+        width = min(block, rows - begin)
+        identity = torch.zeros(rows, width, dtype=torch.float64, device=op.device)
+        identity[torch.arange(begin, begin + width), torch.arange(width)] = 1.0
+        parts.append(op.rmatmat(identity).mT)
+    jacobian = torch.cat(parts).cpu()  # [m, d]
+    if rows >= columns:
+        values, vectors = torch.linalg.eigh(jacobian.mT @ jacobian)
+        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+        singular = values.sqrt()
+        right = vectors[:, :top].mT
+    else:
+        values, vectors = torch.linalg.eigh(jacobian @ jacobian.mT)
+        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+        singular = values.sqrt()
+        right = (jacobian.mT @ vectors[:, :top]) / singular[:top].clamp(min=torch.finfo(torch.float64).tiny)
+        right = right.mT
+    seconds = time.perf_counter() - start
+    return Exact(singular_values=singular, right_vectors=right.contiguous(), seconds=seconds, products=rows)
+
+
+def accuracy(values: torch.Tensor, right_rows: torch.Tensor, exact: Exact) -> dict[str, float]:
+    """How close estimates are to the exact top-k spectrum.
+
+    Args:
+        values: [k] estimated singular values (compared after sorting, descending).
+        right_rows: [k, d] estimated right singular vectors (any basis of the subspace; orthonormalised here).
+        exact: the exact spectrum (at least k right vectors).
+
+    Returns:
+        ``sv_rel_error``: max_i |s_i - sigma_i| / sigma_i over the top k; ``max_sine``: sine of the largest
+        principal angle between the estimated and exact top-k right subspaces, computed as the 2-norm of the
+        component of the estimated basis outside the exact subspace (accurate near 0).
+    """
+    k = len(values)
+    estimated = values.detach().double().cpu().sort(descending=True).values
+    truth = exact.singular_values[:k]
+    relative = ((estimated - truth).abs() / truth.clamp(min=torch.finfo(torch.float64).tiny)).max()
+    basis = torch.linalg.qr(right_rows.detach().double().cpu().mT).Q  # [d, k]
+    reference = exact.right_vectors[:k].mT  # [d, k]
+    outside = basis - reference @ (reference.mT @ basis)
+    sine = torch.linalg.matrix_norm(outside, ord=2).clamp(max=1.0)
+    return {"sv_rel_error": float(relative), "max_sine": float(sine)}
+
+
+def timed(run: Callable[[], Any], device: torch.device, warmup: int) -> tuple[Any, float]:
+    """(result, seconds) of ``run()`` after ``warmup`` untimed calls; CUDA is synchronised around the timing."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    start = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def quiet_solver() -> Iterator[None]:
+    """Silence block_krylov_svd's not-converged warnings (the ladder records ``converged`` itself)."""
+    solver_logger = logging.getLogger("pipeline.linalg")
+    level = solver_logger.level
+    solver_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        solver_logger.setLevel(level)
+
+
+def krylov_ladder(
+    op: LinearOperator,
+    k: int,
+    exact: Exact,
+    sv_target: float,
+    sine_target: float,
+    cfg: JacobianBenchConfig,
+) -> dict[str, Any]:
+    """Run block_krylov_svd at each tolerance of ``cfg.tolerances`` (loosest first) until its accuracy against
+    ``exact`` is at most ``sv_target`` (relative singular-value error) and ``sine_target`` (largest sine).
+
+    Returns ``{"attempts": [...], "matched": attempt or None, "reached": bool}``; each attempt holds tolerance,
+    products, iterations, converged, seconds (one warm-up run before the first) and the accuracy.
+    """
+    block = k
+    cap = min(cfg.krylov_max_iterations, math.ceil(op.shape[1] / block))
+    attempts: list[dict[str, Any]] = []
+    matched = None
+    with quiet_solver():
+        for position, tolerance in enumerate(cfg.tolerances):
+
+            def run(tolerance: float = tolerance) -> SVDResult:
+                return block_krylov_svd(op, k, block_size=block, tolerance=tolerance, max_iterations=cap, seed=cfg.seed)
+
+            result, seconds = timed(run, op.device, cfg.warmup if position == 0 else 0)
+            attempt = {
+                "tolerance": tolerance,
+                "products": int(result.products),
+                "iterations": int(result.iterations),
+                "converged": bool(result.converged),
+                "seconds": seconds,
+                **accuracy(result.singular_values, result.right_vectors, exact),
+            }
+            attempts.append(attempt)
+            if attempt["sv_rel_error"] <= sv_target and attempt["max_sine"] <= sine_target:
+                matched = attempt
+                break
+    return {"attempts": attempts, "matched": matched, "reached": matched is not None}
+
+
+def reference_summary(result: ReferenceResult, exact: Exact) -> dict[str, Any]:
+    """JSON-ready summary of a reference run: cost, own convergence and accuracy against ``exact``."""
+    return {
+        "products": result.products,
+        "jvps": result.jvps,
+        "vjps": result.vjps,
+        "iterations": result.iterations,
+        "converged": result.converged,
+        "seconds": result.seconds,
+        "singular_values": result.singular_values.tolist(),
+        **accuracy(result.singular_values, result.right_vectors, exact),
+    }
+
+
+def comparison(reference: dict[str, Any], ladder: dict[str, Any]) -> dict[str, Any]:
+    """Speed and product ratios reference / project at the project's first attempt that matches the reference
+    (None when it never does)."""
+    matched = ladder["matched"]
+    if matched is None:
+        return {"reached": False, "speed_ratio": None, "products_ratio": None}
+    return {
+        "reached": True,
+        "speed_ratio": reference["seconds"] / matched["seconds"] if matched["seconds"] > 0 else None,
+        "products_ratio": reference["products"] / matched["products"],
+    }
+
+
+def build_maps(model: DiffusionModel, cfg: JacobianBenchConfig) -> tuple[dict[str, JacobianMap], dict[str, Any]]:
+    """x_t of sample ``cfg.seed`` at the chosen grid step (DDIM, eta 0) and the two maps J1 and J2 there."""
+    grid = ddim_grid(model.scheduler, cfg.steps)
+    step = cfg.steps // 2 if cfg.step_index is None else cfg.step_index
+    if not 0 <= step < cfg.steps:
+        raise ConfigError(f"jacobian step_index {step!r}: outside [0, {cfg.steps})")
+    x_T, _ = initial_noise(model.sample_shape, [cfg.seed], cfg.steps, 0.0)
+    x_step, _ = denoise_steps(model, x_T, steps=cfg.steps, stop_step=step)  # x just before grid step ``step``
+    x_t = x_step[0].to(device=model.device, dtype=model.unet.dtype)
+    timestep = int(grid.timesteps[step])
+    denoiser, clean_h = eps_of_h(model.unet, x_t, timestep, cfg.location)
+    maps = {
+        "J2": JacobianMap("J2", "d eps / d h (paper A, reference 2.2)", denoiser, clean_h),
+        "J1": JacobianMap(
+            "J1", "d h / d x_t (paper B pullback, reference 3.2)", h_of_x(model.unet, timestep, cfg.location), x_t
+        ),
+    }
+    where = {"step_index": step, "timestep": timestep, "seed": cfg.seed, "location": cfg.location}
+    return maps, where
+
+
+def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole ``jacobian`` suite on ``model``; returns the JSON-ready results (see benchmarks/README.md)."""
+    results: dict[str, Any] = {}
+    with frozen(model.unet):
+        maps, where = build_maps(model, cfg)
+        results["point"] = where
+        exacts: dict[str, Exact] = {}
+        for name, jmap in maps.items():
+            op = jmap.operator(cfg.exact_chunk, cfg.mode)
+            rows, columns = op.shape
+            largest = min(rows, columns)
+            own = cfg.power_k if name == "J2" else cfg.subspace_n
+            top = min(largest, max(own, *cfg.sweep_sizes))
+            log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; forming the exact Jacobian")
+            exacts[name] = exact_spectrum(op, top, cfg.exact_chunk)
+            results[name] = {
+                "description": jmap.description,
+                "shape": [rows, columns],
+                "exact": {
+                    "seconds": exacts[name].seconds,
+                    "products": exacts[name].products,
+                    "top_singular_values": exacts[name].singular_values[:top].tolist(),
+                },
+            }
+        results["J2"]["reference"] = _reference_and_ladder(
+            maps["J2"], exacts["J2"], "power_iteration_2.2", cfg.power_k, cfg, log
+        )
+        results["J1"]["reference"] = _reference_and_ladder(
+            maps["J1"], exacts["J1"], "subspace_iteration_3.2", cfg.subspace_n, cfg, log
+        )
+        for name in ("J2", "J1"):
+            results[name]["sweep"] = _sweep(maps[name], exacts[name], name, cfg, log)
+    return results
+
+
+def _run_reference(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) -> ReferenceResult:
+    if scheme.startswith("power"):
+        op = jmap.operator(cfg.chunk_size, cfg.mode)
+        return sequential_power_iteration(
+            op, size, tolerance=cfg.power_tolerance, max_iters=cfg.power_max_iters, seed=cfg.seed
+        )
+    op = jmap.operator(cfg.subspace_chunk, cfg.mode)
+    return subspace_iteration(
+        op,
+        size,
+        min_iter=cfg.subspace_min_iter,
+        max_iter=cfg.subspace_max_iter,
+        threshold=cfg.subspace_threshold,
+        chunk=cfg.subspace_chunk,
+        seed=cfg.seed,
+    )
+
+
+def _prime(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) -> None:
+    """Build the autograd graphs a reference run needs (batch sizes 1 and its chunk) before timing it."""
+    chunk = cfg.chunk_size if scheme.startswith("power") else cfg.subspace_chunk
+    op = jmap.operator(chunk, cfg.mode)
+    rows, columns = op.shape
+    op.rmatmat(torch.zeros(rows, 1, dtype=torch.float64, device=op.device))
+    op.matmat(torch.zeros(columns, 1, dtype=torch.float64, device=op.device))
+    width = min(chunk, size)
+    op.matmat(torch.zeros(columns, width, dtype=torch.float64, device=op.device))
+    if size % chunk and size > chunk:
+        op.matmat(torch.zeros(columns, size % chunk, dtype=torch.float64, device=op.device))
+
+
+def _reference_and_ladder(
+    jmap: JacobianMap, exact: Exact, scheme: str, size: int, cfg: JacobianBenchConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
+    rows, columns = jmap.operator(cfg.exact_chunk, cfg.mode).shape
+    if size > min(rows, columns):
+        raise ConfigError(f"{scheme}: size {size} exceeds min(m, d) = {min(rows, columns)} of {jmap.name}")
+    _prime(jmap, scheme, size, cfg)
+    for _ in range(cfg.warmup):
+        _run_reference(jmap, scheme, size, cfg)
+    reference = reference_summary(_run_reference(jmap, scheme, size, cfg), exact)
+    log(
+        f"[jacobian] {jmap.name} {scheme} k={size}: {reference['products']} products, {reference['seconds']:.3f} s, "
+        f"sv err {reference['sv_rel_error']:.2e}, sine {reference['max_sine']:.2e}"
+    )
+    op = jmap.operator(cfg.chunk_size, cfg.mode)
+    ladder = krylov_ladder(op, size, exact, reference["sv_rel_error"], reference["max_sine"], cfg)
+    result = {"scheme": scheme, "k": size, "reference": reference, "project": ladder, **comparison(reference, ladder)}
+    matched = ladder["matched"]
+    if matched is not None:
+        log(
+            f"[jacobian] {jmap.name} block_krylov_svd k={size} tol {matched['tolerance']:.0e}: {matched['products']} "
+            f"products, {matched['seconds']:.3f} s -> speed x{result['speed_ratio']:.2f}, "
+            f"products x{result['products_ratio']:.2f}"
+        )
+    return result
+
+
+def _sweep(
+    jmap: JacobianMap, exact: Exact, name: str, cfg: JacobianBenchConfig, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    op = jmap.operator(cfg.chunk_size, cfg.mode)
+    scheme = "power_iteration_2.2" if name == "J2" else "subspace_iteration_3.2"
+    rows_out = []
+    for size in cfg.sweep_sizes:
+        entry: dict[str, Any] = {"k": size}
+        if size > min(op.shape) or size > len(exact.right_vectors):
+            entry["skipped"] = f"k > min(m, d) = {min(op.shape)}"
+            rows_out.append(entry)
+            continue
+        ladder = krylov_ladder(op, size, exact, cfg.sweep_sv_target, cfg.sweep_sine_target, cfg)
+        entry["project"] = ladder
+        worst = 2 * size * (cfg.power_max_iters if name == "J2" else cfg.subspace_max_iter)
+        if not cfg.sweep_references:
+            entry["reference"] = None
+        elif worst > cfg.max_reference_products:
+            entry["reference"] = {"skipped": f"worst case {worst} products > {cfg.max_reference_products}"}
+        else:
+            _prime(jmap, scheme, size, cfg)
+            summary = reference_summary(_run_reference(jmap, scheme, size, cfg), exact)
+            summary["met_target"] = (
+                summary["sv_rel_error"] <= cfg.sweep_sv_target and summary["max_sine"] <= cfg.sweep_sine_target
+            )
+            entry["reference"] = {"scheme": scheme, **summary}
+        matched = ladder["matched"]
+        shown = matched or ladder["attempts"][-1]
+        log(
+            f"[jacobian] sweep {name} k={size}: project {shown['products']} products {shown['seconds']:.3f} s "
+            f"(reached {ladder['reached']})"
+        )
+        rows_out.append(entry)
+    return rows_out
+
+
+def config_dict(cfg: JacobianBenchConfig) -> dict[str, Any]:
+    """The suite's settings as a JSON-ready dict."""
+    data = asdict(cfg)
+    data["tolerances"] = list(cfg.tolerances)
+    data["sweep_sizes"] = list(cfg.sweep_sizes)
+    return data

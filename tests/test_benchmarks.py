@@ -1,0 +1,114 @@
+"""Smoke test of the benchmarks (``python -m benchmarks.run --quick``) on a very small random UNet.
+
+The reference schemes are real algorithms, so beyond the report's layout the test checks their answers
+against the exact SVD that the suite itself forms, and that the project's solver reaches their accuracy.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from benchmarks.reference import sequential_power_iteration, subspace_iteration
+from benchmarks.run import main
+from pipeline.errors import ConfigError
+from pipeline.linalg import LinearOperator
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8 px UNet (channels 8/16, one attention level; h "after" is 16x4x4) saved as a DDPM pipeline folder."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    folder = tmp_path_factory.mktemp("bench_model")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.002)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+def run_quick(model: Path, out: Path, suite: str, *extra: str) -> dict:
+    report = main(["--suite", suite, "--model", str(model), "--device", "cpu", "--quick", "--json", str(out), *extra])
+    written = json.loads(out.read_text())
+    assert set(written) == {"config", "environment", "results"}
+    assert written["results"].keys() == report["results"].keys() == {suite}
+    for key in ("torch", "device_name", "threads"):
+        assert key in written["environment"]
+    assert written["environment"]["threads"] == 1 and written["config"]["quick"] is True
+    return written
+
+
+def test_jacobian_suite_references_match_the_exact_svd(small_model_dir: Path, tmp_path: Path) -> None:
+    results = run_quick(small_model_dir, tmp_path / "jacobian.json", "jacobian")["results"]["jacobian"]
+    assert results["point"]["step_index"] == 10
+    for name, k in (("J2", 3), ("J1", 8)):
+        entry = results[name]
+        exact = torch.tensor(entry["exact"]["top_singular_values"])
+        reference = entry["reference"]["reference"]
+        values = torch.tensor(reference["singular_values"])
+        assert len(values) == k and reference["products"] == reference["jvps"] + reference["vjps"] > 0
+        # Real algorithms: their top singular values are those of the explicit Jacobian.
+        assert torch.allclose(values[:3], exact[:3], rtol=1e-2), (name, values[:3], exact[:3])
+        assert reference["sv_rel_error"] < 1e-2
+        project = entry["reference"]
+        assert project["reached"] and project["speed_ratio"] > 0 and project["products_ratio"] > 0
+        matched = project["project"]["matched"]
+        assert matched["sv_rel_error"] <= reference["sv_rel_error"] and matched["max_sine"] <= reference["max_sine"]
+        assert [row["k"] for row in entry["sweep"]] == [3, 8]
+        for row in entry["sweep"]:
+            assert row["project"]["reached"], row
+            assert row["project"]["matched"]["sv_rel_error"] <= 1e-3
+            assert row["project"]["matched"]["max_sine"] <= 1e-2
+    # Paper A's scheme: one single-vector J^T w and one J g per iteration, at most 50 iterations per vector.
+    power = results["J2"]["reference"]["reference"]
+    assert power["jvps"] == power["vjps"] == sum(power["iterations"]) <= 3 * 50
+    # Paper B's scheme: n J v and n J^T u per iteration, and at least min_iter + 2 = 12 iterations.
+    subspace = results["J1"]["reference"]["reference"]
+    assert subspace["jvps"] == subspace["vjps"] == 8 * subspace["iterations"][0]
+    assert subspace["iterations"][0] >= 12
+
+
+def test_sampling_suite_reports_throughput_and_memory(small_model_dir: Path, tmp_path: Path) -> None:
+    written = run_quick(small_model_dir, tmp_path / "sampling.json", "sampling", "--memory-samples", "8,16")
+    results = written["results"]["sampling"]
+    speed = results["throughput"]
+    for name in ("ours_capture", "ours_no_capture", "diffusers_ddim"):
+        assert len(speed[name]["seconds"]) == 2 and speed[name]["images_per_second"] > 0
+    ratio = speed["ours_capture"]["images_per_second"] / speed["diffusers_ddim"]["images_per_second"]
+    assert speed["ratio_capture_vs_diffusers"] == pytest.approx(ratio)
+    runs = results["memory"]["runs"]
+    assert [run["num_samples"] for run in runs] == [8, 16]
+    assert all(run["peak_rss_mib"] >= run["rss_after_load_mib"] > 0 for run in runs)
+    first, last = runs[0]["peak_rss_mib"], runs[1]["peak_rss_mib"]
+    assert results["memory"]["relative_difference"] == pytest.approx((last - first) / first)
+
+
+def test_references_on_a_dense_matrix_and_bad_arguments() -> None:
+    generator = torch.Generator().manual_seed(0)
+    left = torch.linalg.qr(torch.randn(30, 6, generator=generator, dtype=torch.float64)).Q
+    right = torch.linalg.qr(torch.randn(20, 6, generator=generator, dtype=torch.float64)).Q
+    values = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    matrix = left @ torch.diag(values) @ right.mT
+    op = LinearOperator(shape=(30, 20), matmat=lambda v: matrix @ v, rmatmat=lambda u: matrix.mT @ u)
+    power = sequential_power_iteration(op, 3, max_iters=200)
+    assert torch.allclose(power.singular_values, values[:3], rtol=1e-6)
+    assert all(power.converged)
+    # u_i = J^T w_i / sigma_i is the i-th right singular vector up to sign.
+    assert torch.allclose((power.right_vectors @ right[:, :3]).abs().diagonal(), torch.ones(3, dtype=torch.float64))
+    subspace = subspace_iteration(op, 4, chunk=3)
+    assert torch.allclose(subspace.singular_values, values[:4], rtol=1e-6)
+    assert subspace.converged == [True] and subspace.iterations[0] == 12
+    with pytest.raises(ConfigError, match="k 0"):
+        sequential_power_iteration(op, 0)
+    with pytest.raises(ConfigError, match="n 21"):
+        subspace_iteration(op, 21)
