@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -14,20 +15,43 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.errors import PipelineError
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+"""errno values that mean the disk refused the write (full, over quota, file too large, read-only, failing)."""
+
+
+class OutputWriteError(PipelineError, OSError):
+    """An output could not be written because the disk refused it (full, quota, read-only, I/O error).
+
+    Nothing was published under the output's name. Also an ``OSError`` (with the original ``errno``), so
+    code that catches ``OSError`` keeps working; ``str`` is one line naming the output.
+    """
+
+
+def _disk_error(target: Path, error: OSError) -> OSError:
+    """``error`` as an :class:`OutputWriteError` naming ``target`` when the disk refused the write, else itself."""
+    if isinstance(error, PipelineError) or error.errno not in _DISK_ERRNOS:
+        return error
+    reason = error.strerror or str(error).splitlines()[0]
+    return OutputWriteError(error.errno, f"output '{target}': {reason}; nothing was written under that name")
+
 
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target`` (file or folder).
 
     Nothing is ever visible under the target name until the writer finished; a crash leaves only a
-    hidden ``.tmp-*`` entry, which the next write removes.
+    hidden ``.tmp-*`` entry, which the next write removes. A write the disk refuses (full, quota,
+    read-only) raises :class:`OutputWriteError`, one line naming the target, with the temporary removed.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".tmp-{target.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)) / f"out{suffix}"
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)) / f"out{suffix}"
         yield tmp
         if target.is_dir() and not target.is_symlink():
             backup = target.with_name(f".tmp-{target.name}-old")
@@ -36,8 +60,14 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(backup)
         else:
             os.replace(tmp, target)
+    except OSError as error:
+        converted = _disk_error(target, error)
+        if converted is error:
+            raise
+        raise converted from error
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.errors import ConfigError, ModelNotFoundError
+from pipeline.errors import ConfigError, ModelNotFoundError, PipelineError
 from pipeline.toy_classifier import ToyFacesClassifier
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -107,17 +108,43 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             else torch.load(path, map_location="cpu", weights_only=True)
         )
     except Exception as error:
-        raise ModelNotFoundError(f"classifier weights '{path}': unreadable ({str(error).splitlines()[0]})") from error
+        raise ModelNotFoundError(f"classifier weights '{path}': unreadable ({_load_failure(error)})") from error
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
+def _load_failure(error: Exception) -> str:
+    """One line saying why a weights file did not load.
+
+    torch's weights-only refusal is a multi-line text whose first lines advise retrying with
+    ``weights_only=False`` (arbitrary code execution, which this project never does); keep only its cause.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if not lines[0].startswith("Weights only load failed"):
+        return lines[0]
+    causes = [
+        line.removeprefix("WeightsUnpickler error:").strip().split(". Please use")[0]
+        for line in lines
+        if "weights_only" not in line and not line.startswith(("Weights only load failed", "Check the documentation"))
+    ]
+    cause = next((line for line in causes if line), "")
+    return f"not a plain state dict; the weights-only loader refused it: {cause or 'unsupported content'}"
+
+
 def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -> nn.Module:
     """Build the configured classifier with its weights, in eval mode with gradients off, on ``device``."""
     if cfg.name == "toyfaces":
-        return ToyFacesClassifier.load(cfg.path, device=device)
+        try:
+            return ToyFacesClassifier.load(cfg.path, device=device)
+        except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as error:
+            if isinstance(error, PipelineError):  # a missing folder, already named
+                raise
+            # a truncated model.safetensors, a damaged config.json or weights of another architecture
+            raise ModelNotFoundError(f"classifier folder '{cfg.path}': unreadable ({_load_failure(error)})") from error
     if cfg.name == "celeba_attributes":
         model = CelebAAttributeClassifier(cfg.input_size)
         if cfg.path:

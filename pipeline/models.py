@@ -164,9 +164,16 @@ def _load_local(
             f"model folder '{unet_folder}': no UNet weights (expected {WEIGHT_FILES[0]} or {WEIGHT_FILES[2]})"
         )
     unet_class = _unet_class(unet_folder / "config.json", str(folder))
-    unet = unet_class.from_pretrained(
-        str(folder), subfolder=unet_subfolder, use_safetensors=None, torch_dtype=torch_dtype
-    )
+    try:
+        unet = unet_class.from_pretrained(
+            str(folder), subfolder=unet_subfolder, use_safetensors=None, torch_dtype=torch_dtype
+        )
+    except OSError as error:  # diffusers reports a truncated or corrupt weights file as a bare OSError
+        weights = next(name for name in WEIGHT_FILES if (unet_folder / name).is_file())
+        raise ModelNotFoundError(
+            f"model folder '{unet_folder}': UNet weights {weights} are unreadable (truncated or corrupt file); "
+            "save or download the model again"
+        ) from error
     return unet, _ddim_scheduler(scheduler_config, clip_sample)
 
 
@@ -233,9 +240,15 @@ def _ddim_scheduler(scheduler_config: dict[str, Any] | None, clip_sample: bool) 
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON config file into a dict."""
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+    """Parse a JSON config file into a dict; a damaged file is a one-line ModelNotFoundError naming it."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelNotFoundError(f"model config '{path}': not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"model config '{path}': expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _hub_offline() -> bool:
