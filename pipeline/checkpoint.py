@@ -47,16 +47,22 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     tmp: Path | None = None
+    backup = target.with_name(f".tmp-{target.name}-old")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if backup.is_dir() and not target.exists():
+            os.replace(backup, target)  # a crash between the two renames below: the old folder comes back
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent)) / f"out{suffix}"
         yield tmp
         if target.is_dir() and not target.is_symlink():
-            backup = target.with_name(f".tmp-{target.name}-old")
             os.replace(target, backup)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                os.replace(backup, target)
+                raise
             shutil.rmtree(backup)
         else:
             os.replace(tmp, target)

@@ -330,3 +330,19 @@ def test_spec_and_arguments_are_validated(tiny_model: DiffusionModel, tmp_path: 
         with pytest.raises(ConfigError, match=name):
             _generate(tiny_model, folder, **overrides)
     assert not folder.exists()
+
+
+def test_a_folder_replaced_by_a_crashed_writer_comes_back(tmp_path):
+    from pipeline.checkpoint import atomic_path
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    # A crash between the two renames of a folder replacement leaves only the backup.
+    target.rename(tmp_path / ".tmp-model-old")
+    with atomic_path(target) as tmp:
+        assert (target / "weights").read_text() == "old"  # restored before anything else happens
+        tmp.mkdir()
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new"
+    assert not (tmp_path / ".tmp-model-old").exists()
