@@ -258,10 +258,19 @@ def generate(
 
 
 @torch.no_grad()
+def classify_logits(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Attribute logits [N, A] of images [N, 3, H, W] in [0, 1].
+
+    Edit effects are measured on raw logits: the logit of a sigmoid probability saturates in float32
+    (p rounds to 1 near logit 17), which would hide the change of an already confident attribute.
+    """
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
+
+
 def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Attribute probabilities [N, A] of images [N, 3, H, W] in [0, 1] (sigmoid of the classifier's logits)."""
-    device = next(classifier.parameters()).device
-    return torch.cat([torch.sigmoid(classifier(chunk.to(device))).cpu() for chunk in images.split(batch_size)])
+    return torch.sigmoid(classify_logits(classifier, images, batch_size))
 
 
 def label(store: Store, classifier: nn.Module, batch_size: int = 256) -> torch.Tensor:
@@ -487,7 +496,7 @@ def attribute_effects(
     up, down = [], []
     for k in range(directions.num_directions):
         images = edit(model, directions, k, [scale, -scale], samples, sampler, hspace_location)
-        changes = logit(classify(classifier, images.flatten(0, 1))).reshape(2, len(samples.seeds), -1) - baseline_logits
+        changes = classify_logits(classifier, images.flatten(0, 1)).reshape(2, len(samples.seeds), -1) - baseline_logits
         up.append(changes[0])
         down.append(changes[1])
     return {"up": torch.stack(up), "down": torch.stack(down)}

@@ -36,8 +36,8 @@ def main() -> None:
 
         names = list(classifier.attribute_names)
         check_samples = study.held_out(model, sampler, cfg.seed_offset, cfg.check_samples)
-        baseline = study.logit(
-            study.classify(
+        baseline = (
+            study.classify_logits(
                 classifier,
                 study.decode_images(model, check_samples.x_T, check_samples.noise, sampler, model_cfg.hspace_location),
             )

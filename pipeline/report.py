@@ -1,0 +1,425 @@
+"""The study report: one self-contained HTML page (``report/index.html``) built from the pipeline's outputs.
+
+Every input is optional; a missing one is named in a note on the page instead of failing:
+
+- ``metrics/evaluate.json`` and ``plots/evaluate_methods.csv``: the method comparison at matched distortion,
+  each method's directions (auto-label, selectivity, ...) and the conditional check;
+- ``plots/evaluate/<method>.png``: edit grids; ``plots/evaluate_effects.csv``: effect and distortion curves;
+- ``plots/pca_spectrum.csv``, ``plots/jacobian_spectrum.csv``, ``plots/pullback_spectrum.csv``,
+  ``plots/pullback_psd.csv``: spectra; ``metrics/*.json``: every stage's metrics; ``params.yaml``: the config.
+
+Images are embedded as base64 PNG data URIs (the page needs no other file), and charts are drawn with
+PIL (:func:`line_chart`), so the report adds no plotting dependency.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.checkpoint import atomic_path
+
+EVALUATE_METRICS = "metrics/evaluate.json"
+METHOD_TABLE = "plots/evaluate_methods.csv"
+EFFECTS = "plots/evaluate_effects.csv"
+GRID = "plots/evaluate/{method}.png"
+PARAMS = "params.yaml"
+SPECTRA = (
+    # file, x column, y columns (a trailing * matches a prefix), column splitting rows into series, title
+    ("plots/pca_spectrum.csv", "component", ["all_steps", "per_step_mean"], None, "PCA: explained variance ratio"),
+    ("plots/jacobian_spectrum.csv", "step", ["sigma_*"], None, "Jacobian: singular values per step"),
+    ("plots/pullback_spectrum.csv", "index", ["sigma"], "t", "Pullback: singular values (one line per t)"),
+    ("plots/pullback_psd.csv", "t", ["mean_frequency"], None, "Pullback: mean spatial frequency of the basis"),
+)
+PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+DIRECTION_COLUMNS = (
+    ("label", "auto-label"), ("selectivity", "selectivity"), ("target_effect", "target effect"),
+    ("max_off_target", "worst off-target"), ("flipped", "flipped"), ("scale", "matched scale"), ("capped", "capped"),
+    ("distortion", "1 - SSIM"), ("psnr", "PSNR"), ("kid", "KID"), ("truth_label", "true factor"),
+    ("truth_selectivity", "truth selectivity"),
+)  # fmt: skip
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+.wide { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+img { image-rendering: pixelated; max-width: 100%; }
+.note { background: #fff6d5; border-left: 4px solid #e0b000; padding: 4px 10px; margin: 4px 0; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.charts img { margin: 4px; border: 1px solid #ddd; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------- charts
+
+
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    title: str,
+    x_label: str = "",
+    y_label: str = "",
+    size: tuple[int, int] = (540, 300),
+    level: float | None = None,
+) -> bytes:
+    """A line chart (PNG bytes) of named series of (x, y) points, drawn with PIL; non-finite points are
+    dropped, and a chart with no points says so. ``level`` draws a horizontal reference line (in red)."""
+    width, height = size
+    left, right, top, bottom = 60, 190, 28, 42
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((left, 6), title, fill="black", font=font)
+    clean = {
+        name: sorted((float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y))
+        for name, points in series.items()
+    }
+    clean = {name: points for name, points in clean.items() if points}
+    box = (left, top, width - right, height - bottom)
+    draw.rectangle(box, outline="black")
+    if not clean:
+        draw.text((left + 10, top + 10), "no data", fill="gray", font=font)
+        return _png(image)
+    xs = [x for points in clean.values() for x, _ in points]
+    ys = [y for points in clean.values() for _, y in points] + ([level] if level is not None else [])
+    x_low, x_high = _span(min(xs), max(xs))
+    y_low, y_high = _span(min(ys), max(ys))
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            box[0] + (x - x_low) / (x_high - x_low) * (box[2] - box[0]),
+            box[3] - (y - y_low) / (y_high - y_low) * (box[3] - box[1]),
+        )
+
+    for x in _ticks(x_low, x_high):
+        px, _ = at(x, y_low)
+        draw.line([(px, box[3]), (px, box[3] + 4)], fill="black")
+        draw.text((px - 12, box[3] + 6), f"{x:.4g}", fill="black", font=font)
+    for y in _ticks(y_low, y_high):
+        _, py = at(x_low, y)
+        draw.line([(box[0] - 4, py), (box[0], py)], fill="black")
+        draw.line([(box[0] + 1, py), (box[2] - 1, py)], fill=(235, 235, 235))
+        draw.text((4, py - 6), f"{y:.4g}", fill="black", font=font)
+    if y_low < 0 < y_high:
+        _, zero = at(x_low, 0.0)
+        draw.line([(box[0] + 1, zero), (box[2] - 1, zero)], fill=(170, 170, 170))
+    if level is not None:
+        _, py = at(x_low, level)
+        draw.line([(box[0] + 1, py), (box[2] - 1, py)], fill=(220, 60, 60))
+    draw.text(((box[0] + box[2]) // 2 - 3 * len(x_label), height - 16), x_label, fill="black", font=font)
+    if y_label:
+        draw.text((4, height - 16), y_label, fill="gray", font=font)
+    shown = list(clean.items())[:14]
+    for index, (name, points) in enumerate(shown):
+        colour = PALETTE[index % len(PALETTE)]
+        pixels = [at(x, y) for x, y in points]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        for px, py in pixels:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        legend_y = top + 14 * index
+        draw.line([(width - right + 8, legend_y + 6), (width - right + 22, legend_y + 6)], fill=colour, width=2)
+        draw.text((width - right + 26, legend_y), name[:28], fill="black", font=font)
+    if len(clean) > len(shown):
+        draw.text(
+            (width - right + 8, top + 14 * len(shown)), f"+{len(clean) - len(shown)} more", fill="gray", font=font
+        )
+    return _png(image)
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) inside [low, high]."""
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step)
+    return [round(i * step, 12) for i in range(first, math.floor(high / step) + 1)]
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    if high > low:
+        pad = 0.04 * (high - low)
+        return low - pad, high + pad
+    pad = abs(low) * 0.1 or 1.0
+    return low - pad, high + pad
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header."""
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) or (isinstance(value, str) and _is_number(value)):
+        number = float(value)
+        if number.is_integer() and abs(number) < 1e6 and not isinstance(value, float):
+            return str(int(number))
+        return f"{number:.3g}"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "") -> str:
+    attribute = f' id="{html.escape(table_id)}"' if table_id else ""
+    head = "".join(f"<th>{html.escape(str(name))}</th>" for name in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(value))}</td>" for value in row) + "</tr>" for row in rows)
+    return f'<div class="wide"><table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _img(png: bytes, alt: str, zoom: int = 1) -> str:
+    style = ""
+    if zoom > 1:
+        with Image.open(io.BytesIO(png)) as image:
+            style = f' style="width: {min(1160, zoom * image.width)}px"'
+    return f'<img src="{data_uri(png)}" alt="{html.escape(alt)}"{style}>'
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{name}/")
+        else:
+            flat[name] = value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+class _Page:
+    def __init__(self, root: Path):
+        self.root = root
+        self.parts: list[str] = []
+        self.notes: list[str] = []
+
+    def path(self, name: str) -> Path | None:
+        """``root / name`` if it exists, else None and a note that it is missing."""
+        path = self.root / name
+        if path.exists():
+            return path
+        self.notes.append(f"{name} not found: skipped")
+        return None
+
+
+def build_report(root: str | Path = ".", title: str = "h-space directions: study report") -> str:
+    """The report page (HTML text) of the study whose outputs lie under ``root``."""
+    page = _Page(Path(root))
+    evaluation = _load_json(page, EVALUATE_METRICS)
+    _methods_section(page, evaluation)
+    _conditional_section(page, evaluation)
+    _per_method_section(page, evaluation)
+    _spectra_section(page)
+    _metrics_section(page)
+    _config_section(page)
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in page.notes)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"{notes and '<section id=notes><h2>Notes</h2>' + notes + '</section>'}"
+        + "".join(page.parts)
+        + "</body></html>\n"
+    )
+
+
+def write_report(path: str | Path, text: str) -> None:
+    """Write the page atomically."""
+    with atomic_path(path, ".html") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _load_json(page: _Page, name: str) -> dict[str, Any] | None:
+    path = page.path(name)
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        page.notes.append(f"{name} is not valid JSON ({error.msg}): skipped")
+        return None
+
+
+def _methods_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
+    path = page.path(METHOD_TABLE)
+    page.parts.append("<section id=comparison><h2>Methods at matched distortion</h2>")
+    if evaluation is not None:
+        settings = evaluation.get("settings", {})
+        page.parts.append(
+            "<p>Each direction is scaled until the mean image change 1 - SSIM reaches "
+            f"{html.escape(_cell(settings.get('distortion_budget')))} on "
+            f"{html.escape(_cell(settings.get('num_samples')))} held-out samples (capped at scale "
+            f"{html.escape(_cell(settings.get('max_scale')))}); selectivity = |largest attribute effect| / "
+            "sum of |effects|; KID against unedited samples of other seeds on the classifier's features "
+            "(unedited_kid: the unedited samples' own, the floor). "
+            f"{html.escape(settings.get('fid_note', ''))}</p>"
+        )
+    if path is not None:
+        rows = read_csv(path)
+        if rows:
+            header = list(rows[0])
+            page.parts.append(_table(header, [[row[c] for c in header] for row in rows], "methods"))
+    page.parts.append("</section>")
+
+
+def _conditional_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
+    if not evaluation or not evaluation.get("conditional"):
+        return
+    rows = []
+    for target, entry in evaluation["conditional"].items():
+        for where in ("matched", "scale_1"):
+            if where in entry:
+                values = entry[where]
+                rows.append([
+                    target, ", ".join(entry.get("partners", [])), where, values.get("partner_effect_plain"),
+                    values.get("partner_effect_conditional"), values.get("partner_reduction"),
+                    values.get("target_kept"),
+                ])  # fmt: skip
+    header = ["target", "partners", "where", "partner effect (plain)", "partner effect (conditional)",
+              "partner reduction", "target kept"]  # fmt: skip
+    page.parts.append("<section id=conditional><h2>Conditional supervised directions</h2>")
+    page.parts.append(_table(header, rows, "conditional") + "</section>")
+
+
+def _per_method_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
+    if not evaluation:
+        return
+    budget = evaluation.get("settings", {}).get("distortion_budget")
+    effects_path = page.path(EFFECTS)
+    curves = read_csv(effects_path) if effects_path is not None else []
+    page.parts.append("<section id=directions><h2>Directions, method by method</h2>")
+    methods = evaluation.get("methods", {})
+    table_path = page.root / METHOD_TABLE
+    order = [row["method"] for row in read_csv(table_path)] if table_path.is_file() else []
+    for method in sorted(methods, key=lambda name: order.index(name) if name in order else len(order)):
+        entry = methods[method]
+        page.parts.append(f'<h3 id="method-{html.escape(method)}">{html.escape(method)}</h3>')
+        grid = page.path(GRID.format(method=method))
+        if grid is not None:
+            page.parts.append(
+                "<p>One row per direction; for each sample shown: the grid scales (0 = unedited), then the matched "
+                f"distortion.</p>{_img(grid.read_bytes(), f'{method} edit grid', zoom=2)}"
+            )
+        directions = entry.get("directions", {})
+        present = [(key, name) for key, name in DIRECTION_COLUMNS if any(key in d for d in directions.values())]
+        rows = [[name, *(d.get(key) for key, _ in present)] for name, d in directions.items()]
+        page.parts.append(_table(["direction", *(name for _, name in present)], rows))
+        mine = [row for row in curves if row.get("method") == method]
+        if mine:
+            effect: dict[str, list[tuple[float, float]]] = {}
+            distortion: dict[str, list[tuple[float, float]]] = {}
+            for row in mine:
+                key = f"{row['direction']} ({row.get('target') or row.get('label')})"
+                effect.setdefault(key, []).append((_float(row["scale"]), _float(row["target_effect"])))
+                distortion.setdefault(key, []).append((_float(row["scale"]), _float(row["distortion"])))
+            page.parts.append(
+                '<div class="charts">'
+                + _img(line_chart(effect, f"{method}: effect on the label/target", "scale", "logit change"), "")
+                + _img(
+                    line_chart(distortion, f"{method}: 1 - SSIM (red: budget)", "scale", "1 - SSIM", level=budget), ""
+                )
+                + "</div>"
+            )
+    page.parts.append("</section>")
+
+
+def _spectra_section(page: _Page) -> None:
+    charts = []
+    for name, x, columns, split, title in SPECTRA:
+        path = page.path(name)
+        if path is None:
+            continue
+        rows = read_csv(path)
+        if not rows:
+            page.notes.append(f"{name} has no rows: skipped")
+            continue
+        names = [c for c in rows[0] if any(c == p or (p.endswith("*") and c.startswith(p[:-1])) for p in columns)]
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row in rows:
+            for column in names:
+                key = f"{split}={_cell(row[split])}" if split else column
+                series.setdefault(key, []).append((_float(row[x]), _float(row[column])))
+        charts.append(_img(line_chart(series, title, x), title))
+    if charts:
+        page.parts.append(
+            '<section id=spectra><h2>Spectra</h2><div class="charts">' + "".join(charts) + "</div></section>"
+        )
+
+
+def _metrics_section(page: _Page) -> None:
+    folder = page.root / "metrics"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        page.notes.append("metrics/*.json not found: skipped")
+        return
+    page.parts.append("<section id=metrics><h2>Metrics</h2>")
+    for path in files:
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            page.notes.append(f"metrics/{path.name} is not valid JSON: skipped")
+            continue
+        flat = _flatten(values) if isinstance(values, Mapping) else {"value": values}
+        page.parts.append(
+            f"<details><summary>metrics/{html.escape(path.name)} ({len(flat)} values)</summary>"
+            + _table(["key", "value"], list(flat.items()))
+            + "</details>"
+        )
+    page.parts.append("</section>")
+
+
+def _config_section(page: _Page) -> None:
+    path = page.path(PARAMS)
+    if path is not None:
+        page.parts.append(
+            f"<section id=config><h2>Config (params.yaml)</h2><pre>{html.escape(path.read_text())}</pre></section>"
+        )

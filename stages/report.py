@@ -1,0 +1,14 @@
+"""DVC stage ``report``: one self-contained HTML page of the study (report/index.html, pipeline/report.py)."""
+
+from pipeline.report import build_report, write_report
+
+OUTPUT = "report/index.html"
+
+
+def main() -> None:
+    """Read the study's outputs from the working directory (missing ones are noted on the page); write the page."""
+    write_report(OUTPUT, build_report("."))
+
+
+if __name__ == "__main__":
+    main()

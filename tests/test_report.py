@@ -1,0 +1,187 @@
+"""The report page: self-contained (every image a PNG data URI), one table row per method, missing inputs noted."""
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from pipeline.report import build_report, line_chart, write_report
+
+METHODS = ["pca_per_step", "supervised", "pullback_global"]
+
+
+class _Collector(HTMLParser):
+    """Images, the rows of every table by id, and note paragraphs of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.notes: list[str] = []
+        self._table: str | None = None
+        self._in_body = False
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._note: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "img":
+            self.images.append(attributes.get("src", ""))
+        elif tag == "table":
+            self._table = attributes.get("id") or f"table{len(self.tables)}"
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._row = []
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "p" and attributes.get("class") == "note":
+            self._note = []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag == "p" and self._note is not None:
+            self.notes.append("".join(self._note))
+            self._note = None
+
+    def handle_data(self, data):
+        for part in (self._cell, self._note):
+            if part is not None:
+                part.append(data)
+
+
+def _png(color, size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def study(tmp_path):
+    """A folder holding what the evaluate stage and the spectral stages write (small, made up)."""
+    (tmp_path / "params.yaml").write_text("evaluate:\n  num_samples: 4\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "plots/evaluate").mkdir(parents=True)
+    directions = {
+        "pca_per_step": {"pc0": {"label": "smiling", "selectivity": 0.7, "scale": 1.5, "kid": 0.01}},
+        "supervised": {
+            "smiling": {"label": "smiling", "selectivity": 0.8, "target_effect": 2.0, "flipped": 0.75, "kid": 0.02}
+        },
+        "pullback_global": {"global/v0": {"label": "hat", "selectivity": 0.4, "capped": True, "kid": 0.0}},
+    }
+    metrics = {
+        "methods": {method: {"summary": {}, "directions": entries} for method, entries in directions.items()},
+        "settings": {"distortion_budget": 0.05, "num_samples": 4, "max_scale": 8.0, "fid_note": "KID only"},
+        "conditional": {
+            "smiling": {
+                "partners": ["light_hair"],
+                "matched": {"partner_effect_plain": 1.0, "partner_effect_conditional": 0.2, "target_kept": 0.9},
+            }
+        },
+    }
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics))
+    (tmp_path / "metrics/pca.json").write_text(json.dumps({"explained": {"all": 0.5}, "seconds": 1.0}))
+    header = "method,directions,mean_selectivity,mean_ssim,mean_kid\n"
+    (tmp_path / "plots/evaluate_methods.csv").write_text(
+        header + "".join(f"{method},1,0.5,0.95,0.01\n" for method in METHODS)
+    )
+    rows = ["method,direction,scale,label,label_effect,target,target_effect,distortion,ssim,psnr,matched"]
+    for method, entries in directions.items():
+        for name in entries:
+            rows += [
+                f"{method},{name},{s},smiling,{s / 2},,{s / 2},{abs(s) / 40},{1 - abs(s) / 40},30,0" for s in (-2, 0, 2)
+            ]
+    (tmp_path / "plots/evaluate_effects.csv").write_text("\n".join(rows) + "\n")
+    for method in METHODS:
+        (tmp_path / f"plots/evaluate/{method}.png").write_bytes(_png((200, 30, 30), (34, 52)))
+    (tmp_path / "plots/pca_spectrum.csv").write_text("component,all_steps,per_step_mean\n0,0.5,0.4\n1,0.2,0.25\n")
+    (tmp_path / "plots/pullback_spectrum.csv").write_text("t,index,sigma\n0.6,0,3.0\n0.6,1,2.0\n0.2,0,1.0\n0.2,1,0.5\n")
+    return tmp_path
+
+
+def _parse(page: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(page)
+    collector.close()
+    return collector
+
+
+def _check_images(sources: list[str]) -> None:
+    assert sources
+    for source in sources:
+        assert source.startswith("data:image/png;base64,"), source[:40]
+        data = base64.b64decode(source.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_the_page_is_self_contained_with_one_row_per_method(study):
+    page = build_report(study)
+    parsed = _parse(page)
+    _check_images(parsed.images)
+    # 3 grids, 2 curves per method, 2 spectra
+    assert len(parsed.images) == 3 + 2 * 3 + 2
+    assert [row[0] for row in parsed.tables["methods"]] == METHODS
+    assert parsed.tables["conditional"][0][:2] == ["smiling", "light_hair"]
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page
+    assert "num_samples: 4" in page  # the config
+    assert "metrics/pca.json" in page
+    # the jacobian and psd spectra are absent: noted, not an error
+    assert any("jacobian_spectrum.csv" in note for note in parsed.notes)
+    assert any("pullback_psd.csv" in note for note in parsed.notes)
+
+
+def test_missing_inputs_are_notes_not_errors(tmp_path):
+    parsed = _parse(build_report(tmp_path))
+    assert parsed.images == []
+    for name in ("metrics/evaluate.json", "plots/evaluate_methods.csv", "params.yaml", "plots/pca_spectrum.csv"):
+        assert any(name in note for note in parsed.notes), name
+
+
+def test_a_chart_is_a_png_of_the_requested_size():
+    png = line_chart({"a": [(0, 1), (1, 2), (2, float("nan"))], "b": [(0, 0)]}, "t", "x", "y", size=(300, 200))
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (300, 200) and image.format == "PNG"
+    empty = line_chart({}, "nothing")
+    with Image.open(io.BytesIO(empty)) as image:
+        assert image.format == "PNG"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_the_page_loads_in_headless_chromium_with_its_images(study, tmp_path_factory):
+    target = tmp_path_factory.mktemp("page") / "index.html"
+    write_report(target, build_report(study))
+    # Each image reports whether it decoded (naturalWidth > 0) into the DOM before it is dumped.
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        "document.title = imgs.length + ':' + imgs.filter(i => i.complete && i.naturalWidth > 0).length; });"
+        "</script>"
+    )
+    target.write_text(target.read_text().replace("</body>", probe + "</body>"))
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=5000", "--dump-dom",
+         target.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    title = result.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
+    total, loaded = (int(value) for value in title.split(":"))
+    assert total == 3 + 2 * 3 + 2 and loaded == total
