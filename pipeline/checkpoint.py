@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,9 +86,34 @@ def write_json(path: str | Path, data: Any) -> None:
 def save_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """Save a dict of tensors to a safetensors file atomically (tensors are made contiguous, on CPU)."""
+    """Save a dict of tensors to a safetensors file atomically (tensors are made contiguous, on CPU).
+
+    Equal tensors and metadata give byte-equal files (see :func:`canonicalize_header`), so DVC hashes of
+    outputs are reproducible across runs.
+    """
     with atomic_path(path, ".safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        canonicalize_header(tmp)
+
+
+def canonicalize_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header in place with its metadata keys sorted.
+
+    safetensors writes the metadata in hash-map order, which differs between processes, so the same
+    content would otherwise hash differently from run to run. The rewritten header has the same length
+    (only the order changes), padded with spaces as the format allows; tensor data is untouched.
+    """
+    with Path(path).open("r+b") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            return  # another JSON escaping than safetensors' own; the file stays valid as written
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))
 
 
 class TrainingCheckpoint:

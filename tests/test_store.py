@@ -346,3 +346,24 @@ def test_a_folder_replaced_by_a_crashed_writer_comes_back(tmp_path):
         (tmp / "weights").write_text("new")
     assert (target / "weights").read_text() == "new"
     assert not (tmp_path / ".tmp-model-old").exists()
+
+
+def test_safetensors_outputs_are_byte_identical_across_processes(tmp_path):
+    """safetensors orders metadata by a per-process hash map; save_tensors makes the bytes canonical."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from pipeline.checkpoint import save_tensors; "
+        "save_tensors(sys.argv[1], {'b': torch.ones(3), 'a': torch.zeros(2)}, "
+        "{key: str(i) for i, key in enumerate('qwertyuiopasdfghjkl')})"
+    )
+    files = [tmp_path / f"run{i}.safetensors" for i in range(3)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).resolve().parents[1])
+    contents = [path.read_bytes() for path in files]
+    assert contents[0] == contents[1] == contents[2]
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), "pt") as handle:
+        assert handle.metadata()["q"] == "0" and sorted(handle.keys()) == ["a", "b"]

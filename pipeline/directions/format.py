@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from pipeline.checkpoint import atomic_path
+from pipeline.checkpoint import save_tensors
 from pipeline.errors import ConfigError
 
 FORMAT = "hspace-directions"
@@ -269,12 +268,7 @@ def save_directions(path: str | Path, directions: Directions) -> None:
         "eta": json.dumps(None if origin.eta is None else float(origin.eta)),
         "extra": json.dumps(directions.extra, sort_keys=True),
     }
-    with atomic_path(path, ".safetensors") as tmp:
-        save_file(
-            {name: value.detach().contiguous().cpu() for name, value in tensors.items()},
-            str(tmp),
-            metadata=metadata,
-        )
+    save_tensors(path, tensors, metadata)
 
 
 def load_directions(path: str | Path, expect: Expected | None = None, device: torch.device | str = "cpu") -> Directions:
