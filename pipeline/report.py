@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.checkpoint import atomic_path
+from pipeline.tracking import flatten
 
 EVALUATE_METRICS = "metrics/evaluate.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
@@ -222,15 +223,6 @@ def _img(png: bytes, alt: str, zoom: int = 1) -> str:
     return f'<img src="{data_uri(png)}" alt="{html.escape(alt)}"{style}>'
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{name}/")
-        else:
-            flat[name] = value
-    return flat
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -408,7 +400,7 @@ def _metrics_section(page: _Page) -> None:
         except json.JSONDecodeError:
             page.notes.append(f"metrics/{path.name} is not valid JSON: skipped")
             continue
-        flat = _flatten(values) if isinstance(values, Mapping) else {"value": values}
+        flat = flatten(values) if isinstance(values, Mapping) else {"value": values}
         page.parts.append(
             f"<details><summary>metrics/{html.escape(path.name)} ({len(flat)} values)</summary>"
             + _table(["key", "value"], list(flat.items()))

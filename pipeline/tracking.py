@@ -132,7 +132,7 @@ class Tracker:
         """Write a DVC metrics JSON file and put the (flattened) numbers in the W&B summary."""
         write_json(path, dict(values))
         if self._run is not None:
-            for key, value in _flatten(values).items():
+            for key, value in flatten(values).items():
                 self._run.summary[f"{self.stage}/{key}"] = value
 
     def plot(self, path: str | Path, rows: Sequence[Mapping[str, Any]], x: str, y: str, title: str = "") -> None:
@@ -161,12 +161,13 @@ class Tracker:
             self._run.log({f"{self.stage}/{k}": v for k, v in values.items()}, step=step)
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with "/"-joined keys: {"a": {"b": 1}} -> {"a/b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{name}/")
+            flat |= flatten(value, f"{name}/")
         else:
             flat[name] = value
     return flat
