@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from pipeline import study
 from pipeline.directions import Directions
 from pipeline.directions.format import METHODS
-from pipeline.directions.pullback import states_at
+from pipeline.directions.pullback import guidance_rows, states_at
 from pipeline.errors import ConfigError
 from pipeline.images import make_grid
 from pipeline.models import DiffusionModel
@@ -446,35 +446,6 @@ class Editor:
         return study.edit(self.model, self.directions, k, scales, samples, self.sampler, self.location)
 
 
-@torch.no_grad()
-def guidance_batch(
-    model: DiffusionModel,
-    x_t: torch.Tensor,
-    direction: torch.Tensor,
-    strengths: torch.Tensor,
-    timestep: int,
-    *,
-    step_size: float,
-    iterations: int,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """x-space guidance of :func:`pipeline.directions.pullback.guidance_edit` for many x_t at once: row b of
-    x_t [B, C, H, W] follows ``direction`` [C, H, W] with strength ``strengths[b]``, N = ``iterations``
-    updates x <- x + gamma * (eps(x + c v, t) - eps(x, t)); returns the edited x_t [B, C, H, W] (CPU)."""
-    dtype = torch.promote_types(model.unet.dtype, torch.float32)
-    v = direction.to(model.device, dtype).unsqueeze(0)
-    edited = []
-    for rows, c in zip(x_t.split(batch_size), strengths.split(batch_size), strict=True):
-        x = rows.to(model.device, dtype)
-        c = c.to(model.device, dtype).reshape(-1, 1, 1, 1)
-        for _ in range(iterations):
-            both = model.unet(torch.cat([x + c * v, x]).to(model.unet.dtype), timestep).sample.to(dtype)
-            shifted, plain = both.chunk(2)
-            x = x + step_size * (shifted - plain)
-        edited.append(x.cpu())
-    return torch.cat(edited)
-
-
 class GuidedEditor:
     """Decodes held-out samples with direction k of a file in space "x_t": x-space guidance at the file's edit
     step (``origin.steps[0]``) from each sample's own x_t, with ``extra`` step_size, iterations and
@@ -520,7 +491,7 @@ class GuidedEditor:
         count = len(index)
         rows = index.repeat(len(scales))
         strengths = torch.as_tensor(list(scales), dtype=torch.float32).repeat_interleave(count)
-        edited = guidance_batch(
+        edited = guidance_rows(
             self.model, self.x_t[rows], self.directions.delta(k, 1.0), strengths, self.timestep,
             step_size=self.step_size, iterations=self.iterations, batch_size=self.sampler.batch_size,
         )  # fmt: skip

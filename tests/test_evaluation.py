@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from pipeline.directions import Directions, Origin
-from pipeline.directions.pullback import guidance_edit
+from pipeline.directions.pullback import guidance_edit, guidance_rows
 from pipeline.errors import ConfigError
 from pipeline.evaluation import (
     PSNR_CAP,
@@ -24,7 +24,6 @@ from pipeline.evaluation import (
     Reading,
     auto_label,
     bisect_scale,
-    guidance_batch,
     kid,
     measure,
     psnr_per_image,
@@ -157,7 +156,7 @@ def test_batched_guidance_equals_guidance_edit(tiny_model, single_thread):
     v /= v.norm()
     strengths = torch.tensor([0.0, 2.0, -1.0, 2.0])
     rows = torch.tensor([0, 0, 1, 1])
-    batched = guidance_batch(tiny_model, x_t[rows], v, strengths, 500, step_size=0.5, iterations=2, batch_size=3)
+    batched = guidance_rows(tiny_model, x_t[rows], v, strengths, 500, step_size=0.5, iterations=2, batch_size=3)
     for row, (sample, c) in enumerate(zip(rows.tolist(), strengths.tolist(), strict=True)):
         single = guidance_edit(tiny_model, x_t[sample], v, 500, [c], step_size=0.5, iterations=2)[0]
         torch.testing.assert_close(batched[row], single, atol=1e-5, rtol=0)

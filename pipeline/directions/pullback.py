@@ -104,7 +104,6 @@ def local_basis(
     )
 
 
-@torch.no_grad()
 def guidance_edit(
     model: DiffusionModel,
     x_t: torch.Tensor,
@@ -115,26 +114,45 @@ def guidance_edit(
     step_size: float,
     iterations: int,
 ) -> torch.Tensor:
-    """x-space guidance (ALGORITHMS 3.3): for each scale c, N = ``iterations`` updates
-    x <- x + gamma * (eps(x + c v, t) - eps(x, t)) from x_t; returns the edited x_t [S, C, H, W].
-
-    Args:
-        x_t: [C, H, W] the sample at ``timestep``; direction: [C, H, W] v (unit norm expected).
-        scales: S values of c (0 returns x_t unchanged); step_size: gamma; iterations: N_g >= 0.
-    """
-    if iterations < 0 or step_size < 0:
-        raise ConfigError(f"guidance: iterations {iterations} and step_size {step_size} must be >= 0")
+    """x-space guidance (ALGORITHMS 3.3) of one x_t [C, H, W] along ``direction`` [C, H, W] (v, unit norm
+    expected) at every strength c of ``scales`` (0 returns x_t unchanged): edited x_t [S, C, H, W].
+    See :func:`guidance_rows`."""
     if direction.shape != x_t.shape:
         raise ConfigError(f"direction shape {tuple(direction.shape)}: expected {tuple(x_t.shape)} like x_t")
+    strengths = torch.as_tensor(list(scales), dtype=torch.float32)
+    rows = x_t.unsqueeze(0).repeat(len(strengths), 1, 1, 1)
+    return guidance_rows(model, rows, direction, strengths, timestep, step_size=step_size, iterations=iterations)
+
+
+@torch.no_grad()
+def guidance_rows(
+    model: DiffusionModel,
+    x_t: torch.Tensor,
+    direction: torch.Tensor,
+    strengths: torch.Tensor,
+    timestep: int,
+    *,
+    step_size: float,
+    iterations: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """x-space guidance for many x_t at once: row b of x_t [B, C, H, W] follows ``direction`` [C, H, W] with
+    strength c = ``strengths[b]``, N = ``iterations`` updates x <- x + gamma * (eps(x + c v, t) - eps(x, t))
+    with gamma = ``step_size``, ``batch_size`` rows per UNet call; returns the edited x_t [B, C, H, W] (CPU)."""
+    if iterations < 0 or step_size < 0:
+        raise ConfigError(f"guidance: iterations {iterations} and step_size {step_size} must be >= 0")
     dtype = torch.promote_types(model.unet.dtype, torch.float32)
-    c = torch.as_tensor(list(scales), dtype=dtype, device=model.device).reshape(-1, 1, 1, 1)
     v = direction.to(model.device, dtype).unsqueeze(0)
-    x = x_t.to(model.device, dtype).unsqueeze(0).repeat(len(c), 1, 1, 1)
-    for _ in range(iterations):
-        both = model.unet(torch.cat([x + c * v, x]).to(model.unet.dtype), timestep).sample.to(dtype)
-        shifted, plain = both.chunk(2)
-        x = x + step_size * (shifted - plain)
-    return x.cpu()
+    edited = []
+    for rows, c in zip(x_t.split(batch_size), strengths.split(batch_size), strict=True):
+        x = rows.to(model.device, dtype)
+        c = c.to(model.device, dtype).reshape(-1, 1, 1, 1)
+        for _ in range(iterations):
+            both = model.unet(torch.cat([x + c * v, x]).to(model.unet.dtype), timestep).sample.to(dtype)
+            shifted, plain = both.chunk(2)
+            x = x + step_size * (shifted - plain)
+        edited.append(x.cpu())
+    return torch.cat(edited)
 
 
 def decode_edited(
