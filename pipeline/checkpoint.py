@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,68 @@ def save_with(writer: Callable[[Path], None], target: str | Path) -> None:
     """Run ``writer(tmp_folder)`` (for example a ``save_pretrained``) and atomically publish the folder."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+WORK_ROOT = Path(".work")
+"""Where stages keep finished units of an interrupted run (relative to the working directory; git-ignored)."""
+
+
+class WorkCache:
+    """Finished units of one stage run kept on disk, so that a killed run resumes where it stopped.
+
+    A unit is a dict of tensors saved atomically under a string key. The folder belongs to one
+    ``fingerprint`` (for example the stage's params and the signatures of its input files): opening it with
+    another fingerprint empties it first, so a changed config or input never reuses stale work. The stage
+    calls :meth:`clear` once its outputs are written. ``WorkCache(None)`` keeps nothing (library use).
+    Loaded units are bit-identical to computed ones, so a resumed run writes the same outputs.
+    """
+
+    def __init__(self, folder: str | Path | None, fingerprint: Mapping[str, Any] | None = None):
+        self.folder = None if folder is None else Path(folder)
+        self.resumed = 0
+        if self.folder is None:
+            return
+        stamp = json.dumps(fingerprint or {}, sort_keys=True, default=str)
+        stamp_file = self.folder / "fingerprint.json"
+        if self.folder.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
+            shutil.rmtree(self.folder)
+        if not stamp_file.is_file():
+            with atomic_path(stamp_file, ".json") as tmp:
+                tmp.write_text(stamp)
+
+    def fetch(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The unit ``key``: loaded when a previous run finished it, else ``compute()`` saved and returned."""
+        if self.folder is None:
+            return compute()
+        path = self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            self.resumed += 1
+            return load_file(str(path))
+        tensors = {name: value.detach().cpu().contiguous() for name, value in compute().items()}
+        save_tensors(path, tensors, {"key": key})
+        return tensors
+
+    def clear(self) -> None:
+        """Remove the folder (the stage's outputs are written; nothing is left to resume)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def input_signature(paths: Iterable[str | Path]) -> dict[str, list[int]]:
+    """Size and modification time (ns) of every file under ``paths`` (files or folders), by path.
+
+    Cheap even for multi-GB checkpoints; a replaced input changes it, which invalidates a :class:`WorkCache`.
+    """
+    signature: dict[str, list[int]] = {}
+    for root in map(Path, paths):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if path.exists():
+                status = path.stat()
+                signature[path.as_posix()] = [status.st_size, status.st_mtime_ns]
+    return signature
+
+
+def stage_work(stage: str, params: Mapping[str, Any], inputs: Iterable[str | Path]) -> WorkCache:
+    """The :class:`WorkCache` of DVC stage ``stage`` (``.work/<stage>``) for these params and input files."""
+    return WorkCache(WORK_ROOT / stage, {"params": params, "inputs": input_signature(inputs)})

@@ -54,6 +54,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm.auto import tqdm
 
 from pipeline import study
+from pipeline.checkpoint import WorkCache
 from pipeline.directions import Directions
 from pipeline.directions.format import METHODS
 from pipeline.directions.pullback import guidance_rows, states_at
@@ -509,6 +510,25 @@ class GuidedEditor:
         return torch.cat(images)
 
 
+class ResumableEditor:
+    """An editor whose decodes are units of a :class:`~pipeline.checkpoint.WorkCache`: a killed evaluation
+    resumes without decoding again what it had decoded (the bisection asks for the same scales again,
+    since every probe follows from the measurements before it)."""
+
+    def __init__(self, editor: Editor | GuidedEditor, work: WorkCache, method: str):
+        self.editor, self.work, self.method = editor, work, method
+        self.baseline = editor.baseline
+
+    def __call__(self, k: int, scales: Sequence[float], index: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``editor(k, scales, index)`` returns, loaded when an earlier run decoded it."""
+        rows = None if index is None else index.tolist()
+        key = f"{self.method}/{k}/{[float(scale) for scale in scales]!r}/{rows}"
+        return self.work.fetch(key, lambda: {"images": self.editor(k, scales, index)})["images"]
+
+
+AnyEditor = Editor | GuidedEditor | ResumableEditor
+
+
 # --------------------------------------------------------------------------------------------------------
 # The protocol
 
@@ -527,17 +547,19 @@ class DirectionResult:
 
 @dataclass
 class EvaluationResult:
-    """What the evaluate stage writes: metrics JSON, plot rows (effect curves, method table), grids."""
+    """What the evaluate stage writes: metrics JSON, plot rows (effect curves, method table), grids; and
+    ``timings`` (seconds per method and in all, decodes resumed), logged but kept out of the metrics."""
 
     metrics: dict[str, Any]
     curve_rows: list[dict[str, Any]]
     method_rows: list[dict[str, Any]]
     grids: dict[str, torch.Tensor]
     captions: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def evaluate_direction(
-    editor: Editor | GuidedEditor,
+    editor: AnyEditor,
     judge: Judge,
     baseline: Reading,
     k: int,
@@ -617,7 +639,7 @@ def evaluate_direction(
 
 
 def _supervised_scores(
-    editor: Editor | GuidedEditor, judge: Judge, baseline: Reading, k: int, matched: Measurement, target: int
+    editor: AnyEditor, judge: Judge, baseline: Reading, k: int, matched: Measurement, target: int
 ) -> dict[str, Any]:
     """Target effect, worst off-target, ``moved`` (target logit rises at +s) and ``flipped`` (the target
     attribute changes side when edited towards it: +s without it, -s with it; one extra decode of the
@@ -656,9 +678,13 @@ def evaluate(
     location: str,
     world: Any = None,
     progress: bool = True,
+    work: WorkCache | None = None,
 ) -> EvaluationResult:
     """Evaluate every directions file of ``files`` (method -> Directions) by the protocol of the module
-    docstring. ``world`` (a ToyFacesConfig) enables the ground truth when ``classifier`` predicts factors."""
+    docstring. ``world`` (a ToyFacesConfig) enables the ground truth when ``classifier`` predicts factors.
+    Every edit decode is a unit of ``work`` (a killed run resumes from the decodes it finished)."""
+    work = work or WorkCache(None)
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     factor_std = toyfaces_factor_std(world) if world is not None and hasattr(classifier, "predict_factors") else None
     judge = Judge(classifier, factor_std)
@@ -685,16 +711,17 @@ def evaluate(
     bar = tqdm(total=len(jobs), desc="evaluate", unit="direction", disable=not progress)
     for method, directions in files.items():
         method_started = time.perf_counter()
-        editor: Editor | GuidedEditor
+        decoder: Editor | GuidedEditor
         if directions.space == "x_t":
-            editor = GuidedEditor(model, directions, samples, sampler, state_at, f"'{method}'")
-            baseline = Reading.of(judge, editor.baseline)
+            decoder = GuidedEditor(model, directions, samples, sampler, state_at, f"'{method}'")
+            baseline = Reading.of(judge, decoder.baseline)
         else:
             if "decoded" not in plain:
                 images = study.decode_images(model, samples.x_T, samples.noise, sampler, location)
                 plain["decoded"] = Reading.of(judge, images)
             baseline = plain["decoded"]
-            editor = Editor(model, directions, samples, sampler, location, baseline.images)
+            decoder = Editor(model, directions, samples, sampler, location, baseline.images)
+        editor = ResumableEditor(decoder, work, method)
         results[method] = {}
         for k in range(_count(method, directions, cfg)):
             name = directions.names[k]
@@ -703,7 +730,7 @@ def evaluate(
             curve_rows += results[method][name].rows
             bar.update()
         methods[method] = _method_metrics(results[method], judge, baseline, reference, cfg)
-        methods[method]["summary"]["seconds"] = time.perf_counter() - method_started
+        timings[f"seconds/{method}"] = time.perf_counter() - method_started
         method_rows.append({"method": method, **_table_row(methods[method]["summary"])})
         # one row per direction: for each shown sample, its grid scales then its matched edit
         rows = torch.stack([result.columns.flatten(0, 1) for result in results[method].values()])
@@ -730,8 +757,8 @@ def evaluate(
     conditional = _conditional(files, results, judge)
     if conditional:
         metrics["conditional"] = conditional
-    metrics["seconds"] = time.perf_counter() - started
-    return EvaluationResult(_finite(metrics), curve_rows, method_rows, grids, captions)
+    timings |= {"seconds": time.perf_counter() - started, "resumed": work.resumed}
+    return EvaluationResult(_finite(metrics), curve_rows, method_rows, grids, captions, timings)
 
 
 def _count(method: str, directions: Directions, cfg: EvaluateConfig) -> int:

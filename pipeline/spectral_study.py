@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,8 +18,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import geometry
+from pipeline.checkpoint import WorkCache
 from pipeline.directions import Directions, Origin
-from pipeline.directions.jacobian import image_mask, jacobian_directions, jacobian_spectra, rectangle_mask
+from pipeline.directions.jacobian import (
+    JacobianSpectra,
+    image_mask,
+    jacobian_directions,
+    jacobian_spectra,
+    rectangle_mask,
+)
 from pipeline.directions.pullback import (
     LocalBasis,
     decode_edited,
@@ -39,12 +47,14 @@ from pipeline.toyfaces import REGIONS, ToyFacesConfig
 
 @dataclass
 class SpectralResult:
-    """What a spectral stage writes: directions files by method, plot rows by name, metrics, pictures."""
+    """What a spectral stage writes: directions files by method, plot rows by name, metrics, pictures; and
+    ``timings`` (seconds, units resumed), logged but kept out of the metrics so that outputs are reproducible."""
 
     directions: dict[str, Directions]
     plots: dict[str, list[dict[str, float]]]
     metrics: dict[str, Any]
     pictures: dict[str, torch.Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def sample_masks(
@@ -88,31 +98,30 @@ def run_jacobian(
     world: ToyFacesConfig | None = None,
     preview_scales: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
     progress: bool = True,
+    work: WorkCache | None = None,
 ) -> SpectralResult:
     """Jacobian directions of ``cfg.num_samples`` held-out samples, their spectra, the locality of masked
-    edits and a preview (each sample edited by its own directions at ``preview_scales``)."""
+    edits and a preview (each sample edited by its own directions at ``preview_scales``). Each sample's
+    spectra are a unit of ``work`` (a killed run resumes from the samples it finished)."""
     grid = ddim_grid(model.scheduler, sampler.steps)
     steps = list(range(grid.num_steps)) if cfg.steps == "all" else [int(step) for step in cfg.steps]
     source_step = cfg.source_step % grid.num_steps if cfg.source_step < 0 else cfg.source_step
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
     originals = decode_images(model, samples.x_T, samples.noise, sampler, location)
     masks, rests = sample_masks(cfg.mask, samples, originals, classifier, world)
+    work = work or WorkCache(None)
     started = time.perf_counter()
+
+    def spectra_of(i: int) -> dict[str, torch.Tensor]:
+        noise = None if samples.noise is None else samples.noise[i]
+        return jacobian_spectra(
+            model, samples.x_T[i], noise, steps=sampler.steps, eta=sampler.eta, location=location,
+            step_indices=steps, k=cfg.k, solver=cfg.solver, mask=masks[i], progress=progress,
+        ).to_tensors()  # fmt: skip
+
     spectra = [
-        jacobian_spectra(
-            model,
-            samples.x_T[i],
-            None if samples.noise is None else samples.noise[i],
-            steps=sampler.steps,
-            eta=sampler.eta,
-            location=location,
-            step_indices=steps,
-            k=cfg.k,
-            solver=cfg.solver,
-            mask=masks[i],
-            progress=progress,
-        )
-        for i in range(len(samples.seeds))
+        JacobianSpectra.from_tensors(work.fetch(f"spectra/{i}/{seed}", partial(spectra_of, i)))
+        for i, seed in enumerate(samples.seeds)
     ]
     seconds = time.perf_counter() - started
     origin = Origin(model_id=model.model_id, hspace_location=location, sampler_steps=sampler.steps, eta=sampler.eta)
@@ -140,8 +149,6 @@ def run_jacobian(
     metrics: dict[str, Any] = {
         "products": sum(item.products for item in spectra),
         "converged": all(item.converged for item in spectra),
-        "seconds": seconds,
-        "seconds_per_step": seconds / (len(steps) * len(spectra)),
         "mask": cfg.mask if isinstance(cfg.mask, (str, type(None))) else list(cfg.mask),
     }
     if locality:
@@ -155,7 +162,8 @@ def run_jacobian(
     if edits_per_sample:
         stacked = torch.cat(edits_per_sample)  # [samples*k, S, 3, H, W]
         pictures["jacobian"] = make_grid(stacked.flatten(0, 1), columns=len(preview_scales))
-    return SpectralResult({"jacobian": directions}, {"jacobian_spectrum": rows}, metrics, pictures)
+    timings = {"seconds": seconds, "seconds_per_step": seconds / (len(steps) * len(spectra)), "resumed": work.resumed}
+    return SpectralResult({"jacobian": directions}, {"jacobian_spectrum": rows}, metrics, pictures, timings)
 
 
 def run_pullback(
@@ -164,11 +172,13 @@ def run_pullback(
     sampler: SamplerConfig,
     location: str,
     progress: bool = True,
+    work: WorkCache | None = None,
 ) -> SpectralResult:
     """Pullback bases of ``cfg.num_samples`` held-out samples at every analysis t and at t_edit, with:
     spectra, coarse-to-fine (mean spatial frequency of the basis per t), tangent-space distances across
     samples per t, the curvedness of the segment between the first two samples, transport of the first
-    sample's directions to the others, global (chordal-mean) directions, and preview edits."""
+    sample's directions to the others, global (chordal-mean) directions, and preview edits. Each basis is a
+    unit of ``work`` (a killed run resumes from the bases it finished)."""
     grid = ddim_grid(model.scheduler, sampler.steps)
     num_train = int(model.scheduler.config.num_train_timesteps)
     edit_step = step_for_fraction(grid, cfg.edit_t, num_train)
@@ -176,13 +186,13 @@ def run_pullback(
     boost_step = None if cfg.boost_t is None else step_for_fraction(grid, cfg.boost_t, num_train)
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
     states = states_at(model, samples.x_T, samples.noise, steps=sampler.steps, eta=sampler.eta, step_indices=analysis)
+    work = work or WorkCache(None)
     started = time.perf_counter()
     bases: dict[int, list[LocalBasis]] = {}
     jobs = [(step, i) for step in analysis for i in range(len(samples.seeds))]
     for step, i in tqdm(jobs, desc="pullback", unit="basis", disable=not progress):
-        basis = local_basis(
-            model, states[step][i], step, steps=sampler.steps, n=cfg.basis_size, location=location, solver=cfg.solver
-        )
+        basis = _cached_basis(work, f"basis/{step}/{i}/{samples.seeds[i]}", model, states[step][i], step, cfg, sampler,
+                              location)  # fmt: skip
         bases.setdefault(step, []).append(basis)
     seconds = time.perf_counter() - started
 
@@ -219,7 +229,7 @@ def run_pullback(
     ).mean(dim=0)
     global_basis, weights = geometry.chordal_mean([basis.v.flatten(1) for basis in edit_bases])
     curvedness = _curvedness(
-        model, states[edit_step][0], states[edit_step][1], edit_step, timestep, cfg, location, sampler
+        model, states[edit_step][0], states[edit_step][1], edit_step, timestep, cfg, location, sampler, work
     )
 
     origin = Origin(
@@ -255,7 +265,6 @@ def run_pullback(
     metrics = {
         "products": sum(basis.products for local in bases.values() for basis in local),
         "converged": all(basis.converged for local in bases.values() for basis in local),
-        "seconds": seconds,
         "edit_step": edit_step,
         "mean_frequency": {f"t={row['t']:.3f}": row["mean_frequency"] for row in psd_rows},
         # rows run from the noisiest step; coarse-to-fine: the noisiest t's basis is smoother than the last t's
@@ -266,7 +275,29 @@ def run_pullback(
         "curvedness": curvedness,
     }
     plots = {"pullback_spectrum": spectrum_rows, "pullback_psd": psd_rows, "pullback_tangent_distance": distance_rows}
-    return SpectralResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures)
+    timings = {"seconds": seconds, "resumed": work.resumed}
+    return SpectralResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures, timings)
+
+
+def _cached_basis(
+    work: WorkCache,
+    key: str,
+    model: DiffusionModel,
+    x_t: torch.Tensor,
+    step: int,
+    cfg: PullbackConfig,
+    sampler: SamplerConfig,
+    location: str,
+) -> LocalBasis:
+    """:func:`local_basis` of ``x_t`` at ``step`` as the unit ``key`` of ``work``."""
+    return LocalBasis.from_tensors(
+        work.fetch(
+            key,
+            lambda: local_basis(
+                model, x_t, step, steps=sampler.steps, n=cfg.basis_size, location=location, solver=cfg.solver
+            ).to_tensors(),
+        )
+    )
 
 
 def _edit_extra(cfg: PullbackConfig, seeds: Sequence[int], edit_step: int, boost_step: int | None) -> dict[str, Any]:
@@ -288,6 +319,7 @@ def _curvedness(
     cfg: PullbackConfig,
     location: str,
     sampler: SamplerConfig,
+    work: WorkCache,
 ) -> dict[str, float]:
     """Curvedness of the straight segment between two x_t: of its image in h, and the turning of the
     tangent spaces along it (see :func:`pipeline.geometry.segment_curvedness` / ``tangent_turning``)."""
@@ -298,9 +330,8 @@ def _curvedness(
         features = torch.cat([encode(chunk.to(model.device)).cpu() for chunk in points.split(sampler.batch_size)])
     result = geometry.segment_curvedness(points.flatten(1), features.flatten(1))
     tangents = [
-        local_basis(model, point, step, steps=sampler.steps, n=cfg.basis_size, location=location, solver=cfg.solver)
-        .v.flatten(1)
-        for point in points
+        _cached_basis(work, f"curvedness/{index}", model, point, step, cfg, sampler, location).v.flatten(1)
+        for index, point in enumerate(points)
     ]
     result["tangent_turning"] = geometry.tangent_turning(tangents)
     return result

@@ -17,6 +17,7 @@ import csv
 import io
 import netrc
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,14 @@ class Tracker:
         if self._run is not None:
             for key, value in flatten(values).items():
                 self._run.summary[f"{self.stage}/{key}"] = value
+
+    def timings(self, values: Mapping[str, float]) -> None:
+        """Report how long the run took (one line on stderr, and the W&B summary). Timings stay out of the DVC
+        metrics files, which a rerun must reproduce byte for byte."""
+        print(f"{self.stage}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items()), file=sys.stderr)
+        if self._run is not None:
+            for key, value in values.items():
+                self._run.summary[f"{self.stage}/timing/{key}"] = value
 
     def plot(self, path: str | Path, rows: Sequence[Mapping[str, Any]], x: str, y: str, title: str = "") -> None:
         """Write a DVC plot CSV and log the same rows to W&B as a table with a line plot of ``y`` vs ``x``."""

@@ -1,6 +1,7 @@
 """DVC stage ``evaluate``: every directions file scored by one protocol on held-out seeds (pipeline/evaluation.py)."""
 
 from pipeline import study
+from pipeline.checkpoint import stage_work
 from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.directions import Expected, load_directions
 from pipeline.evaluation import EvaluateConfig, evaluate
@@ -26,19 +27,24 @@ def main() -> None:
     cfg = load_section("evaluate", EvaluateConfig, params)
     device = str(resolve_device(load_value("device", str, params)))
     world = load_section("toyfaces", ToyFacesConfig, params) if classifier_cfg.name == "toyfaces" else None
-    tracked = {key: params[key] for key in ("model", "sampler", "classifier", "evaluate")}
+    tracked = {key: params[key] for key in ("model", "sampler", "classifier", "toyfaces", "evaluate")}
     with Tracker("evaluate", load_section("logging", LoggingConfig, params), tracked) as tracker:
+        paths = {method: DIRECTIONS.format(method=method) for method in cfg.methods}
+        inputs = [model_cfg.source, classifier_cfg.path, *paths.values()]
+        work = stage_work("evaluate", {**tracked, "device": device}, inputs)
         model = study.open_model(model_cfg, device)
         classifier = load_classifier(classifier_cfg, device)
         expect = Expected(model_id=model_cfg.source, num_steps=sampler.steps)
-        files = {method: load_directions(DIRECTIONS.format(method=method), expect) for method in cfg.methods}
-        result = evaluate(model, classifier, files, cfg, sampler, model_cfg.hspace_location, world)
+        files = {method: load_directions(path, expect) for method, path in paths.items()}
+        result = evaluate(model, classifier, files, cfg, sampler, model_cfg.hspace_location, world, work=work)
         for method, picture in result.grids.items():
             save_png(picture, GRID.format(method=method), upscale=2)
             tracker.image(f"grid/{method}", picture, caption=result.captions[method])
         tracker.plot(EFFECTS, result.curve_rows, x="scale", y="target_effect", title="Target/label effect vs scale")
         tracker.plot(METHODS, result.method_rows, x="method", y="mean_selectivity", title="At matched distortion")
         tracker.metrics(METRICS, result.metrics)
+        tracker.timings(result.timings)
+        work.clear()
 
 
 if __name__ == "__main__":

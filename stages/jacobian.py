@@ -1,6 +1,7 @@
 """DVC stage ``jacobian``: image-specific Jacobian directions of held-out samples (directions/jacobian.safetensors)."""
 
 from pipeline import study
+from pipeline.checkpoint import stage_work
 from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.directions import save_directions
 from pipeline.images import save_png
@@ -24,13 +25,16 @@ def main() -> None:
     cfg = load_section("directions", study.DirectionsConfig, params).jacobian
     preview = load_section("preview", study.PreviewConfig, params)
     device = str(resolve_device(load_value("device", str, params)))
-    tracked = {"model": params["model"], "sampler": params["sampler"], "jacobian": params["directions"]["jacobian"]}
+    tracked = {key: params[key] for key in ("model", "sampler", "classifier", "toyfaces")}
+    tracked |= {"jacobian": params["directions"]["jacobian"], "preview_scales": preview.scales}
     with Tracker("jacobian", load_section("logging", LoggingConfig, params), tracked) as tracker:
+        classifier_cfg = load_section("classifier", ClassifierConfig, params)
+        work = stage_work("jacobian", {**tracked, "device": device}, [model_cfg.source, classifier_cfg.path])
         model = study.open_model(model_cfg, device)
-        classifier = load_classifier(load_section("classifier", ClassifierConfig, params), device)
+        classifier = load_classifier(classifier_cfg, device)
         world = load_section("toyfaces", ToyFacesConfig, params)
         result = run_jacobian(
-            model, cfg, sampler, model_cfg.hspace_location, classifier, world, preview_scales=preview.scales
+            model, cfg, sampler, model_cfg.hspace_location, classifier, world, preview_scales=preview.scales, work=work
         )
         for method, directions in result.directions.items():
             save_directions(OUTPUT.format(method=method), directions)
@@ -40,6 +44,8 @@ def main() -> None:
             save_png(picture, GRID.format(name=name), upscale=2)
             tracker.image(f"grid/{name}", picture, caption="rows: (sample, k); columns: preview.scales")
         tracker.metrics(METRICS, result.metrics)
+        tracker.timings(result.timings)
+        work.clear()
 
 
 if __name__ == "__main__":

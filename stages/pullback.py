@@ -1,6 +1,7 @@
 """DVC stage ``pullback``: local pullback bases in x_t, transport, global directions and their analyses."""
 
 from pipeline import study
+from pipeline.checkpoint import stage_work
 from pipeline.directions import save_directions
 from pipeline.images import save_png
 from pipeline.models import resolve_device
@@ -28,8 +29,9 @@ def main() -> None:
     device = str(resolve_device(load_value("device", str, params)))
     tracked = {"model": params["model"], "sampler": params["sampler"], "pullback": params["directions"]["pullback"]}
     with Tracker("pullback", load_section("logging", LoggingConfig, params), tracked) as tracker:
+        work = stage_work("pullback", {**tracked, "device": device}, [model_cfg.source])
         model = study.open_model(model_cfg, device)
-        result = run_pullback(model, cfg, sampler, model_cfg.hspace_location)
+        result = run_pullback(model, cfg, sampler, model_cfg.hspace_location, work=work)
         for method, directions in result.directions.items():
             save_directions(OUTPUT.format(method=method), directions)
         for name, rows in result.plots.items():
@@ -40,6 +42,8 @@ def main() -> None:
             caption = "rows: own v_k, transported v_k, projected global v_0; columns: guidance scales"
             tracker.image(f"grid/{name}", picture, caption=caption)
         tracker.metrics(METRICS, result.metrics)
+        tracker.timings(result.timings)
+        work.clear()
 
 
 if __name__ == "__main__":

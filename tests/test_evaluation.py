@@ -262,6 +262,8 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
 
 def test_evaluate_scores_every_method_and_direction(workspace):
     metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert not [path for path in (workspace / ".work").rglob("*") if path.is_file()], "resumable work left behind"
+    assert "seconds" not in json.dumps(metrics), "timings belong in the log, not in reproducible metrics"
     cfg = EvaluateConfig()
     assert set(metrics["methods"]) == set(metrics["table"]) == set(cfg.methods)  # (JSON keys are sorted)
     names = list(ToyFacesClassifier.attribute_names)

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import random
 import runpy
+import shutil
 import signal
 import statistics
 import struct
@@ -38,7 +39,7 @@ from safetensors.torch import load as parse_safetensors
 
 import pipeline.store as store_module
 from pipeline.params import compose
-from stages import generate, label
+from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -51,6 +52,9 @@ MAX_ATTEMPTS = 8
 OUTPUT_FOLDERS = ("data", "data/samples", "metrics")
 TEMP_PREFIX = ".tmp-"
 RUN_TIMEOUT_S = 120.0
+SPECTRAL = ("jacobian", "pullback", "evaluate")
+SPECTRAL_KILLS = 2
+WORK = ".work"
 
 
 def _overrides(model_dir: Path) -> list[str]:
@@ -80,10 +84,17 @@ class Watcher(threading.Thread):
     """Lists the output folders every few milliseconds and records every name that is neither a hidden
     temporary nor a complete copy of the uninterrupted run's file of that name."""
 
-    def __init__(self, workspace: Path, reference: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        reference: dict[str, bytes],
+        folders: tuple[str, ...] = OUTPUT_FOLDERS,
+        subfolders: frozenset[str] = frozenset({"data/samples"}),
+    ) -> None:
         super().__init__(daemon=True)
         self.workspace = workspace
         self.reference = reference
+        self.folders, self.subfolders = folders, subfolders
         self.problems: list[str] = []
         self.verified: set[tuple[str, int, int, int]] = set()
         self.temporaries: set[str] = set()
@@ -100,7 +111,7 @@ class Watcher(threading.Thread):
         self.check_once()
 
     def check_once(self) -> None:
-        for folder in OUTPUT_FOLDERS:
+        for folder in self.folders:
             try:
                 names = os.listdir(self.workspace / folder)
             except FileNotFoundError:
@@ -115,7 +126,7 @@ class Watcher(threading.Thread):
         path = self.workspace / relative
         try:
             if path.is_dir():
-                if relative != "data/samples":
+                if relative not in self.subfolders:
                     self.problems.append(f"unexpected folder {relative}")
                 return
             status = path.stat()
@@ -130,7 +141,7 @@ class Watcher(threading.Thread):
             self.problems.append(f"{relative}: a name the uninterrupted run does not write")
         elif data != expected:
             self.problems.append(f"{relative}: {len(data)} bytes visible, not the complete {len(expected)}-byte file")
-        elif name.endswith(".safetensors") and len(parse_safetensors(data)["seeds"]) == 0:
+        elif relative.startswith("data/samples/shard-") and len(parse_safetensors(data)["seeds"]) == 0:
             self.problems.append(f"{relative}: a shard without samples")
         else:
             self.verified.add(key)
@@ -216,7 +227,7 @@ Launcher = type[Forked] | type[Command]
 @pytest.fixture(scope="module")
 def fork_server() -> Iterator[None]:
     """A fork server (for :class:`Forked`) that imports the stages once; stopped after the module's tests."""
-    multiprocessing.set_forkserver_preload([__name__, "stages.generate", "stages.label"])
+    multiprocessing.set_forkserver_preload([__name__, *(f"stages.{name}" for name in ("generate", "label", *SPECTRAL))])
     yield
     from multiprocessing import forkserver
 
@@ -317,9 +328,11 @@ def _kill_rounds(
     trigger: Callable[[Forked | Command], Callable[[], bool]],
     max_delay: float,
     rng: random.Random,
+    describe: Callable[[Path], str] | None = None,
 ) -> list[str]:
     """Launch ``stage`` until it has been SIGKILLed ``kills`` times, each after ``trigger`` fired plus a random
-    delay in [0, max_delay]; returns a description of every attempt."""
+    delay in [0, max_delay]; returns a description of every attempt (``describe(workspace)``: what a kill left)."""
+    describe = describe or _store_state
     done: list[str] = []
     killed = 0
     for _attempt in range(MAX_ATTEMPTS):
@@ -338,14 +351,18 @@ def _kill_rounds(
         returncode = process.wait(RUN_TIMEOUT_S)
         if returncode == -signal.SIGKILL:
             killed += 1
-            shards = len(list((workspace / "data/samples").glob("shard-*")))
-            labels = "labels visible" if (workspace / "data/labels.csv").is_file() else "no labels"
-            done.append(f"killed {delay * 1000:.0f} ms after starting work ({shards} shards, {labels})")
+            done.append(f"killed {delay * 1000:.0f} ms after starting work ({describe(workspace)})")
         else:
             assert returncode == 0, _failed(stage, returncode, log)
             done.append(f"finished within {delay * 1000:.0f} ms of starting work")
     assert killed == kills, f"{stage}: only {killed} of {kills} kills landed while it ran: {done}"
     return done
+
+
+def _store_state(workspace: Path) -> str:
+    shards = len(list((workspace / "data/samples").glob("shard-*")))
+    labels = "labels visible" if (workspace / "data/labels.csv").is_file() else "no labels"
+    return f"{shards} shards, {labels}"
 
 
 def _finish(launcher: Launcher, stage: str, workspace: Path, log: Path) -> None:
@@ -429,3 +446,99 @@ def test_killed_generate_and_label_resume_to_identical_outputs(
     for name, data in expected.items():
         assert produced[name] == data, f"{name} differs from the uninterrupted run's"
     print(f"generate: {generate_rounds}; label: {label_rounds}; temporaries seen: {len(watcher.temporaries)}")
+
+
+def _spectral_overrides(model_dir: Path) -> list[str]:
+    """A tiny study whose jacobian, pullback and evaluate stages each have several units of work."""
+    return [
+        f"model.source={model_dir}",
+        "sampler.steps=4",
+        "sampler.batch_size=8",
+        "generate.num_samples=12",
+        "generate.shard_size=6",
+        "hstats.top_k=3",
+        "hstats.label_conditioned=false",
+        "directions.pca.n_components=2",
+        "directions.jacobian.num_samples=3",
+        "directions.jacobian.k=2",
+        "directions.jacobian.source_step=2",
+        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
+        "directions.pullback.num_samples=2",
+        "directions.pullback.basis_size=2",
+        "directions.pullback.analysis_t=[1.0,0.5]",
+        "directions.pullback.curvedness_points=3",
+        "directions.pullback.iterations=2",
+        "directions.pullback.scales=[0.0,1.0]",
+        "directions.pullback.preview_directions=1",
+        "evaluate.methods=[pca_all_steps,supervised,jacobian,pullback_global]",
+        "evaluate.num_samples=4",
+        "evaluate.max_directions=2",
+        "evaluate.scales=[-1.0,1.0]",
+        "evaluate.bisection_steps=2",
+        "evaluate.kid_subset_size=2",
+        "evaluate.reference_samples=4",
+        "evaluate.kid_subsets=5",
+        "evaluate.grid_samples=1",
+        f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
+        "logging.wandb.mode=disabled",
+        "device=cpu",
+    ]
+
+
+def _work_state(stage: str) -> Callable[[Path], str]:
+    def describe(workspace: Path) -> str:
+        units = len(list((workspace / WORK / stage).glob("*.safetensors")))
+        return f"{units} finished units in {WORK}/{stage}"
+
+    return describe
+
+
+def test_killed_jacobian_pullback_and_evaluate_resume_to_identical_outputs(
+    fork_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the three is SIGKILLed twice at a random point of its run, then finished: the outputs equal the
+    uninterrupted run's byte for byte, no partial file was ever visible, and the work folder is gone."""
+    text = compose(ROOT / "conf", overrides=_spectral_overrides(tiny_model_dir))
+    reference, workspace = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference.mkdir()
+    (reference / "params.yaml").write_text(text)
+    monkeypatch.chdir(reference)
+    for stage in (generate, label, hstats, pca, supervised):
+        stage.main()
+    shutil.copytree(reference, workspace)  # the upstream outputs both runs start from
+    durations = {}
+    for name, stage in zip(SPECTRAL, (jacobian, pullback, evaluate), strict=True):
+        begin = time.perf_counter()
+        stage.main()
+        durations[name] = time.perf_counter() - begin
+    monkeypatch.undo()
+    expected = _output_files(reference)
+    assert not (reference / WORK).exists() or not any((reference / WORK).iterdir()), "work folder left behind"
+    assert {"directions/jacobian.safetensors", "directions/pullback_global.safetensors"} <= set(expected)
+    assert "metrics/evaluate.json" in expected
+
+    rng = random.Random(SEED)
+    log = tmp_path / "stages.log"
+    folders = ("directions", "metrics", "plots", "plots/evaluate")
+    watcher = Watcher(workspace, expected, folders, frozenset({"plots/evaluate"}))
+    watcher.start()
+    rounds = {}
+    try:
+        for stage in SPECTRAL:
+            trigger = _writes_in(workspace / WORK / stage)
+            rounds[stage] = _kill_rounds(
+                Forked, stage, workspace, log, SPECTRAL_KILLS, trigger, 0.8 * durations[stage], rng, _work_state(stage)
+            )
+            _finish(Forked, stage, workspace, log)
+    finally:
+        watcher.stop()
+
+    assert not watcher.problems, watcher.problems
+    produced = _output_files(workspace)
+    assert not [name for name in produced if TEMP_PREFIX in name or name.startswith(WORK)], "leftovers"
+    assert sorted(produced) == sorted(expected)
+    for name, data in expected.items():
+        assert produced[name] == data, f"{name} differs from the uninterrupted run's"
+    resumed = [entry for entries in rounds.values() for entry in entries if "finished units" in entry]
+    print(f"uninterrupted seconds {durations}; kills: {rounds}")
+    assert resumed, "no kill landed while a stage was running"

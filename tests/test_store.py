@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 import pipeline.store as store_module
+from pipeline.checkpoint import WorkCache, input_signature
 from pipeline.errors import ConfigError
 from pipeline.models import DiffusionModel
 from pipeline.sampling import ddim_grid, initial_noise, sample, to_image_range
@@ -367,3 +368,43 @@ def test_safetensors_outputs_are_byte_identical_across_processes(tmp_path):
 
     with safe_open(str(files[0]), "pt") as handle:
         assert handle.metadata()["q"] == "0" and sorted(handle.keys()) == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------- resumable stage work
+
+
+def test_work_cache_computes_once_and_reloads_bit_identical_units(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": torch.randn(3, 4, generator=torch.Generator().manual_seed(len(calls)))}
+
+    first = WorkCache(tmp_path / "work", {"params": {"k": 3}}).fetch("spectra/0/7", compute)
+    again = WorkCache(tmp_path / "work", {"params": {"k": 3}})
+    reloaded = again.fetch("spectra/0/7", compute)
+    assert len(calls) == 1 and again.resumed == 1
+    assert torch.equal(first["value"], reloaded["value"])
+    assert not list((tmp_path / "work").glob(".tmp-*"))
+
+
+def test_work_cache_of_another_fingerprint_starts_empty_and_clear_removes_it(tmp_path):
+    WorkCache(tmp_path / "work", {"params": {"k": 3}}).fetch("unit", lambda: {"x": torch.zeros(2)})
+    changed = WorkCache(tmp_path / "work", {"params": {"k": 4}})
+    assert changed.fetch("unit", lambda: {"x": torch.ones(2)})["x"].tolist() == [1.0, 1.0]
+    assert changed.resumed == 0
+    changed.clear()
+    assert not (tmp_path / "work").exists()
+    memoryless = WorkCache(None)
+    assert memoryless.fetch("unit", lambda: {"x": torch.ones(1)})["x"].item() == 1.0
+    assert not (tmp_path / "work").exists()
+
+
+def test_input_signature_changes_when_an_input_file_is_replaced(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"a" * 10)
+    before = input_signature([model, tmp_path / "absent"])
+    assert list(before) == [(model / "weights.safetensors").as_posix()]
+    (model / "weights.safetensors").write_bytes(b"b" * 11)
+    assert input_signature([model]) != before

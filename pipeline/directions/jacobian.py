@@ -52,6 +52,19 @@ class JacobianSpectra:
     products: int
     converged: bool
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The spectra as a dict of tensors (for :class:`pipeline.checkpoint.WorkCache`)."""
+        counts = torch.tensor([self.products, int(self.converged)], dtype=torch.int64)
+        return {"singular_values": self.singular_values, "vectors": self.vectors, "steps": self.steps,
+                "timesteps": self.timesteps, "counts": counts}  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> JacobianSpectra:
+        """Inverse of :meth:`to_tensors`."""
+        products, converged = tensors["counts"].tolist()
+        return cls(tensors["singular_values"], tensors["vectors"], tensors["steps"], tensors["timesteps"],
+                   products, bool(converged))  # fmt: skip
+
 
 def jacobian_spectra(
     model: DiffusionModel,

@@ -45,6 +45,17 @@ class LocalBasis:
     products: int
     converged: bool
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The basis as a dict of tensors (for :class:`pipeline.checkpoint.WorkCache`)."""
+        counts = torch.tensor([self.step, self.timestep, self.products, int(self.converged)], dtype=torch.int64)
+        return {"v": self.v, "u": self.u, "singular_values": self.singular_values, "counts": counts}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> LocalBasis:
+        """Inverse of :meth:`to_tensors`."""
+        step, timestep, products, converged = tensors["counts"].tolist()
+        return cls(tensors["v"], tensors["u"], tensors["singular_values"], step, timestep, products, bool(converged))
+
 
 def step_for_fraction(grid: DDIMGrid, fraction: float, num_train_timesteps: int) -> int:
     """Grid step index whose timestep is closest to ``fraction * num_train_timesteps`` (1.0 = noisiest)."""
