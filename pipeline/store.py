@@ -224,6 +224,7 @@ def generate_store(
     batch_size: int = DEFAULT_BATCH_SIZE,
     overwrite: bool = False,
     partition: tuple[int, int] | None = None,
+    sample: bool = True,
     progress: bool = True,
 ) -> StoreIndex:
     """Sample one shard at a time into ``folder`` and write ``index.json`` once every shard is there.
@@ -247,6 +248,9 @@ def generate_store(
             the job that finds every shard present writes ``index.json`` (should the last two jobs finish
             together without seeing each other's shard, a rerun without partition writes it, sampling
             nothing). None generates every shard.
+        sample: False to sample nothing: the merge step after partition jobs, which checks that every shard
+            is present and consistent (raising :class:`StoreError` naming the missing ones) and writes
+            ``index.json``.
         progress: show a tqdm bar over this call's shards.
 
     Returns:
@@ -276,6 +280,13 @@ def generate_store(
     previous_entries = _previous_index_entries(folder, header, overwrite)
     valid = _scan_shards(folder, header, seed_tensor, set(own_shards), num_shards, overwrite)
     to_generate = {shard for shard in own_shards if shard not in valid}
+    if to_generate and not sample:
+        missing = sorted(to_generate)
+        names = ", ".join(shard_name(shard) for shard in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise StoreError(
+            f"samples store '{folder}': {len(missing)} of {num_shards} shards missing or unreadable ({names}); "
+            "rerun the shard jobs"
+        )
     if to_generate:
         (folder / INDEX_FILE).unlink(missing_ok=True)
     written: dict[int, ShardEntry] = {}
@@ -371,26 +382,36 @@ class Store:
         batch_size: int = 64,
         dtype: torch.dtype | None = torch.float32,
         h_steps: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Stream the store in order as dicts of tensors with ``batch_size`` samples (the last may be fewer).
 
         Each dict has the requested ``fields`` (shapes [n, ...] as stored, h [n, K, *h_shape]) and ``index``,
         the [n] int64 store positions. Floating fields are cast to ``dtype`` (None keeps the stored dtype).
         ``h_steps`` restricts h to those step indices (values of :attr:`h_steps`), read from disk alone.
-        Batches span shard boundaries; memory holds one batch.
+        ``shards`` restricts the stream to those shard indices (ascending; default all). Batches span shard
+        boundaries; memory holds one batch.
         """
         names = self._check_fields(fields)
         batch_size = _check_positive("batch_size", batch_size)
         positions = None if h_steps is None else self.h_positions(h_steps)
-        return self._stream(names, batch_size, dtype, positions)
+        chosen = list(range(len(self.shards))) if shards is None else [int(s) for s in shards]
+        if any(not 0 <= s < len(self.shards) for s in chosen) or chosen != sorted(set(chosen)):
+            raise ConfigError(f"shards {list(shards or [])}: expected ascending indices in [0, {len(self.shards)})")
+        return self._stream(names, batch_size, dtype, positions, [self.shards[s] for s in chosen])
 
     def _stream(
-        self, names: list[str], batch_size: int, dtype: torch.dtype | None, positions: list[int] | None
+        self,
+        names: list[str],
+        batch_size: int,
+        dtype: torch.dtype | None,
+        positions: list[int] | None,
+        shards: list[ShardEntry],
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Generator behind :meth:`iter_batches` (separate so that arguments are checked on the call)."""
         pending: list[dict[str, torch.Tensor]] = []
         pending_count = 0
-        for shard in self.shards:
+        for shard in shards:
             with safe_open(str(self.folder / shard.file), framework="pt") as handle:
                 offset = 0
                 while offset < shard.count:

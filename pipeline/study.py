@@ -237,10 +237,14 @@ def generate(
     cfg: GenerateConfig,
     folder: str | Path,
     progress: bool = True,
+    partition: tuple[int, int] | None = None,
+    sample: bool = True,
 ) -> StoreIndex:
     """Sample seeds ``seed_offset .. seed_offset + num_samples - 1`` into a sharded store at ``folder``.
 
-    Resumable: shards already written for the same settings are kept (see :func:`pipeline.store.generate_store`).
+    Resumable: shards already written for the same settings are kept. ``partition`` (i, n): only the shards
+    s with s % n == i (one of n shard jobs); ``sample=False``: the merge after the jobs, which checks that
+    every shard is there and writes the index (see :func:`pipeline.store.generate_store`).
     """
     if cfg.num_samples < 2:
         raise ConfigError(f"generate.num_samples={cfg.num_samples}: must be >= 2")
@@ -253,8 +257,9 @@ def generate(
     )
     seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.num_samples)
     return generate_store(
-        model, folder, seeds, spec, shard_size=cfg.shard_size, batch_size=sampler.batch_size, progress=progress
-    )
+        model, folder, seeds, spec, shard_size=cfg.shard_size, batch_size=sampler.batch_size, progress=progress,
+        partition=partition, sample=sample,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -273,11 +278,19 @@ def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256)
     return torch.sigmoid(classify_logits(classifier, images, batch_size))
 
 
-def label(store: Store, classifier: nn.Module, batch_size: int = 256) -> torch.Tensor:
-    """Probabilities [N, A] of every stored sample's x_0, in store order (streamed)."""
+def label(
+    store: Store, classifier: nn.Module, batch_size: int = 256, shards: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Probabilities [n, A] of the stored samples' x_0 in store order: every sample, or those of ``shards``.
+
+    Batches never span a store shard, so a sample's scores do not depend on which shards a job labels
+    (a sharded run merges to exactly the unsharded table).
+    """
+    chosen = range(len(store.shards)) if shards is None else shards
     scores = [
         classify(classifier, to_image_range(batch["x_0"]), batch_size)
-        for batch in store.iter_batches(("x_0",), batch_size=batch_size)
+        for shard in chosen
+        for batch in store.iter_batches(("x_0",), batch_size=batch_size, shards=[shard])
     ]
     return torch.cat(scores)
 

@@ -1,0 +1,221 @@
+"""Scale-out of the ``generate`` and ``label`` stages: shard jobs run as a Hydra multirun, then a merge.
+
+With ``launch.shards = n > 1`` the stage process (what DVC runs) starts
+
+    python -m stages.shard --config-dir . --config-name params -m hydra/launcher=<launch.launcher>
+        +shard.stage=<stage> +shard.count=n '+shard.index=range(0,n)' <launch.overrides...>
+
+which blocks until every job has finished (Hydra launchers wait for their jobs), then merges: for ``generate``
+it checks that every shard of the samples store is present and consistent and writes its index; for
+``label`` it checks the n label parts (each the table of the store shards s with s % n == i) and writes the
+one table. The merged outputs equal an unsharded run's. Params come from ``params.yaml`` only: the Hydra
+app takes params.yaml as its primary config and refuses any other override (:func:`check_job_config`), so DVC
+sees every setting. ``launch`` itself is an execution detail that no stage declares, so switching launcher
+or shard count never invalidates an output.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoint import atomic_path
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.store import Store
+
+LAUNCHER_PLUGINS = {
+    "basic": None,  # Hydra's own sequential launcher
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+}
+"""Hydra launchers a sharded stage can use, with the plugin module each needs (the ``launch`` extra)."""
+SHARDED_STAGES = ("generate", "label")
+SHARD_KEY = "shard"
+"""Top-level key of the job config that carries the job's stage, index and count (``+shard.*`` overrides)."""
+
+
+class ShardJobError(PipelineError):
+    """A shard job failed, or its outputs are missing or inconsistent at the merge."""
+
+
+@dataclass
+class LaunchConfig:
+    """``launch`` params: how ``generate`` and ``label`` run.
+
+    ``launcher`` null runs in the stage process; otherwise a Hydra launcher of :data:`LAUNCHER_PLUGINS` runs
+    ``shards`` jobs. ``overrides`` are extra Hydra overrides for the launcher (for example
+    ``hydra.launcher.partition=gpu``); ``sweep_dir`` is where Hydra keeps the jobs' logs.
+    """
+
+    launcher: str | None = None
+    shards: int = 1
+    overrides: list[str] = field(default_factory=list)
+    sweep_dir: str = ".work/launch"
+
+    def __post_init__(self) -> None:
+        if self.launcher is not None and self.launcher not in LAUNCHER_PLUGINS:
+            raise ConfigError(
+                f"params: launch.launcher={self.launcher!r}: expected null or one of {', '.join(LAUNCHER_PLUGINS)}"
+            )
+        if self.shards < 1:
+            raise ConfigError(f"params: launch.shards={self.shards}: must be >= 1")
+        if self.shards > 1 and self.launcher is None:
+            raise ConfigError(f"params: launch.shards={self.shards} needs launch.launcher (e.g. joblib)")
+
+    @property
+    def sharded(self) -> bool:
+        """True when the stage runs as shard jobs."""
+        return self.launcher is not None and self.shards > 1
+
+
+def check_launcher_installed(launcher: str) -> None:
+    """One-line ConfigError when the Hydra plugin of ``launcher`` is not installed."""
+    plugin = LAUNCHER_PLUGINS[launcher]
+    if plugin is not None and importlib.util.find_spec(plugin) is None:
+        raise ConfigError(
+            f"params: launch.launcher={launcher}: the Hydra plugin '{plugin}' is not installed "
+            "(pip install -e '.[launch]')"
+        )
+
+
+def shard_command(stage: str, cfg: LaunchConfig, params_file: str = "params.yaml") -> list[str]:
+    """The command line of the Hydra multirun that runs ``stage``'s ``cfg.shards`` shard jobs."""
+    if stage not in SHARDED_STAGES:
+        raise ConfigError(f"stage {stage!r}: only {', '.join(SHARDED_STAGES)} run as shard jobs")
+    params = Path(params_file)
+    return [
+        sys.executable, "-m", "stages.shard", "--config-dir", str(params.parent), "--config-name", params.stem, "-m",
+        f"hydra/launcher={cfg.launcher}", f"hydra.sweep.dir={cfg.sweep_dir}/{stage}",
+        f"+{SHARD_KEY}.stage={stage}", f"+{SHARD_KEY}.count={cfg.shards}", f"+{SHARD_KEY}.index=range(0,{cfg.shards})",
+        *cfg.overrides,
+    ]  # fmt: skip
+
+
+def run_shard_jobs(stage: str, cfg: LaunchConfig) -> None:
+    """Run ``stage``'s shard jobs through the configured launcher and wait for all of them.
+
+    Raises :class:`ShardJobError` (one line, naming the logs folder) when the multirun fails.
+    """
+    assert cfg.launcher is not None
+    check_launcher_installed(cfg.launcher)
+    command = shard_command(stage, cfg)
+    print(f"{stage}: {cfg.shards} shard jobs via {cfg.launcher}: {' '.join(command)}", file=sys.stderr)
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise ShardJobError(
+            f"{stage}: the shard jobs failed (exit {result.returncode}); logs under {cfg.sweep_dir}/{stage}"
+        )
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One job of a sharded stage: ``stage`` on partition ``index`` of ``count``."""
+
+    stage: str
+    index: int
+    count: int
+
+    @property
+    def partition(self) -> tuple[int, int]:
+        """(index, count), as :func:`pipeline.store.generate_store` takes it."""
+        return self.index, self.count
+
+
+def check_job_config(job_config: Mapping[str, Any], params: Mapping[str, Any]) -> ShardJob:
+    """The :class:`ShardJob` of a Hydra job config that must be ``params`` plus the ``shard`` section.
+
+    Any other difference (a params override on the command line, which DVC would not see) is a one-line
+    ConfigError naming the first differing key.
+    """
+    shard = job_config.get(SHARD_KEY)
+    if not isinstance(shard, Mapping) or set(shard) != {"stage", "index", "count"}:
+        raise ConfigError(f"shard job: expected +{SHARD_KEY}.stage, +{SHARD_KEY}.index and +{SHARD_KEY}.count")
+    rest = {key: value for key, value in job_config.items() if key != SHARD_KEY}
+    difference = _first_difference(rest, dict(params))
+    if difference is not None:
+        raise ConfigError(
+            f"shard job: '{difference}' differs from params.yaml; change params with dvc exp run -S or "
+            "python -m pipeline.params, not on the shard command line"
+        )
+    stage, index, count = shard["stage"], shard["index"], shard["count"]
+    if stage not in SHARDED_STAGES:
+        raise ConfigError(f"shard job: {SHARD_KEY}.stage={stage!r}: expected one of {', '.join(SHARDED_STAGES)}")
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ConfigError(f"shard job: {SHARD_KEY}.index={index!r}, count={count!r}: need 0 <= index < count")
+    return ShardJob(stage, index, count)
+
+
+def _first_difference(found: Any, expected: Any, prefix: str = "") -> str | None:
+    if isinstance(found, Mapping) and isinstance(expected, Mapping):
+        for key in sorted(set(found) | set(expected), key=str):
+            name = f"{prefix}{key}"
+            if key not in found or key not in expected:
+                return name
+            difference = _first_difference(found[key], expected[key], f"{name}.")
+            if difference is not None:
+                return difference
+        return None
+    return None if found == expected else prefix.rstrip(".") or "<root>"
+
+
+def job_device(device: str, index: int) -> str:
+    """The device of shard job ``index``: with ``device`` "auto" and several visible GPUs, jobs go round-robin
+    over them (a joblib run on one multi-GPU machine); otherwise ``device`` itself."""
+    if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return device
+
+
+def label_part_path(folder: str | Path, job: ShardJob) -> Path:
+    """Where label job ``job`` writes its part of the table."""
+    return Path(folder) / f"labels-{job.index:05d}-of-{job.count:05d}.csv"
+
+
+def job_shards(store: Store, job: ShardJob) -> list[int]:
+    """Store shard indices labelled by ``job``: those s with s % count == index."""
+    return list(range(job.index, len(store.shards), job.count))
+
+
+def merge_label_parts(folder: str | Path, store: Store, count: int, output: str | Path) -> None:
+    """Assemble the ``count`` label parts in ``folder`` into the table ``output`` (store order, atomic write).
+
+    Checks that every part is present, that all have the same attribute columns, and that part i holds
+    exactly the seeds of the store shards s with s % count == i, in order. Rows are copied as written, so the
+    merged table is byte-identical to the unsharded one.
+    """
+    parts = [ShardJob("label", index, count) for index in range(count)]
+    missing = [label_part_path(folder, job).name for job in parts if not label_part_path(folder, job).is_file()]
+    if missing:
+        raise ShardJobError(f"label: {len(missing)} of {count} parts missing in '{folder}' ({', '.join(missing[:3])})")
+    header: list[str] | None = None
+    rows_by_shard: dict[int, list[list[str]]] = {}
+    for job in parts:
+        path = label_part_path(folder, job)
+        with path.open(newline="") as handle:
+            columns, *rows = list(csv.reader(handle))
+        if columns[:1] != ["seed"] or (header is not None and columns != header):
+            raise ShardJobError(f"label part '{path}': its columns differ from the other parts'")
+        header = columns
+        for shard in job_shards(store, job):
+            entry = store.shards[shard]
+            rows_by_shard[shard], rows = rows[: entry.count], rows[entry.count :]
+        if rows:
+            raise ShardJobError(f"label part '{path}': {len(rows)} rows more than its store shards hold")
+    ordered = [row for shard in range(len(store.shards)) for row in rows_by_shard[shard]]
+    seeds = torch.tensor([int(row[0]) for row in ordered], dtype=torch.int64)
+    if not torch.equal(seeds, store.seeds):
+        raise ShardJobError(f"label parts in '{folder}': seeds differ from the samples store's; rerun the label jobs")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *ordered])
+    with atomic_path(output, ".csv") as tmp:
+        tmp.write_text(buffer.getvalue())

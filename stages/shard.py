@@ -1,0 +1,27 @@
+"""One shard job of ``generate`` or ``label``: a Hydra app whose primary config is params.yaml.
+
+Started by those stages when ``launch.shards > 1`` (see :mod:`pipeline.launch`), for example::
+
+    python -m stages.shard --config-dir . --config-name params -m hydra/launcher=joblib \
+        +shard.stage=generate +shard.count=3 '+shard.index=range(0,3)'
+"""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.launch import check_job_config, job_device
+from pipeline.params import load_params, load_value
+from stages import generate, label
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(job_config: DictConfig) -> None:
+    """Check that the job config is params.yaml plus ``shard``, then run the stage's part on its device."""
+    params = load_params()
+    job = check_job_config(OmegaConf.to_container(job_config, resolve=True), OmegaConf.to_container(params))
+    device = job_device(load_value("device", str, params), job.index)
+    {"generate": generate.run_shard, "label": label.run_shard}[job.stage](params, job, device)
+
+
+if __name__ == "__main__":
+    main()
