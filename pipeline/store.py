@@ -265,18 +265,9 @@ def generate_store(
     num_shards = math.ceil(len(seed_tensor) / shard_size)
     own_shards = _partition_shards(partition, num_shards)
     ddim_grid(model.scheduler, spec.steps)  # validates steps against this model's schedule
-    header = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_id": model.model_id,
-        "model_fingerprint": model_fingerprint(model),
-        **spec.to_dict(),
-        "sample_shape": list(model.sample_shape),
-        "h_shape": list(hspace_shape(model.unet, spec.hspace_location, model.sample_shape)),
-        "shard_size": shard_size,
-        "count": len(seed_tensor),
-        "seeds_sha256": seeds_fingerprint(seed_tensor),
-    }
+    h_shape = hspace_shape(model.unet, spec.hspace_location, model.sample_shape)
+    fingerprint = model_fingerprint(model)
+    header = _header(model.model_id, fingerprint, spec, model.sample_shape, h_shape, shard_size, seed_tensor)
     previous_entries = _previous_index_entries(folder, header, overwrite)
     valid = _scan_shards(folder, header, seed_tensor, set(own_shards), num_shards, overwrite)
     to_generate = {shard for shard in own_shards if shard not in valid}
@@ -296,6 +287,75 @@ def generate_store(
                 written[shard] = _write_shard(model, folder, shard, seed_tensor, header, spec, batch_size)
             bar.update(1)
     return _finish_index(folder, header, seed_tensor, num_shards, written, previous_entries)
+
+
+def synthetic_store(
+    folder: str | Path,
+    count: int,
+    *,
+    h_shape: Sequence[int],
+    steps: int,
+    sample_shape: Sequence[int] = (3, 8, 8),
+    shard_size: int = 64,
+    h_dtype: str = "float16",
+    seed: int = 0,
+    progress: bool = False,
+) -> Store:
+    """A complete store of ``count`` random samples with a real store's layout, made without a model.
+
+    For scale and memory measurements of the streaming stages (hstats, PCA, supervised) at realistic h shapes
+    (for example celebahq-256's [512, 8, 8] at many steps) without sampling: h ~ N(0, 1) in ``h_dtype`` at
+    every one of ``steps`` steps, x_T and x_0 ~ N(0, 1) of ``sample_shape``, seeds 0..count-1. Written one
+    shard at a time (memory of one shard), deterministic in ``seed``; model id "synthetic".
+    """
+    folder = Path(folder)
+    seeds = _check_seed_list(range(_check_positive("count", count)))
+    spec = StoreSpec(steps=steps, eta=0.0, h_dtype=h_dtype)
+    shard_size = _check_positive("shard_size", shard_size)
+    header = _header("synthetic", f"synthetic-seed{seed}", spec, tuple(sample_shape), tuple(h_shape), shard_size, seeds)
+    num_shards = math.ceil(count / shard_size)
+    timesteps = torch.linspace(999, 0, steps).round().to(torch.int64)
+    written = {}
+    for shard in tqdm(range(num_shards), desc="synthetic shards", unit="shard", disable=not progress):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + shard)
+        start = shard * shard_size
+        shard_seeds = seeds[start : start + shard_size]
+        n = len(shard_seeds)
+        tensors = {
+            "seeds": shard_seeds.clone(),
+            "x_T": torch.randn(n, *sample_shape, generator=generator),
+            "x_0": torch.randn(n, *sample_shape, generator=generator),
+            "h": torch.randn(n, steps, *h_shape, generator=generator).to(H_DTYPES[h_dtype]),
+            "h_steps": torch.arange(steps, dtype=torch.int64),
+            "timesteps": timesteps,
+        }
+        written[shard] = _save_shard(folder, shard, tensors, header)
+    _finish_index(folder, header, seeds, num_shards, written, {})
+    return open_store(folder)
+
+
+def _header(
+    model_id: str,
+    fingerprint: str,
+    spec: StoreSpec,
+    sample_shape: Sequence[int],
+    h_shape: Sequence[int],
+    shard_size: int,
+    seeds: torch.Tensor,
+) -> dict[str, Any]:
+    """The JSON header shared by every shard and ``index.json`` (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "model_fingerprint": fingerprint,
+        **spec.to_dict(),
+        "sample_shape": list(sample_shape),
+        "h_shape": list(h_shape),
+        "shard_size": shard_size,
+        "count": len(seeds),
+        "seeds_sha256": seeds_fingerprint(seeds),
+    }
 
 
 class Store:
@@ -610,6 +670,12 @@ def _write_shard(
     }
     if spec.store_noise:
         tensors["noise"] = batch.noise.float()
+    return _save_shard(folder, shard_index, tensors, header)
+
+
+def _save_shard(folder: Path, shard_index: int, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> ShardEntry:
+    """Write one shard's tensors atomically, with its metadata; returns its index entry."""
+    start = shard_index * header["shard_size"]
     # One metadata key: safetensors writes its metadata map in hash order, so several keys would make the
     # bytes of identical shards differ between runs (and DVC would see a changed output after a resume).
     description = {"spec": header, "shard_index": shard_index, "start": start}
@@ -618,7 +684,7 @@ def _write_shard(
     name = shard_name(shard_index)
     with atomic_path(folder / name, ".safetensors") as tmp:
         tmp.write_bytes(data)
-    return ShardEntry(name, start, len(shard_seeds), len(data), hashlib.sha256(data).hexdigest())
+    return ShardEntry(name, start, len(tensors["seeds"]), len(data), hashlib.sha256(data).hexdigest())
 
 
 def _finish_index(

@@ -23,6 +23,7 @@ from pipeline.store import (
     model_fingerprint,
     open_store,
     seeds_fingerprint,
+    synthetic_store,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -408,3 +409,31 @@ def test_input_signature_changes_when_an_input_file_is_replaced(tmp_path):
     assert list(before) == [(model / "weights.safetensors").as_posix()]
     (model / "weights.safetensors").write_bytes(b"b" * 11)
     assert input_signature([model]) != before
+
+
+# ------------------------------------------------------------------------------------------ streaming at scale
+
+
+def test_synthetic_store_has_a_real_layout_and_is_deterministic(tmp_path):
+    store = synthetic_store(tmp_path / "a", 10, h_shape=(4, 2, 2), steps=3, shard_size=4)
+    synthetic_store(tmp_path / "b", 10, h_shape=(4, 2, 2), steps=3, shard_size=4)
+    assert len(store) == 10 and store.h_shape == (4, 2, 2) and store.h_steps.tolist() == [0, 1, 2]
+    assert [shard.count for shard in store.shards] == [4, 4, 2]
+    open_store(tmp_path / "a", verify=True)
+    for shard in store.shards:
+        assert (tmp_path / "a" / shard.file).read_bytes() == (tmp_path / "b" / shard.file).read_bytes()
+    batch = next(store.iter_batches(("h",), batch_size=10, dtype=None))
+    assert batch["h"].dtype == torch.float16 and batch["h"].shape == (10, 3, 4, 2, 2)
+
+
+@pytest.mark.slow
+def test_streaming_stages_peak_memory_does_not_grow_with_n():
+    """hstats + PCA + supervised on synthetic stores of N = 128 and 1024 (h 256x8x8 at 2 steps, float16), each
+    in a fresh process: holding every h in float32 would add 128 MiB at N = 1024, about +30% of the peak."""
+    from benchmarks.streaming import measure
+
+    result = measure([128, 1024], (256, 8, 8), steps=2)
+    small, large = result["runs"]
+    assert (small["num_samples"], large["num_samples"]) == (128, 1024)
+    assert large["store_gib"] > 7 * small["store_gib"]
+    assert result["relative_difference"] < 0.2, result
