@@ -61,7 +61,7 @@ from pipeline.directions.pullback import guidance_rows, states_at
 from pipeline.errors import ConfigError
 from pipeline.images import make_grid
 from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, denoise_steps, initial_noise, to_image_range
+from pipeline.sampling import ddim_grid, denoise_steps, initial_noise
 from pipeline.study import HeldOut, SamplerConfig
 
 DEFAULT_METHODS = (
@@ -506,7 +506,7 @@ class GuidedEditor:
             x_0, _ = denoise_steps(
                 self.model, chunk, steps=self.sampler.steps, start_step=self.step, eta=self.etas, noise=noise
             )
-            images.append(to_image_range(x_0))
+            images.append(self.model.images(x_0))
         return torch.cat(images)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -26,9 +26,19 @@ KNOWN_HUB_MODELS: dict[str, str] = {
     "google/ddpm-ema-bedroom-256": "pixel",
     "google/ddpm-ema-cat-256": "pixel",
     "google/ddpm-cifar10-32": "pixel",
+    "CompVis/ldm-celebahq-256": "latent",
 }
-"""Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM).
-Other ids of the form 'owner/name' are loaded the same way."""
+"""Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM;
+"latent": unconditional latent DM with a VQ autoencoder). Other ids 'owner/name' are loaded the same way."""
+
+AUTOENCODER_SUBFOLDERS = ("vqvae", "vae")
+"""Pipeline subfolders holding a latent model's autoencoder (LDMPipeline: vqvae; Stable Diffusion: vae)."""
+AUTOENCODER_CLASSES: dict[str, type[VQModel] | type[AutoencoderKL]] = {
+    "VQModel": VQModel,
+    "AutoencoderKL": AutoencoderKL,
+}
+DECODE_BATCH_SIZE = 16
+"""Latents decoded per autoencoder call (bounds the decoder's activation memory at 256+ px)."""
 
 DEFAULT_TRAIN_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -63,6 +73,7 @@ _LAYOUT_FILES = [
     "scheduler_config.json",
     "unet/config.json",
     "scheduler/scheduler_config.json",
+    *(f"{name}/config.json" for name in AUTOENCODER_SUBFOLDERS),
 ]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -74,8 +85,9 @@ class DiffusionModel:
 
     ``unet`` predicts epsilon for x_t of shape [B, *sample_shape] at integer timestep t; it is in eval mode
     with frozen parameters. ``scheduler`` is used only for ``alphas_cumprod``, ``final_alpha_cumprod`` and
-    its timestep grid. ``vae``, ``text_encoder`` and ``tokenizer`` stay None for pixel-space models and
-    are reserved for latent, text-conditioned models.
+    its timestep grid. ``vae`` is the autoencoder of a latent model (x_t are latents; :meth:`images` decodes
+    them) and None for a pixel-space model; ``text_encoder`` and ``tokenizer`` are reserved for
+    text-conditioned models.
     """
 
     unet: UNet2DModel | UNet2DConditionModel
@@ -93,6 +105,24 @@ class DiffusionModel:
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (int(self.unet.config.in_channels), int(height), int(width))
+
+    @property
+    def latent(self) -> bool:
+        """True when x_t lives in an autoencoder's latent space."""
+        return self.vae is not None
+
+    @torch.no_grad()
+    def images(self, x_0: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H', W'] in [0, 1] on the CPU of final samples x_0 [B, *sample_shape] in model space:
+        pixels mapped from [-1, 1], or latents divided by the autoencoder's scaling factor and decoded."""
+        if self.vae is None:
+            return ((x_0.float() + 1) / 2).clamp(0, 1).cpu()
+        scale = float(self.vae.config.scaling_factor)
+        parts = []
+        for chunk in x_0.split(DECODE_BATCH_SIZE):
+            decoded = self.vae.decode(chunk.to(self.device, self.vae.dtype) / scale).sample
+            parts.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
+        return torch.cat(parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,9 +165,9 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_s
     torch_dtype = resolve_dtype(dtype)
     folder = Path(source).expanduser()
     if folder.is_dir():
-        unet, scheduler = _load_local(folder, torch_dtype, clip_sample)
+        unet, scheduler, vae = _load_local(folder, torch_dtype, clip_sample)
     elif _HUB_ID.fullmatch(source):
-        unet, scheduler = _load_hub(source, torch_dtype, clip_sample)
+        unet, scheduler, vae = _load_hub(source, torch_dtype, clip_sample)
     else:
         raise ModelNotFoundError(
             f"model source '{source}': no such folder and not a hub id 'owner/name'; "
@@ -148,14 +178,18 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_s
             f"model '{source}': prediction_type '{scheduler.config.prediction_type}' is not supported; "
             "expected 'epsilon'"
         )
-    unet.eval().requires_grad_(False)
-    unet.to(torch_device)
-    return DiffusionModel(unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype)
+    for module in (unet, vae):
+        if module is not None:
+            module.eval().requires_grad_(False).to(torch_device)
+    return DiffusionModel(
+        unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype, vae=vae
+    )
 
 
-def _load_local(
-    folder: Path, torch_dtype: torch.dtype, clip_sample: bool
-) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
+Loaded = tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler, VQModel | AutoencoderKL | None]
+
+
+def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
     """Load from a pipeline folder or a bare UNet folder; raise ModelNotFoundError naming what is missing."""
     unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
     unet_folder = folder / unet_subfolder if unet_subfolder else folder
@@ -174,12 +208,11 @@ def _load_local(
             f"model folder '{unet_folder}': UNet weights {weights} are unreadable (truncated or corrupt file); "
             "save or download the model again"
         ) from error
-    return unet, _ddim_scheduler(scheduler_config, clip_sample)
+    autoencoder = _autoencoder(folder, str(folder), torch_dtype, folder)
+    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder
 
 
-def _load_hub(
-    repo_id: str, torch_dtype: torch.dtype, clip_sample: bool
-) -> tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler]:
+def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
     """Load through the Hugging Face cache; raise ModelNotFoundError when the files cannot be had."""
     offline = _hub_offline()
     not_local = ModelNotFoundError(
@@ -204,9 +237,29 @@ def _load_hub(
             torch_dtype=torch_dtype,
             local_files_only=offline,
         )
+        autoencoder = _autoencoder(config_folder, repo_id, torch_dtype, repo_id, local_files_only=offline)
     except OSError as error:
         raise not_local from error
-    return unet, _ddim_scheduler(scheduler_config, clip_sample)
+    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder
+
+
+def _autoencoder(
+    config_folder: Path, source: str, torch_dtype: torch.dtype, location: str | Path, **options: Any
+) -> VQModel | AutoencoderKL | None:
+    """The latent model's autoencoder (``vqvae/`` or ``vae/`` of a pipeline folder), or None for pixel models."""
+    for subfolder in AUTOENCODER_SUBFOLDERS:
+        config = config_folder / subfolder / "config.json"
+        if config.is_file():
+            class_name = _read_json(config).get("_class_name")
+            if class_name not in AUTOENCODER_CLASSES:
+                raise ConfigError(
+                    f"model '{source}': autoencoder class '{class_name}' is not supported; "
+                    f"expected {' or '.join(AUTOENCODER_CLASSES)}"
+                )
+            return AUTOENCODER_CLASSES[class_name].from_pretrained(
+                str(location), subfolder=subfolder, use_safetensors=None, torch_dtype=torch_dtype, **options
+            )
+    return None
 
 
 def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -40,7 +40,7 @@ from pipeline.hspace import h_of_x
 from pipeline.images import make_grid
 from pipeline.linalg import frozen
 from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, to_image_range
+from pipeline.sampling import ddim_grid
 from pipeline.study import HeldOut, JacobianConfig, PullbackConfig, SamplerConfig, decode_images, edit, held_out
 from pipeline.toyfaces import REGIONS, ToyFacesConfig
 
@@ -137,8 +137,9 @@ def run_jacobian(
         edits_per_sample.append(edits)
         if masks[i] is not None and rests[i] is not None:
             change = (edits - originals[i]).abs().mean(dim=2, keepdim=True)  # [k, S, 1, H, W]
-            inside = (change * masks[i]).sum(dim=(-1, -2, -3)) / masks[i].sum()
-            outside = (change * rests[i]).sum(dim=(-1, -2, -3)) / rests[i].sum().clamp(min=1)
+            mask, rest = (_at_image_size(region, change.shape[-2:]) for region in (masks[i], rests[i]))
+            inside = (change * mask).sum(dim=(-1, -2, -3)) / mask.sum()
+            outside = (change * rest).sum(dim=(-1, -2, -3)) / rest.sum().clamp(min=1)
             moved = torch.tensor([scale != 0 for scale in preview_scales])
             locality.append((inside[:, moved] / outside[:, moved].clamp(min=1e-8)).mean(dim=1))
     for position, step in enumerate(directions.origin.steps.tolist()):
@@ -164,6 +165,13 @@ def run_jacobian(
         pictures["jacobian"] = make_grid(stacked.flatten(0, 1), columns=len(preview_scales))
     timings = {"seconds": seconds, "seconds_per_step": seconds / (len(steps) * len(spectra)), "resumed": work.resumed}
     return SpectralResult({"jacobian": directions}, {"jacobian_spectrum": rows}, metrics, pictures, timings)
+
+
+def _at_image_size(region: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """A region [C, h, w] given at the model's resolution (latents) resampled to the images' [C, *size]."""
+    if tuple(region.shape[-2:]) == tuple(size):
+        return region
+    return F.interpolate(region.unsqueeze(0).float(), size=tuple(size), mode="nearest")[0]
 
 
 def run_pullback(
@@ -364,5 +372,5 @@ def _pullback_preview(
             model, x_t[i], direction, timestep, cfg.scales, step_size=cfg.step_size, iterations=cfg.iterations
         )
         x_0 = decode_edited(model, edited, edit_step, steps=sampler.steps, boost_step=boost_step, boost_seed=i)
-        rows.append(to_image_range(x_0))
+        rows.append(model.images(x_0))
     return make_grid(torch.cat(rows), columns=len(cfg.scales))

@@ -13,6 +13,8 @@ Every shard is self-describing. Its tensors (n samples in the shard, T steps, K 
 * ``x_T`` [n, C, H, W] float32 starting noise; ``x_0`` [n, C, H, W] float32 final sample (model space, unclipped);
 * ``noise`` [n, T, C, H, W] float32 variance noise z, only when eta > 0 and ``StoreSpec.store_noise``
   (readers otherwise redraw it from the seeds with :func:`pipeline.sampling.initial_noise`);
+* ``images`` [n, 3, H', W'] uint8, only for a latent model: x_0 decoded by its autoencoder (so that labelling and
+  previews need no autoencoder);
 * ``h`` [n, K, *h_shape] clean h (float16 or float32, ``StoreSpec.h_dtype``); ``h_steps`` [K] int64 step
   indices of h's second axis (0 = noisiest); ``timesteps`` [T] int64 DDIM grid.
 
@@ -62,8 +64,8 @@ SHARD_METADATA_KEY = "shard"
 H_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
 """Storage dtypes accepted for h."""
 
-SAMPLE_FIELDS = ("seeds", "x_T", "x_0", "noise", "h")
-"""Per-sample fields a store can be read by (``noise`` only when eta > 0)."""
+SAMPLE_FIELDS = ("seeds", "x_T", "x_0", "noise", "h", "images")
+"""Per-sample fields a store can be read by (``noise`` only when eta > 0, ``images`` only for latent models)."""
 
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 _MODEL_LABEL_KEYS = ("model_id",)  # a label only: the weights fingerprint is what identifies the model
@@ -419,8 +421,24 @@ class Store:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """Fields that can be read: seeds, x_T, x_0, h, and noise when eta > 0 (stored or redrawn)."""
-        return tuple(name for name in SAMPLE_FIELDS if name != "noise" or self.spec.eta > 0)
+        """Fields that can be read: seeds, x_T, x_0, h, noise when eta > 0 (stored or redrawn), and images
+        when the store holds a latent model's decoded samples."""
+        return tuple(
+            name
+            for name in SAMPLE_FIELDS
+            if (name != "noise" or self.spec.eta > 0) and (name != "images" or name in self._stored)
+        )
+
+    @property
+    def image_field(self) -> str:
+        """The field images come from: ``images`` (decoded latents, uint8) when stored, else ``x_0`` (pixels)."""
+        return "images" if "images" in self._stored else "x_0"
+
+    def as_images(self, values: torch.Tensor) -> torch.Tensor:
+        """Values of :attr:`image_field` [n, ...] as images [n, 3, H, W] in [0, 1], float32."""
+        if self.image_field == "images":
+            return values.float() / 255
+        return to_image_range(values.float())
 
     @property
     def stored_fields(self) -> tuple[str, ...]:
@@ -512,7 +530,7 @@ class Store:
 
     def images(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """x_0 of the samples at ``indices`` as images in [0, 1], [m, C, H, W] float32."""
-        return to_image_range(self.load("x_0", indices))
+        return self.as_images(self.load(self.image_field, indices, dtype=None))
 
     def _check_fields(self, fields: Sequence[str]) -> list[str]:
         if isinstance(fields, str):
@@ -670,6 +688,8 @@ def _write_shard(
     }
     if spec.store_noise:
         tensors["noise"] = batch.noise.float()
+    if model.latent:  # decoded once here, so that labelling and previews need no autoencoder
+        tensors["images"] = (model.images(batch.x_0) * 255).round().to(torch.uint8)
     return _save_shard(folder, shard_index, tensors, header)
 
 

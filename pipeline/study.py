@@ -25,7 +25,7 @@ from pipeline.hstats import HStats, centered_batches, compute_hstats, select_ext
 from pipeline.images import make_grid
 from pipeline.linalg import JACOBIAN_MODES, SolverConfig
 from pipeline.models import DiffusionModel, load_model
-from pipeline.sampling import decode, initial_noise, to_image_range
+from pipeline.sampling import decode, initial_noise
 from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
 
 
@@ -287,10 +287,11 @@ def label(
     (a sharded run merges to exactly the unsharded table).
     """
     chosen = range(len(store.shards)) if shards is None else shards
+    field = store.image_field
     scores = [
-        classify(classifier, to_image_range(batch["x_0"]), batch_size)
+        classify(classifier, store.as_images(batch[field]), batch_size)
         for shard in chosen
-        for batch in store.iter_batches(("x_0",), batch_size=batch_size, shards=[shard])
+        for batch in store.iter_batches((field,), batch_size=batch_size, shards=[shard])
     ]
     return torch.cat(scores)
 
@@ -466,7 +467,7 @@ def decode_images(
         delta_h=delta_h,
         batch_size=sampler.batch_size,
     )
-    return to_image_range(result.x_0)
+    return model.images(result.x_0)
 
 
 def preview_grid(

@@ -9,7 +9,7 @@ import torch
 from pipeline.errors import ConfigError
 from pipeline.images import make_grid, side_by_side
 from pipeline.models import DiffusionModel
-from pipeline.sampling import sample, to_image_range
+from pipeline.sampling import sample
 from pipeline.toy_classifier import ToyFacesClassifier
 from pipeline.toyfaces import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch
 
@@ -88,7 +88,7 @@ def assess_toy_model(
         model, seeds, steps=cfg.steps, eta=cfg.eta, capture_steps=None, batch_size=cfg.batch_size,
         keep_noise=False, progress=progress,
     )  # fmt: skip
-    images = to_image_range(batch.x_0)
+    images = model.images(batch.x_0)
     device = next(classifier.parameters()).device
     probabilities = torch.cat(
         [torch.sigmoid(classifier(chunk.to(device))).cpu() for chunk in images.split(cfg.batch_size)]

@@ -60,3 +60,28 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latent DM in the LDMPipeline layout (vqvae/, unet/, scheduler/): a VQModel that maps 32 px images to
+    3x16x16 latents, denoised by ``tiny_unet``; the noise schedule of ``tiny_model_dir``."""
+    from diffusers import DDIMScheduler, LDMPipeline, VQModel
+
+    torch.manual_seed(1)
+    vqvae = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=3,
+        sample_size=32,
+        num_vq_embeddings=32,
+        norm_num_groups=4,
+        vq_embed_dim=3,
+    ).eval()
+    folder = tmp_path_factory.mktemp("tiny_ldm")
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.002)
+    LDMPipeline(vqvae=vqvae, unet=tiny_unet, scheduler=scheduler).save_pretrained(folder)
+    return folder

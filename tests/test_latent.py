@@ -1,0 +1,103 @@
+"""Latent diffusion models (issue 8, item 4): a tiny LDMPipeline stack (VQModel + UNet2DModel) built from config
+runs generate -> label -> hstats -> directions (PCA, supervised, Jacobian, pullback) -> evaluate."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.models import load_model
+from pipeline.params import compose
+from pipeline.store import open_store
+from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER = ROOT / "models/toyfaces/classifier"
+
+
+def test_a_latent_model_decodes_its_latents_with_the_autoencoder(tiny_ldm_dir: Path) -> None:
+    model = load_model(str(tiny_ldm_dir), device="cpu")
+    assert model.latent and model.sample_shape == (3, 16, 16)
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = model.images(latents)
+    expected = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    assert images.shape == (2, 3, 32, 32) and images.min() >= 0.0 and images.max() <= 1.0
+    torch.testing.assert_close(images, ((expected + 1) / 2).clamp(0, 1))
+    pixel = load_model(str(tiny_ldm_dir / "unet"), device="cpu")  # the bare UNet folder: a pixel model
+    assert not pixel.latent and pixel.images(latents).shape == (2, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_ldm_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None):
+    if not CLASSIFIER.is_dir():
+        pytest.skip("committed ToyFaces classifier absent")
+    folder = tmp_path_factory.mktemp("latent_study")
+    overrides = [
+        f"model.source={tiny_ldm_dir}",
+        "sampler.steps=4",
+        "sampler.batch_size=8",
+        "generate.num_samples=12",
+        "generate.shard_size=6",
+        "hstats.top_k=3",
+        "hstats.label_conditioned=false",
+        "directions.pca.n_components=2",
+        "directions.jacobian.num_samples=1",
+        "directions.jacobian.k=2",
+        "directions.jacobian.steps=[0,2]",
+        "directions.jacobian.source_step=2",
+        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
+        "directions.pullback.num_samples=2",
+        "directions.pullback.basis_size=2",
+        "directions.pullback.analysis_t=[1.0]",
+        "directions.pullback.curvedness_points=2",
+        "directions.pullback.iterations=2",
+        "directions.pullback.scales=[0.0,1.0]",
+        "directions.pullback.preview_directions=1",
+        "evaluate.methods=[pca_all_steps,supervised,jacobian,pullback_global]",
+        "evaluate.num_samples=4",
+        "evaluate.max_directions=2",
+        "evaluate.scales=[1.0]",
+        "evaluate.bisection_steps=1",
+        "evaluate.kid_subset_size=2",
+        "evaluate.reference_samples=4",
+        "evaluate.kid_subsets=5",
+        "evaluate.grid_samples=1",
+        f"classifier.path={CLASSIFIER}",
+        "logging.wandb.mode=disabled",
+        "device=cpu",
+    ]
+    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate):
+            stage.main()
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+def test_latent_store_keeps_latents_and_decoded_images(workspace: Path, tiny_ldm_dir: Path) -> None:
+    store = open_store(workspace / "data/samples")
+    assert store.sample_shape == (3, 16, 16) and store.image_field == "images"
+    stored = store.load("images", [0, 5], dtype=None)
+    assert stored.dtype == torch.uint8 and stored.shape == (2, 3, 32, 32)
+    model = load_model(str(tiny_ldm_dir), device="cpu", clip_sample=True)
+    decoded = model.images(store.load("x_0", [0, 5]))
+    assert (store.images([0, 5]) - decoded).abs().max() <= 0.5 / 255 + 1e-6
+    header, *rows = (workspace / "data/labels.csv").read_text().splitlines()
+    assert header.startswith("seed,") and len(rows) == 12
+
+
+def test_latent_study_runs_every_method_to_the_evaluation(workspace: Path) -> None:
+    for name in ("pca_all_steps", "supervised", "jacobian", "pullback_global"):
+        assert (workspace / f"directions/{name}.safetensors").is_file()
+    metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert set(metrics["methods"]) == {"pca_all_steps", "supervised", "jacobian", "pullback_global"}
+    for entry in metrics["methods"].values():
+        for result in entry["directions"].values():
+            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None
+    pullback_metrics = json.loads((workspace / "metrics/pullback.json").read_text())
+    assert pullback_metrics["converged"] in (True, False) and pullback_metrics["products"] > 0
