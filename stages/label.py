@@ -30,6 +30,8 @@ def main() -> None:
     with Tracker(
         "label", load_section("logging", LoggingConfig, params), {"classifier": params["classifier"]}
     ) as tracker:
+        # loaded first, also when shard jobs do the labelling: a bad classifier config fails before any job starts
+        classifier = load_classifier(cfg, "cpu" if launch.sharded else device)
         store = open_store(SAMPLES)
         if launch.sharded:
             fingerprint = {"classifier": params["classifier"], "device": str(device)}
@@ -38,7 +40,6 @@ def main() -> None:
             merge_label_parts(PARTS, store, launch.shards, LABELS)
             parts.clear()
         else:
-            classifier = load_classifier(cfg, device)
             study.write_labels(LABELS, store.seeds, classifier.attribute_names, study.label(store, classifier))
         _, names, scores = study.read_labels(LABELS)
         frequencies = (scores > 0.5).float().mean(dim=0).tolist()
