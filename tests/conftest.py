@@ -85,3 +85,43 @@ def tiny_ldm_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFactor
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.002)
     LDMPipeline(vqvae=vqvae, unet=tiny_unet, scheduler=scheduler).save_pretrained(folder)
     return folder
+
+
+TINY_STUDY: dict[str, object] = {
+    "sampler.steps": 4,
+    "sampler.batch_size": 16,
+    "generate.num_samples": 12,
+    "generate.shard_size": 6,
+    "hstats.top_k": 3,
+    "hstats.label_conditioned": "false",
+    "directions.pca.n_components": 3,
+    "directions.jacobian.num_samples": 1,
+    "directions.jacobian.k": 2,
+    "directions.jacobian.steps": "[0,2]",
+    "directions.jacobian.source_step": 2,
+    "directions.jacobian.mask": "[0.5,0.25,1.0,0.75]",
+    "directions.pullback.num_samples": 2,
+    "directions.pullback.basis_size": 2,
+    "directions.pullback.analysis_t": "[1.0]",
+    "directions.pullback.curvedness_points": 2,
+    "directions.pullback.iterations": 2,
+    "directions.pullback.scales": "[0.0,1.0]",
+    "directions.pullback.preview_directions": 1,
+    "evaluate.num_samples": 4,
+    "evaluate.max_directions": 2,
+    "evaluate.scales": "[-1.0,1.0]",
+    "evaluate.bisection_steps": 2,
+    "evaluate.kid_subset_size": 2,
+    "evaluate.reference_samples": 4,
+    "evaluate.kid_subsets": 5,
+    "evaluate.grid_samples": 1,
+    "logging.wandb.mode": "disabled",
+    "device": "cpu",
+}
+"""Params of a whole study small enough for a test (seconds on one core)."""
+
+
+def tiny_study_overrides(model_dir: Path, classifier: Path, changes: dict[str, object] | None = None) -> list[str]:
+    """Hydra overrides of :data:`TINY_STUDY` for ``model_dir`` and ``classifier``, with ``changes`` applied."""
+    values = {"model.source": model_dir, **TINY_STUDY, "classifier.path": classifier, **(changes or {})}
+    return [f"{key}={value}" for key, value in values.items()]

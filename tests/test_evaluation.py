@@ -34,6 +34,7 @@ from pipeline.params import compose, load_params, load_section
 from pipeline.study import SamplerConfig, decode_images, held_out
 from pipeline.toy_classifier import ToyFacesClassifier
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, report, supervised
+from tests.conftest import tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -216,39 +217,7 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
     if not CLASSIFIER.is_dir():
         pytest.skip("committed ToyFaces classifier absent")
     folder = tmp_path_factory.mktemp("evaluate")
-    overrides = [
-        f"model.source={tiny_model_dir}",
-        "sampler.steps=4",
-        "sampler.batch_size=16",
-        "generate.num_samples=12",
-        "generate.shard_size=6",
-        "hstats.top_k=3",
-        "hstats.label_conditioned=false",
-        "directions.pca.n_components=3",
-        "directions.jacobian.num_samples=1",
-        "directions.jacobian.k=2",
-        "directions.jacobian.steps=[0,2]",
-        "directions.jacobian.source_step=2",
-        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
-        "directions.pullback.num_samples=2",
-        "directions.pullback.basis_size=2",
-        "directions.pullback.analysis_t=[1.0]",
-        "directions.pullback.curvedness_points=2",
-        "directions.pullback.iterations=2",
-        "directions.pullback.scales=[0.0,1.0]",
-        "directions.pullback.preview_directions=1",
-        "evaluate.num_samples=4",
-        "evaluate.max_directions=2",
-        "evaluate.scales=[-1.0,1.0]",
-        "evaluate.bisection_steps=2",
-        "evaluate.kid_subset_size=2",
-        "evaluate.reference_samples=4",
-        "evaluate.kid_subsets=5",
-        "evaluate.grid_samples=1",
-        f"classifier.path={CLASSIFIER}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER)
     (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
     previous = Path.cwd()
     os.chdir(folder)

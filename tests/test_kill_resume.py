@@ -40,6 +40,7 @@ from safetensors.torch import load as parse_safetensors
 import pipeline.store as store_module
 from pipeline.params import compose
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+from tests.conftest import tiny_study_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -450,39 +451,16 @@ def test_killed_generate_and_label_resume_to_identical_outputs(
 
 def _spectral_overrides(model_dir: Path) -> list[str]:
     """A tiny study whose jacobian, pullback and evaluate stages each have several units of work."""
-    return [
-        f"model.source={model_dir}",
-        "sampler.steps=4",
-        "sampler.batch_size=8",
-        "generate.num_samples=12",
-        "generate.shard_size=6",
-        "hstats.top_k=3",
-        "hstats.label_conditioned=false",
-        "directions.pca.n_components=2",
-        "directions.jacobian.num_samples=3",
-        "directions.jacobian.k=2",
-        "directions.jacobian.source_step=2",
-        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
-        "directions.pullback.num_samples=2",
-        "directions.pullback.basis_size=2",
-        "directions.pullback.analysis_t=[1.0,0.5]",
-        "directions.pullback.curvedness_points=3",
-        "directions.pullback.iterations=2",
-        "directions.pullback.scales=[0.0,1.0]",
-        "directions.pullback.preview_directions=1",
-        "evaluate.methods=[pca_all_steps,supervised,jacobian,pullback_global]",
-        "evaluate.num_samples=4",
-        "evaluate.max_directions=2",
-        "evaluate.scales=[-1.0,1.0]",
-        "evaluate.bisection_steps=2",
-        "evaluate.kid_subset_size=2",
-        "evaluate.reference_samples=4",
-        "evaluate.kid_subsets=5",
-        "evaluate.grid_samples=1",
-        f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    changes = {
+        "sampler.batch_size": 8,
+        "directions.pca.n_components": 2,
+        "directions.jacobian.num_samples": 3,
+        "directions.jacobian.steps": "all",
+        "directions.pullback.analysis_t": "[1.0,0.5]",
+        "directions.pullback.curvedness_points": 3,
+        "evaluate.methods": "[pca_all_steps,supervised,jacobian,pullback_global]",
+    }
+    return tiny_study_overrides(model_dir, ROOT / "models/toyfaces/classifier", changes)
 
 
 def _work_state(stage: str) -> Callable[[Path], str]:

@@ -12,6 +12,7 @@ from pipeline.models import load_model
 from pipeline.params import compose
 from pipeline.store import open_store
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+from tests.conftest import tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -34,40 +35,14 @@ def workspace(tiny_ldm_dir: Path, tmp_path_factory: pytest.TempPathFactory, sing
     if not CLASSIFIER.is_dir():
         pytest.skip("committed ToyFaces classifier absent")
     folder = tmp_path_factory.mktemp("latent_study")
-    overrides = [
-        f"model.source={tiny_ldm_dir}",
-        "sampler.steps=4",
-        "sampler.batch_size=8",
-        "generate.num_samples=12",
-        "generate.shard_size=6",
-        "hstats.top_k=3",
-        "hstats.label_conditioned=false",
-        "directions.pca.n_components=2",
-        "directions.jacobian.num_samples=1",
-        "directions.jacobian.k=2",
-        "directions.jacobian.steps=[0,2]",
-        "directions.jacobian.source_step=2",
-        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
-        "directions.pullback.num_samples=2",
-        "directions.pullback.basis_size=2",
-        "directions.pullback.analysis_t=[1.0]",
-        "directions.pullback.curvedness_points=2",
-        "directions.pullback.iterations=2",
-        "directions.pullback.scales=[0.0,1.0]",
-        "directions.pullback.preview_directions=1",
-        "evaluate.methods=[pca_all_steps,supervised,jacobian,pullback_global]",
-        "evaluate.num_samples=4",
-        "evaluate.max_directions=2",
-        "evaluate.scales=[1.0]",
-        "evaluate.bisection_steps=1",
-        "evaluate.kid_subset_size=2",
-        "evaluate.reference_samples=4",
-        "evaluate.kid_subsets=5",
-        "evaluate.grid_samples=1",
-        f"classifier.path={CLASSIFIER}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    changes = {
+        "sampler.batch_size": 8,
+        "directions.pca.n_components": 2,
+        "evaluate.methods": "[pca_all_steps,supervised,jacobian,pullback_global]",
+        "evaluate.scales": "[1.0]",
+        "evaluate.bisection_steps": 1,
+    }
+    overrides = tiny_study_overrides(tiny_ldm_dir, CLASSIFIER, changes)
     (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
     previous = Path.cwd()
     os.chdir(folder)
