@@ -115,14 +115,15 @@ class DiffusionModel:
     def images(self, x_0: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H', W'] in [0, 1] on the CPU of final samples x_0 [B, *sample_shape] in model space:
         pixels mapped from [-1, 1], or latents divided by the autoencoder's scaling factor and decoded."""
-        if self.vae is None:
-            return ((x_0.float() + 1) / 2).clamp(0, 1).cpu()
-        scale = float(self.vae.config.scaling_factor)
-        parts = []
-        for chunk in x_0.split(DECODE_BATCH_SIZE):
-            decoded = self.vae.decode(chunk.to(self.device, self.vae.dtype) / scale).sample
-            parts.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
-        return torch.cat(parts)
+        pixels = x_0
+        if self.vae is not None:
+            scale = float(self.vae.config.scaling_factor)
+            decoded = [
+                self.vae.decode(chunk.to(self.device, self.vae.dtype) / scale).sample.cpu()
+                for chunk in x_0.split(DECODE_BATCH_SIZE)
+            ]
+            pixels = torch.cat(decoded)
+        return ((pixels.float() + 1) / 2).clamp(0, 1).cpu()
 
 
 def resolve_device(name: str) -> torch.device:

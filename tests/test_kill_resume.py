@@ -59,17 +59,9 @@ WORK = ".work"
 
 
 def _overrides(model_dir: Path) -> list[str]:
-    return [
-        f"model.source={model_dir}",
-        "sampler.steps=12",
-        "sampler.eta=1.0",
-        "sampler.batch_size=2",
-        f"generate.num_samples={NUM_SAMPLES}",
-        f"generate.shard_size={SHARD_SIZE}",
-        f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    changes = {"sampler.steps": 12, "sampler.eta": 1.0, "sampler.batch_size": 2,
+               "generate.num_samples": NUM_SAMPLES, "generate.shard_size": SHARD_SIZE}  # fmt: skip
+    return tiny_study_overrides(model_dir, ROOT / "models/toyfaces/classifier", changes)
 
 
 def _output_files(workspace: Path) -> dict[str, bytes]:

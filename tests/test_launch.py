@@ -25,6 +25,7 @@ from pipeline.launch import (
 from pipeline.params import compose, validate
 from pipeline.store import StoreError, open_store
 from stages import generate, label
+from tests.conftest import tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -32,17 +33,9 @@ SHARDS = 3
 
 
 def _overrides(model_dir: Path) -> list[str]:
-    return [
-        f"model.source={model_dir}",
-        "sampler.steps=4",
-        "sampler.eta=1.0",
-        "sampler.batch_size=4",
-        "generate.num_samples=14",
-        "generate.shard_size=4",  # 4 store shards (the last holds 2) over 3 jobs: job 0 has two
-        f"classifier.path={CLASSIFIER}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    # 4 store shards (the last holds 2) over 3 jobs: job 0 has two
+    changes = {"sampler.eta": 1.0, "sampler.batch_size": 4, "generate.num_samples": 14, "generate.shard_size": 4}
+    return tiny_study_overrides(model_dir, CLASSIFIER, changes)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
