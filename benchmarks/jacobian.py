@@ -291,11 +291,11 @@ def build_maps(model: DiffusionModel, cfg: JacobianBenchConfig) -> tuple[dict[st
     x_step, _ = denoise_steps(model, x_T, steps=cfg.steps, stop_step=step)  # x just before grid step ``step``
     x_t = x_step[0].to(device=model.device, dtype=model.unet.dtype)
     timestep = int(grid.timesteps[step])
-    denoiser, clean_h = eps_of_h(model.unet, x_t, timestep, cfg.location)
+    denoiser, clean_h = eps_of_h(model, x_t, timestep, cfg.location)
     maps = {
         "J2": JacobianMap("J2", "d eps / d h (paper A, reference 2.2)", denoiser, clean_h),
         "J1": JacobianMap(
-            "J1", "d h / d x_t (paper B pullback, reference 3.2)", h_of_x(model.unet, timestep, cfg.location), x_t
+            "J1", "d h / d x_t (paper B pullback, reference 3.2)", h_of_x(model, timestep, cfg.location), x_t
         ),
     }
     where = {"step_index": step, "timestep": timestep, "seed": cfg.seed, "location": cfg.location}

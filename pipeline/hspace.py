@@ -10,6 +10,10 @@ Locations (ALGORITHMS 1.3):
 The recorded h is always the clean activation, before any delta is added. An edit returns
 ``h + delta`` from the hook, which replaces the module output (NOTES 5.1); the ControlNet argument
 ``mid_block_additional_residual`` is not used because diffusers ignores it on its own.
+
+Under classifier-free guidance the UNet sees a doubled batch [unconditional; conditional] (NOTES 5.1): a hook
+told ``branches=2`` records h of the unconditional half, which depends on x_t and t only, and adds the same
+delta to both halves, so an edit moves the guided prediction as a whole (ALGORITHMS 2.6, repo A's choice).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.models import DiffusionModel
 
 DEFAULT_LOCATION = "after"
 
@@ -79,6 +84,10 @@ class HSpaceHook:
     * replaces h by ``h + delta`` when :attr:`delta` is not None. ``delta`` has shape [*h_shape],
       [1, *h_shape] or [B, *h_shape] and may require grad; it is cast to h's dtype and device.
 
+    ``branches`` is the number of conditioning copies stacked in the batch (2 under classifier-free guidance,
+    :meth:`pipeline.models.DiffusionModel.branches`): h is then that of the first (unconditional) copy, B
+    samples, and the delta (shaped for B) is added to every copy.
+
     Both attributes may be changed between forward passes. With ``stop=True`` the forward pass ends
     right after h is recorded (the rest of the UNet is skipped; the call raises :class:`HSpaceReached`,
     which :func:`h_of_x` catches). Hooks are removed on exit, after which the UNet behaves exactly as
@@ -93,8 +102,12 @@ class HSpaceHook:
         capture: bool = True,
         keep_graph: bool = False,
         stop: bool = False,
+        branches: int = 1,
     ) -> None:
+        if branches < 1:
+            raise ConfigError(f"HSpaceHook branches={branches}: must be >= 1")
         self.location = location
+        self.branches = branches
         self.capture = capture
         self.keep_graph = keep_graph
         self.stop = stop
@@ -122,20 +135,25 @@ class HSpaceHook:
 
     def _record_and_edit(self, hidden: torch.Tensor) -> torch.Tensor:
         """Record the clean h if asked, and return h + delta (or h itself when there is no delta)."""
+        total, *h_shape = hidden.shape
+        batch = total // self.branches
         if self.capture:
-            self.h = hidden if self.keep_graph else hidden.detach()
+            first = hidden[:batch] if self.branches > 1 else hidden
+            self.h = first if self.keep_graph else first.detach()
         if self.stop:
             raise HSpaceReached
         if self.delta is None:
             return hidden
-        batch, *h_shape = hidden.shape
         allowed = (tuple(h_shape), (1, *h_shape), (batch, *h_shape))
         if tuple(self.delta.shape) not in allowed:
             raise ConfigError(
                 f"delta_h shape {tuple(self.delta.shape)} does not fit h at '{self.location}'; "
                 f"expected {tuple(h_shape)} or {(batch, *h_shape)}"
             )
-        return hidden + self.delta.to(device=hidden.device, dtype=hidden.dtype)
+        delta = self.delta.to(device=hidden.device, dtype=hidden.dtype)
+        if self.branches > 1 and delta.dim() == hidden.dim() and len(delta) == batch > 1:
+            delta = delta.repeat(self.branches, *([1] * len(h_shape)))
+        return hidden + delta
 
     def _forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         # Down blocks return (hidden, res_samples[, skip]): only the hidden state is edited.
@@ -176,15 +194,16 @@ def hspace_shape(
 
 
 def h_of_x(
-    unet: UNet2DModel, timestep: int, location: str = DEFAULT_LOCATION
+    model: DiffusionModel, timestep: int, location: str = DEFAULT_LOCATION
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The encoder map x_t [b, C, H, W] -> h [b, *h_shape] at ``timestep`` (the f of the pullback metric,
-    ALGORITHMS 3.1), differentiable; the UNet stops at ``location``, so the decoder half is never run."""
-    check_location(unet, location)
+    ALGORITHMS 3.1), differentiable; the UNet stops at ``location``, so the decoder half is never run.
+    A text-conditioned model is conditioned on its edit prompt, without guidance (ALGORITHMS 3.4)."""
+    check_location(model.unet, location)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        with HSpaceHook(unet, location, keep_graph=True, stop=True) as hook, contextlib.suppress(HSpaceReached):
-            unet(x, timestep)
+        with HSpaceHook(model.unet, location, keep_graph=True, stop=True) as hook, contextlib.suppress(HSpaceReached):
+            model.eps(x, timestep, edit=True)
         assert hook.h is not None  # the hook stops the pass only after recording h
         return hook.h
 
@@ -192,7 +211,7 @@ def h_of_x(
 
 
 def eps_of_h(
-    unet: UNet2DModel,
+    model: DiffusionModel,
     x_t: torch.Tensor,
     timestep: int,
     location: str = DEFAULT_LOCATION,
@@ -201,6 +220,8 @@ def eps_of_h(
     """The denoiser as a function of h with x_t (and so every skip connection) fixed (ALGORITHMS 2.2).
 
     Args:
+        model: the diffusion model; a guided text-conditioned model gives the guided eps with the h edit
+            in both branches, as at sampling time (ALGORITHMS 2.6).
         x_t: [C, H, W] one noisy sample.
         timestep: scheduler timestep of x_t.
         location: the h site.
@@ -209,17 +230,18 @@ def eps_of_h(
     Returns:
         (function h [b, *h_shape] -> mask * eps [b, C, H, W], the clean h [*h_shape] of x_t).
     """
-    check_location(unet, location)
-    with torch.no_grad(), HSpaceHook(unet, location) as hook:
-        unet(x_t.unsqueeze(0), timestep)
+    check_location(model.unet, location)
+    branches = model.branches()
+    with torch.no_grad(), HSpaceHook(model.unet, location, branches=branches) as hook:
+        model.eps(x_t.unsqueeze(0), timestep)
     assert hook.h is not None
     clean = hook.h[0]
     weights = None if mask is None else mask.to(device=x_t.device, dtype=x_t.dtype)
 
     def denoise(h: torch.Tensor) -> torch.Tensor:
-        with HSpaceHook(unet, location, capture=False) as edit:
+        with HSpaceHook(model.unet, location, capture=False, branches=branches) as edit:
             edit.delta = h - clean  # the hook adds delta to the clean h, so the UNet sees h itself
-            eps = unet(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep).sample
+            eps = model.eps(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep)
         return eps if weights is None else eps * weights
 
     return denoise, clean

@@ -1,7 +1,11 @@
 """Load a diffusion UNet and its DDIM scheduler from a local folder or a Hugging Face hub id.
 
 Everything downstream (sampling, h-space hooks, inversion) receives a :class:`DiffusionModel`, so the
-way a model was found (pipeline folder, bare UNet folder, hub cache) stays in this module.
+way a model was found (pipeline folder, bare UNet folder, hub cache) stays in this module. Three kinds of
+model share it: pixel DDPMs (UNet2DModel), unconditional latent DMs (an autoencoder decodes x_0) and
+text-conditioned latent DMs (Stable Diffusion: UNet2DConditionModel + AutoencoderKL + CLIP text encoder),
+whose prompts are encoded once at load time; :meth:`DiffusionModel.eps` is the one way every module asks
+the UNet for a noise prediction, so prompts and classifier-free guidance are handled in one place.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipeline.errors import ConfigError, ModelNotFoundError
 
@@ -27,9 +32,17 @@ KNOWN_HUB_MODELS: dict[str, str] = {
     "google/ddpm-ema-cat-256": "pixel",
     "google/ddpm-cifar10-32": "pixel",
     "CompVis/ldm-celebahq-256": "latent",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "text",
+    "stabilityai/stable-diffusion-2-1-base": "text",
 }
 """Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM;
-"latent": unconditional latent DM with a VQ autoencoder). Other ids 'owner/name' are loaded the same way."""
+"latent": unconditional latent DM with a VQ autoencoder; "text": Stable Diffusion 1.x/2.x). Other ids
+'owner/name' are loaded the same way."""
+
+TEXT_SUBFOLDERS = ("text_encoder", "tokenizer")
+"""Pipeline subfolders of a text-conditioned model's CLIP text encoder and tokenizer."""
+UNSUPPORTED_PIPELINE_PARTS = ("text_encoder_2", "prior", "decoder")
+"""model_index.json components of pipelines this loader does not handle (SDXL's second encoder, cascades)."""
 
 AUTOENCODER_SUBFOLDERS = ("vqvae", "vae")
 """Pipeline subfolders holding a latent model's autoencoder (LDMPipeline: vqvae; Stable Diffusion: vae)."""
@@ -73,6 +86,7 @@ _LAYOUT_FILES = [
     "scheduler_config.json",
     "unet/config.json",
     "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
     *(f"{name}/config.json" for name in AUTOENCODER_SUBFOLDERS),
 ]
 
@@ -80,14 +94,57 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
+class TextPrompts:
+    """The prompts of a text-conditioned model (Stable Diffusion; the ``model.text`` params section).
+
+    ``prompt`` conditions every denoising step of generation and of edit decodes. With ``guidance_scale`` > 1
+    every such step is classifier-free guided, eps = eps(negative_prompt) + s (eps(prompt) - eps(negative_prompt)),
+    from one UNet call on a doubled batch [negative; prompt]; <= 1 means no guidance (the prompt alone).
+    ``edit_prompt`` conditions only the pullback maps of paper B (the local basis d h / d z_t and the x-space
+    guidance eps, ALGORITHMS 3.4), never guided. Paper B's SD settings: every prompt "" and guidance_scale 0.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    guidance_scale: float = 1.0
+    edit_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.guidance_scale >= 0:  # also refuses NaN
+            raise ConfigError(f"params: model.text.guidance_scale={self.guidance_scale!r}: must be >= 0")
+
+    @property
+    def guided(self) -> bool:
+        """True when generation uses classifier-free guidance (guidance_scale > 1)."""
+        return self.guidance_scale > 1
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """Encoded prompts of one kind of UNet call: ``prompt`` [1, L, E] text-encoder states and, for a
+    classifier-free guided call, ``negative`` [1, L, E] with its ``guidance_scale``; both in the UNet's dtype."""
+
+    prompt: torch.Tensor
+    negative: torch.Tensor | None = None
+    guidance_scale: float = 1.0
+
+    @property
+    def branches(self) -> int:
+        """Conditioning branches stacked in the UNet's batch: 2 with guidance ([negative; prompt]), else 1."""
+        return 1 if self.negative is None else 2
+
+
+@dataclass
 class DiffusionModel:
     """A denoising UNet with the DDIM scheduler that defines its noise schedule.
 
     ``unet`` predicts epsilon for x_t of shape [B, *sample_shape] at integer timestep t; it is in eval mode
-    with frozen parameters. ``scheduler`` is used only for ``alphas_cumprod``, ``final_alpha_cumprod`` and
-    its timestep grid. ``vae`` is the autoencoder of a latent model (x_t are latents; :meth:`images` decodes
-    them) and None for a pixel-space model; ``text_encoder`` and ``tokenizer`` are reserved for
-    text-conditioned models.
+    with frozen parameters. Ask for predictions through :meth:`eps`, which adds the text conditioning.
+    ``scheduler`` is used only for ``alphas_cumprod``, ``final_alpha_cumprod`` and its timestep grid.
+    ``vae`` is the autoencoder of a latent model (x_t are latents; :meth:`images` decodes them) and None for
+    a pixel-space model. A text-conditioned model also has ``text_encoder`` and ``tokenizer``, its
+    ``prompts`` and their encodings: ``conditioning`` for generation and decoding, ``edit_conditioning``
+    for the pullback maps (see :class:`TextPrompts`); all None for an unconditional model.
     """
 
     unet: UNet2DModel | UNet2DConditionModel
@@ -98,6 +155,9 @@ class DiffusionModel:
     vae: Any | None = None
     text_encoder: Any | None = None
     tokenizer: Any | None = None
+    prompts: TextPrompts | None = None
+    conditioning: TextConditioning | None = None
+    edit_conditioning: TextConditioning | None = None
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -110,6 +170,62 @@ class DiffusionModel:
     def latent(self) -> bool:
         """True when x_t lives in an autoencoder's latent space."""
         return self.vae is not None
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-space x_0 [B, *sample_shape] (float32, CPU) of images [B, 3, H', W'] in [0, 1], the inverse of
+        :meth:`images` for inverting real images: pixels mapped to [-1, 1], or for a latent model the
+        autoencoder's encoding times its scaling factor (the posterior mean of an AutoencoderKL, the
+        unquantised latents of a VQModel; ALGORITHMS 3.4 samples the posterior, the mean is reproducible)."""
+        pixels = images.float() * 2 - 1
+        if self.vae is None:
+            return pixels.cpu()
+        scale = float(self.vae.config.scaling_factor)
+        encoded = []
+        for chunk in pixels.split(DECODE_BATCH_SIZE):
+            output = self.vae.encode(chunk.to(self.device, self.vae.dtype))
+            latents = output.latent_dist.mode() if hasattr(output, "latent_dist") else output.latents
+            encoded.append(latents.float().cpu() * scale)
+        return torch.cat(encoded)
+
+    def branches(self, edit: bool = False) -> int:
+        """Batch copies per sample in the UNet calls of :meth:`eps` (2 under classifier-free guidance, else 1);
+        an h-space hook on those calls needs it (:class:`pipeline.hspace.HSpaceHook` ``branches``)."""
+        conditioning = self.edit_conditioning if edit else self.conditioning
+        return 1 if conditioning is None else conditioning.branches
+
+    def eps(self, x: torch.Tensor, timestep: int, edit: bool = False) -> torch.Tensor:
+        """Predicted noise [B, *sample_shape] of x_t [B, *sample_shape] at ``timestep``, in x's dtype.
+
+        Differentiable (no grad mode is set here). A text-conditioned UNet sees the generation prompt, with
+        classifier-free guidance when configured (one call on the doubled batch [x; x], combined as
+        eps_u + s (eps_c - eps_u)), or with ``edit=True`` the edit prompt without guidance.
+        """
+        inputs = x.to(self.unet.dtype)
+        conditioning = self.edit_conditioning if edit else self.conditioning
+        if conditioning is None:
+            return self.unet(inputs, timestep).sample.to(x.dtype)
+        batch = len(x)
+        states = conditioning.prompt.expand(batch, -1, -1)
+        if conditioning.negative is None:
+            return self.unet(inputs, timestep, encoder_hidden_states=states).sample.to(x.dtype)
+        states = torch.cat([conditioning.negative.expand(batch, -1, -1), states])
+        both = self.unet(torch.cat([inputs, inputs]), timestep, encoder_hidden_states=states).sample.to(x.dtype)
+        unconditional, conditional = both.chunk(2)
+        return unconditional + conditioning.guidance_scale * (conditional - unconditional)
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """Text-encoder hidden states [1, L, E] of ``text`` (padded or truncated to the tokenizer's L), in the
+        UNet's dtype on its device; ConfigError for a model without a text encoder."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ConfigError(f"model '{self.model_id}': not text-conditioned, so it takes no prompt")
+        tokens = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        )  # fmt: skip
+        states = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return states.to(self.unet.dtype)
 
     @torch.no_grad()
     def images(self, x_0: torch.Tensor) -> torch.Tensor:
@@ -150,7 +266,13 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_sample: bool = False) -> DiffusionModel:
+def load_model(
+    source: str,
+    device: str = "auto",
+    dtype: str = "float32",
+    clip_sample: bool = False,
+    text: TextPrompts | None = None,
+) -> DiffusionModel:
     """Load a UNet and a DDIM scheduler from a local folder or a hub id, ready for inference.
 
     ``source`` is either a folder, laid out as a diffusers pipeline (``model_index.json``, ``unet/``,
@@ -161,14 +283,18 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_s
     model's scheduler config with ``clip_sample`` as given: False (the reference code's choice for
     well-trained models) keeps the predicted x_0 unclamped; True clamps it to [-1, 1] at every step, which
     keeps a small or undertrained model's samples in range. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
+
+    A Stable Diffusion pipeline folder (``text_encoder/``, ``tokenizer/``, ``vae/``) also loads its CLIP text
+    encoder and encodes ``text`` (default: :class:`TextPrompts`, the empty prompt without guidance); ``text``
+    given for an unconditional model is a ConfigError.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     folder = Path(source).expanduser()
     if folder.is_dir():
-        unet, scheduler, vae = _load_local(folder, torch_dtype, clip_sample)
+        unet, scheduler, vae, text_parts = _load_local(folder, torch_dtype, clip_sample)
     elif _HUB_ID.fullmatch(source):
-        unet, scheduler, vae = _load_hub(source, torch_dtype, clip_sample)
+        unet, scheduler, vae, text_parts = _load_hub(source, torch_dtype, clip_sample)
     else:
         raise ModelNotFoundError(
             f"model source '{source}': no such folder and not a hub id 'owner/name'; "
@@ -179,15 +305,41 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", clip_s
             f"model '{source}': prediction_type '{scheduler.config.prediction_type}' is not supported; "
             "expected 'epsilon'"
         )
-    for module in (unet, vae):
+    text_encoder, tokenizer = text_parts if text_parts is not None else (None, None)
+    if isinstance(unet, UNet2DConditionModel) and text_encoder is None:
+        raise ModelNotFoundError(
+            f"model '{source}': a text-conditioned UNet2DConditionModel needs a pipeline folder with "
+            f"{' and '.join(f'{name}/' for name in TEXT_SUBFOLDERS)} (a Stable Diffusion layout)"
+        )
+    if text is not None and text_encoder is None:
+        raise ConfigError(f"params: model.text: model '{source}' is not text-conditioned; remove model.text")
+    for module in (unet, vae, text_encoder):
         if module is not None:
             module.eval().requires_grad_(False).to(torch_device)
-    return DiffusionModel(
-        unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype, vae=vae
-    )
+    model = DiffusionModel(
+        unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype, vae=vae,
+        text_encoder=text_encoder, tokenizer=tokenizer,
+    )  # fmt: skip
+    if text_encoder is not None:
+        _encode_prompts(model, text or TextPrompts())
+    return model
 
 
-Loaded = tuple[UNet2DModel | UNet2DConditionModel, DDIMScheduler, VQModel | AutoencoderKL | None]
+def _encode_prompts(model: DiffusionModel, prompts: TextPrompts) -> None:
+    """Set ``model.prompts`` and encode them into its generation and edit conditionings."""
+    prompt = model.encode_prompt(prompts.prompt)
+    negative = model.encode_prompt(prompts.negative_prompt) if prompts.guided else None
+    model.prompts = prompts
+    model.conditioning = TextConditioning(prompt, negative, prompts.guidance_scale)
+    model.edit_conditioning = TextConditioning(model.encode_prompt(prompts.edit_prompt))
+
+
+Loaded = tuple[
+    UNet2DModel | UNet2DConditionModel,
+    DDIMScheduler,
+    VQModel | AutoencoderKL | None,
+    tuple[CLIPTextModel, CLIPTokenizer] | None,
+]
 
 
 def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
@@ -210,7 +362,8 @@ def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> Lo
             "save or download the model again"
         ) from error
     autoencoder = _autoencoder(folder, str(folder), torch_dtype, folder)
-    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder
+    text_parts = _text_encoder(folder, str(folder), torch_dtype, folder)
+    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder, text_parts
 
 
 def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
@@ -239,9 +392,10 @@ def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> Load
             local_files_only=offline,
         )
         autoencoder = _autoencoder(config_folder, repo_id, torch_dtype, repo_id, local_files_only=offline)
+        text_parts = _text_encoder(config_folder, repo_id, torch_dtype, repo_id, local_files_only=offline)
     except OSError as error:
         raise not_local from error
-    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder
+    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder, text_parts
 
 
 def _autoencoder(
@@ -261,6 +415,33 @@ def _autoencoder(
                 str(location), subfolder=subfolder, use_safetensors=None, torch_dtype=torch_dtype, **options
             )
     return None
+
+
+def _text_encoder(
+    config_folder: Path, source: str, torch_dtype: torch.dtype, location: str | Path, **options: Any
+) -> tuple[CLIPTextModel, CLIPTokenizer] | None:
+    """The CLIP text encoder and tokenizer of a Stable Diffusion pipeline folder, or None without ``text_encoder/``.
+
+    The encoder is loaded in float32 and then cast, which works across transformers versions (the dtype
+    keyword was renamed in 5.x); safetensors weights only.
+    """
+    if not (config_folder / "text_encoder" / "config.json").is_file():
+        return None
+    index_file = config_folder / "model_index.json"
+    components = _read_json(index_file) if index_file.is_file() else {}
+    unsupported = [name for name in UNSUPPORTED_PIPELINE_PARTS if components.get(name, [None])[0] is not None]
+    if unsupported:
+        raise ConfigError(
+            f"model '{source}': pipeline components {', '.join(unsupported)} are not supported "
+            "(Stable Diffusion 1.x and 2.x pipelines are)"
+        )
+    for name, expected in (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer")):
+        declared = components.get(name, [None, expected])[1]
+        if declared not in (expected, f"{expected}Fast"):
+            raise ConfigError(f"model '{source}': {name} class '{declared}' is not supported; expected {expected}")
+    encoder = CLIPTextModel.from_pretrained(str(location), subfolder="text_encoder", use_safetensors=True, **options)
+    tokenizer = CLIPTokenizer.from_pretrained(str(location), subfolder="tokenizer", **options)
+    return encoder.to(torch_dtype), tokenizer
 
 
 def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -14,6 +14,10 @@ Conventions shared by every function here:
 * h tensors have layout [B, K, *h_shape] where K indexes the captured step indices listed in ``h_steps``.
 * ``delta_h`` has shape [T, *h_shape] (the same edit for every sample) or [B, T, *h_shape]; it is added
   only at the step indices of ``edit_steps`` (default: all steps).
+* Every UNet call goes through :meth:`pipeline.models.DiffusionModel.eps`: a text-conditioned model sees its
+  generation prompt, classifier-free guided when configured (h is that of the unconditional branch and
+  delta_h edits both, see :mod:`pipeline.hspace`). Inversions use the same prediction as decoding, so
+  edit-friendly inversion stays exact; DDIM inversion under strong guidance reconstructs less well.
 
 All returned tensors are on the CPU.
 """
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from pipeline.errors import ConfigError, NumericalError
@@ -212,7 +216,6 @@ def sample(
     so that the noise of a large run is never all in memory. ``keep_noise=False`` drops x_T and z from the
     result (they can be redrawn from the seeds). See :func:`decode` for the other arguments.
     """
-    _check_model(model)
     seed_list = _check_seeds(seeds)
     grid = ddim_grid(model.scheduler, steps)
     settings = _settings(
@@ -277,7 +280,6 @@ def decode(
         batch_size: samples per UNet batch.
         progress: show a tqdm bar over steps.
     """
-    _check_model(model)
     grid = ddim_grid(model.scheduler, steps)
     x_T = _check_images("x_T", x_T, model.sample_shape)
     batch = len(x_T)
@@ -330,7 +332,6 @@ def decode_scales(
     x_batch = x_T.reshape(1, *x_T.shape[-3:]).expand(repeats, -1, -1, -1)
     noise_batch = None if noise is None else noise.reshape(1, *noise.shape[-4:]).expand(repeats, -1, -1, -1, -1)
     deltas = scale_tensor.reshape(-1, *([1] * direction.dim())) * direction.unsqueeze(0)
-    _check_model(model)
     grid = ddim_grid(model.scheduler, steps)
     x_batch = _check_images("x_T", x_batch, model.sample_shape)
     settings = _settings(
@@ -371,7 +372,6 @@ def invert_ddim(
     reconstructs x0 approximately, better with more steps. h at step i (if captured) comes from that
     same UNet pass. The result's ``x_0`` is the input ``x0``; ``noise`` is None and ``eta`` 0.
     """
-    _check_model(model)
     grid = ddim_grid(model.scheduler, steps)
     x0 = _check_images("x0", x0, model.sample_shape)
     settings = _settings(
@@ -392,7 +392,7 @@ def invert_ddim(
     results = []
     with (
         _progress_bar(progress, len(x0), batch_size, grid.num_steps, "DDIM inversion") as bar,
-        HSpaceHook(model.unet, hspace_location, capture=False) as hook,
+        HSpaceHook(model.unet, hspace_location, capture=False, branches=model.branches()) as hook,
     ):
         for begin in range(0, len(x0), batch_size):
             x = x0[begin : begin + batch_size].to(device=model.device, dtype=compute_dtype)
@@ -432,7 +432,6 @@ def invert_edit_friendly(
     sigma = 0 last step. h at step i comes from the UNet pass at (x_{t_i}, t_i), the one decode repeats.
     The result's ``x_0`` is the input ``x0``.
     """
-    _check_model(model)
     _check_eta(eta)
     if eta == 0:
         raise ConfigError("eta 0: edit-friendly inversion needs eta in (0, 1]; use invert_ddim for eta = 0")
@@ -459,7 +458,7 @@ def invert_edit_friendly(
     results = []
     with (
         _progress_bar(progress, len(x0), batch_size, grid.num_steps, "edit-friendly inversion") as bar,
-        HSpaceHook(model.unet, hspace_location, capture=False) as hook,
+        HSpaceHook(model.unet, hspace_location, capture=False, branches=model.branches()) as hook,
     ):
         for begin in range(0, len(x0), batch_size):
             clean = x0[begin : begin + batch_size].to(dtype=compute_dtype)
@@ -496,7 +495,6 @@ def denoise_steps(
     pullback edit's quality boost); ``noise`` [B, T, C, H, W] is the variance noise (required where eta > 0).
     Returns (x after the last step, {i: x_{t_i} just before step i for i in ``record_steps``}), on the CPU.
     """
-    _check_model(model)
     grid = ddim_grid(model.scheduler, steps)
     x = _check_images("x", x, model.sample_shape)
     stop = grid.num_steps if stop_step is None else stop_step
@@ -653,7 +651,7 @@ def _run_steps(
     if delta is not None:
         delta = (delta[chunk] if settings.delta_per_sample else delta).to(model.device)
     recorder = _HRecorder(settings, len(x))
-    with HSpaceHook(model.unet, settings.location, capture=False) as hook:
+    with HSpaceHook(model.unet, settings.location, capture=False, branches=model.branches()) as hook:
         for step_index in range(settings.start_step, grid.num_steps):
             if override is not None and step_index == override[0]:
                 x = override[1].to(device=model.device, dtype=compute_dtype)
@@ -678,7 +676,7 @@ def _predict_eps(model: DiffusionModel, x: torch.Tensor, grid: DDIMGrid, step_in
     """UNet epsilon prediction at grid step ``step_index`` in x's dtype; NumericalError on NaN/inf."""
     timestep = int(grid.timesteps[step_index])
     with torch.no_grad():
-        eps = model.unet(x.to(model.unet.dtype), timestep).sample.to(x.dtype)
+        eps = model.eps(x, timestep)
     if not torch.isfinite(eps).all():
         raise NumericalError(
             f"UNet output at timestep {timestep} (step {step_index} of {grid.num_steps}) contains NaN or inf"
@@ -722,13 +720,6 @@ def _progress_bar(enabled: bool, batch: int, batch_size: int, steps_per_chunk: i
     """tqdm over all UNet steps of a call (chunks x steps); a silent counter when disabled."""
     chunks = math.ceil(batch / batch_size)
     return tqdm(total=chunks * steps_per_chunk, desc=description, unit="step", disable=not enabled)
-
-
-def _check_model(model: DiffusionModel) -> None:
-    if isinstance(model.unet, UNet2DConditionModel):
-        raise ConfigError(
-            f"model '{model.model_id}': sampling a text-conditioned UNet2DConditionModel is not implemented"
-        )
 
 
 def _as_int(value: object) -> int | None:

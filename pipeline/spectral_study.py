@@ -334,7 +334,7 @@ def _curvedness(
     fractions = torch.linspace(0, 1, cfg.curvedness_points)
     points = torch.stack([(1 - s) * start + s * end for s in fractions])
     with torch.no_grad(), frozen(model.unet):
-        encode = h_of_x(model.unet, timestep, location)
+        encode = h_of_x(model, timestep, location)
         features = torch.cat([encode(chunk.to(model.device)).cpu() for chunk in points.split(sampler.batch_size)])
     result = geometry.segment_curvedness(points.flatten(1), features.flatten(1))
     tangents = [

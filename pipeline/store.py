@@ -69,6 +69,8 @@ SAMPLE_FIELDS = ("seeds", "x_T", "x_0", "noise", "h", "images")
 
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 _MODEL_LABEL_KEYS = ("model_id",)  # a label only: the weights fingerprint is what identifies the model
+# diffusers config entries that say where and with which version a model was loaded, not what it computes.
+_CONFIG_LABEL_KEYS = frozenset({"_name_or_path", "_diffusers_version", "_use_default_values"})
 _HASH_CHUNK_BYTES = 1 << 22
 
 logger = logging.getLogger(__name__)
@@ -201,15 +203,29 @@ def seeds_fingerprint(seeds: torch.Tensor) -> str:
 
 
 def model_fingerprint(model: DiffusionModel) -> str:
-    """SHA-256 hex digest of the UNet's config, weights (names, dtypes, shapes, values) and scheduler config.
+    """SHA-256 hex digest of what determines the stored samples: the UNet's config and weights (names, dtypes,
+    shapes, values), the scheduler config, a latent model's autoencoder, and a text-conditioned model's
+    generation conditioning (prompt and negative-prompt encodings, guidance scale; the edit prompt does not
+    change samples).
 
     Two models with the same fingerprint produce the same samples (on the same kind of device); a retrained
-    or re-cast model does not share it. Parameters are hashed one at a time, so memory stays at one tensor.
+    or re-cast model, or another prompt, does not share it; the same files loaded from another folder or the
+    hub cache, or with another diffusers version, do. Tensors are hashed one at a time, so memory stays
+    at one tensor.
     """
     hasher = hashlib.sha256()
-    hasher.update(json.dumps(dict(model.unet.config), sort_keys=True, default=str).encode())
-    hasher.update(json.dumps(dict(model.scheduler.config), sort_keys=True, default=str).encode())
-    for name, tensor in model.unet.state_dict().items():
+    for config in (model.unet.config, model.scheduler.config):
+        settings = {key: value for key, value in config.items() if key not in _CONFIG_LABEL_KEYS}
+        hasher.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    tensors = list(model.unet.state_dict().items())
+    if model.vae is not None:
+        tensors += [(f"autoencoder.{name}", tensor) for name, tensor in model.vae.state_dict().items()]
+    if model.conditioning is not None:
+        hasher.update(f"guidance_scale|{model.conditioning.guidance_scale!r}".encode())
+        tensors.append(("conditioning.prompt", model.conditioning.prompt))
+        if model.conditioning.negative is not None:
+            tensors.append(("conditioning.negative", model.conditioning.negative))
+    for name, tensor in tensors:
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         hasher.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
         hasher.update(flat.view(torch.uint8).numpy().tobytes())

@@ -24,20 +24,23 @@ from pipeline.hspace import DEFAULT_LOCATION
 from pipeline.hstats import HStats, centered_batches, compute_hstats, select_extremes, threshold_groups
 from pipeline.images import make_grid
 from pipeline.linalg import JACOBIAN_MODES, SolverConfig
-from pipeline.models import DiffusionModel, load_model
+from pipeline.models import DiffusionModel, TextPrompts, load_model
 from pipeline.sampling import decode, initial_noise
 from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
 
 
 @dataclass
 class ModelConfig:
-    """The ``model`` params section: which diffusion model, its dtype, the h-space site, and whether
-    sampling clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.models.load_model`)."""
+    """The ``model`` params section: which diffusion model, its dtype, the h-space site, whether sampling
+    clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.models.load_model`), and for a text-conditioned
+    model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.models.TextPrompts`;
+    absent for unconditional models)."""
 
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
     clip_sample: bool = True
+    text: TextPrompts | None = None
 
 
 @dataclass
@@ -227,7 +230,7 @@ def _require(condition: bool, key: str, value: object, rule: str) -> None:
 
 def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
     """Load the configured diffusion model on ``device``."""
-    return load_model(cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample)
+    return load_model(cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample, text=cfg.text)
 
 
 def generate(

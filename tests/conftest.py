@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a tiny, randomly initialised pixel UNet and its saved pipeline folder."""
+"""Shared pytest fixtures: tiny, randomly initialised models built from config (a pixel UNet, a latent DM and a
+Stable Diffusion stack) saved as pipeline folders, and the params of a tiny study."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,78 @@ def tiny_ldm_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFactor
     LDMPipeline(vqvae=vqvae, unet=tiny_unet, scheduler=scheduler).save_pretrained(folder)
     return folder
 
+
+
+def tiny_clip_tokenizer(max_length: int = 16):
+    """A CLIP tokenizer built in memory (no download): the 256 byte-level characters, each also with the
+    end-of-word mark, plus the start and end tokens (514 tokens, no merges), so every character is a token."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    characters = list(bytes_to_unicode().values())
+    tokens = characters + [f"{character}</w>" for character in characters] + ["<|startoftext|>", "<|endoftext|>"]
+    vocabulary = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=max_length)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Stable Diffusion pipeline folder built from config (NOTES 5.4): UNet2DConditionModel on 4x16x16
+    latents (h "after" is 64x8x8), AutoencoderKL decoding them to 32 px images, a 2-layer CLIP text encoder and
+    an in-memory tokenizer (16 tokens); SD's DDIM layout (scaled_linear betas, steps_offset 1, no final
+    alpha of one) with the mild noise levels of ``tiny_model_dir`` so that random weights stay in range."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(2)
+    tokenizer = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=32,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.002, clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return folder
 
 TINY_STUDY: dict[str, object] = {
     "sampler.steps": 4,

@@ -6,7 +6,6 @@ conftest, for both maps the methods need (d h / d x_t for pullback, d eps / d h 
 
 import pytest
 import torch
-from diffusers import UNet2DModel
 
 from pipeline.errors import ConfigError
 from pipeline.hspace import eps_of_h, h_of_x
@@ -17,6 +16,7 @@ from pipeline.linalg import (
     frozen,
     jacobian_operator,
 )
+from pipeline.models import DiffusionModel
 
 TIMESTEP = 500
 
@@ -68,12 +68,12 @@ def test_krylov_on_dense_matrix_matches_svd_and_exhausting_the_space_is_exact() 
 @pytest.mark.parametrize("jacobian", ["pullback d h/d x_t", "denoiser d eps/d h"])
 @pytest.mark.parametrize("k", [3, 8])
 def test_krylov_matches_explicit_unet_jacobian_svd(
-    tiny_unet: UNet2DModel, single_thread: None, jacobian: str, k: int
+    tiny_model: DiffusionModel, single_thread: None, jacobian: str, k: int
 ) -> None:
     x_t = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(2))
-    with frozen(tiny_unet):
-        function, point = (h_of_x(tiny_unet, TIMESTEP), x_t) if jacobian.startswith("pullback") else eps_of_h(
-            tiny_unet, x_t, TIMESTEP
+    with frozen(tiny_model.unet):
+        function, point = (h_of_x(tiny_model, TIMESTEP), x_t) if jacobian.startswith("pullback") else eps_of_h(
+            tiny_model, x_t, TIMESTEP
         )
         reference = explicit_jacobian(jacobian_operator(function, point, chunk_size=64))
         result = block_krylov_svd(jacobian_operator(function, point, chunk_size=16), k, compute_left=True)
@@ -90,11 +90,11 @@ def test_krylov_matches_explicit_unet_jacobian_svd(
 
 
 def test_krylov_is_reproducible_from_its_seed_and_signs_are_canonical(
-    tiny_unet: UNet2DModel, single_thread: None
+    tiny_model: DiffusionModel, single_thread: None
 ) -> None:
     x_t = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(3))
-    with frozen(tiny_unet):
-        op = jacobian_operator(h_of_x(tiny_unet, TIMESTEP), x_t, chunk_size=8)
+    with frozen(tiny_model.unet):
+        op = jacobian_operator(h_of_x(tiny_model, TIMESTEP), x_t, chunk_size=8)
         first = block_krylov_svd(op, 3, seed=5)
         second = block_krylov_svd(op, 3, seed=5)
         other = block_krylov_svd(op, 3, seed=6)
@@ -123,22 +123,22 @@ def test_frozen_restores_requires_grad_and_mode(mlp: torch.nn.Module) -> None:
 
 
 def test_h_of_x_stops_at_h_and_equals_the_captured_activation(
-    tiny_unet: UNet2DModel, single_thread: None
+    tiny_model: DiffusionModel, single_thread: None
 ) -> None:
     from pipeline.hspace import HSpaceHook
 
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad(), HSpaceHook(tiny_unet, "after") as hook:
-        tiny_unet(x, TIMESTEP)
+    with torch.no_grad(), HSpaceHook(tiny_model.unet, "after") as hook:
+        tiny_model.unet(x, TIMESTEP)
     with torch.no_grad():
-        assert torch.equal(h_of_x(tiny_unet, TIMESTEP)(x), hook.h)
+        assert torch.equal(h_of_x(tiny_model, TIMESTEP)(x), hook.h)
 
 
-def test_eps_of_h_at_the_clean_h_is_the_unedited_denoiser(tiny_unet: UNet2DModel, single_thread: None) -> None:
+def test_eps_of_h_at_the_clean_h_is_the_unedited_denoiser(tiny_model: DiffusionModel, single_thread: None) -> None:
     x_t = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(5))
-    denoise, clean = eps_of_h(tiny_unet, x_t, TIMESTEP)
+    denoise, clean = eps_of_h(tiny_model, x_t, TIMESTEP)
     with torch.no_grad():
-        reference = tiny_unet(x_t.unsqueeze(0), TIMESTEP).sample
+        reference = tiny_model.unet(x_t.unsqueeze(0), TIMESTEP).sample
         assert torch.allclose(denoise(clean.unsqueeze(0)), reference, atol=1e-6)
 
 

@@ -54,7 +54,7 @@ def test_jacobian_spectra_are_the_exact_svd_along_the_trajectory(
     x_t = states_at(tiny_model, x_T, z, steps=STEPS, eta=1.0, step_indices=[3])[3][0]
     timestep = int(ddim_grid(tiny_model.scheduler, STEPS).timesteps[3])
     with frozen(tiny_model.unet):
-        function, clean = eps_of_h(tiny_model.unet, x_t, timestep)
+        function, clean = eps_of_h(tiny_model, x_t, timestep)
         op = jacobian_operator(function, clean, chunk_size=64)
         jacobian = op.rmatmat(torch.eye(op.shape[0], dtype=torch.float64)).mT
     _, values, right = torch.linalg.svd(jacobian, full_matrices=False)
@@ -74,7 +74,7 @@ def test_masked_directions_put_more_change_inside_the_mask(
     x_t = states_at(tiny_model, x_T, z, steps=STEPS, eta=1.0, step_indices=[2])[2][0]
     timestep = int(ddim_grid(tiny_model.scheduler, STEPS).timesteps[2])
     with frozen(tiny_model.unet):
-        function, clean = eps_of_h(tiny_model.unet, x_t, timestep)
+        function, clean = eps_of_h(tiny_model, x_t, timestep)
         op = jacobian_operator(function, clean, chunk_size=2)
         images = op.matmat(torch.stack([masked.vectors[0, 0], full.vectors[0, 0]]).flatten(1).double().mT)
     inside = (images.mT.reshape(2, *tiny_model.sample_shape) * mask.double()).flatten(1).norm(dim=1)
@@ -115,7 +115,7 @@ def test_pullback_basis_satisfies_its_definition(tiny_model: DiffusionModel, noi
     assert torch.allclose(v @ v.mT, torch.eye(4, dtype=torch.float64), atol=1e-5)
     assert (basis.singular_values[1:] <= basis.singular_values[:-1]).all()
     with frozen(tiny_model.unet):
-        op = jacobian_operator(h_of_x(tiny_model.unet, basis.timestep), x_T[0], chunk_size=4)
+        op = jacobian_operator(h_of_x(tiny_model, basis.timestep), x_T[0], chunk_size=4)
         images = op.matmat(v.mT).mT  # J v_i
     assert torch.allclose(images.norm(dim=1), basis.singular_values.double(), rtol=1e-4)
     assert torch.allclose(images / basis.singular_values.double()[:, None], basis.u.flatten(1).double(), atol=1e-4)

@@ -49,6 +49,18 @@ def test_every_committed_section_validates(section):
     assert isinstance(load_section(section, SCHEMAS[section], params), SCHEMAS[section])
 
 
+GROUP_OPTIONS = sorted(
+    (path.parent.name, path.stem) for path in (ROOT / "conf").glob("*/*.yaml") if path.parent.name in SCHEMAS
+)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_config_group_option_composes_and_validates(group, option, tmp_path):
+    """Each documented alternative (``-S model=sd15``, ``-S classifier=celeba_attributes``...) is a valid section."""
+    (tmp_path / "params.yaml").write_text(compose(ROOT / "conf", overrides=[f"{group}={option}"]))
+    assert isinstance(load_section(group, SCHEMAS[group], load_params(tmp_path / "params.yaml")), SCHEMAS[group])
+
+
 def test_conf_values_are_the_schema_defaults():
     """The library's defaults (used from notebooks) and the pipeline's conf/ agree."""
     params = load_params(ROOT / "params.yaml")
@@ -68,6 +80,8 @@ def test_conf_values_are_the_schema_defaults():
         ("hstats", {"top_k": -1}, "hstats.top_k"),
         ("preview", {"scales": []}, "preview.scales"),
         ("generate", {"num_samples": 1}, "generate.num_samples"),
+        ("model", {"text": {"guidance_scale": -2.0}}, "model.text.guidance_scale"),
+        ("model", {"text": {"promt": "a face"}}, "model.text.promt"),
     ],
 )
 def test_unknown_key_wrong_type_or_range_is_one_line_naming_the_key(section, override, key):

@@ -113,7 +113,7 @@ def jacobian_spectra(
         for step_index in tqdm(indices, desc="jacobian", unit="step", disable=not progress):
             timestep = int(grid.timesteps[step_index])
             x_t = states[step_index][0].to(model.device, torch.promote_types(model.unet.dtype, torch.float32))
-            function, clean_h = eps_of_h(model.unet, x_t, timestep, location, mask)
+            function, clean_h = eps_of_h(model, x_t, timestep, location, mask)
             result = jacobian_svd(function, clean_h, k, solver)
             values.append(result.singular_values)
             vectors.append(result.right_vectors.reshape(k, *clean_h.shape).float().cpu())

@@ -100,10 +100,10 @@ def local_basis(
     timestep = int(grid.timesteps[step])
     point = x_t.to(model.device, torch.promote_types(model.unet.dtype, torch.float32))
     with frozen(model.unet):
-        result = jacobian_svd(h_of_x(model.unet, timestep, location), point, n, solver, compute_left=True)
+        result = jacobian_svd(h_of_x(model, timestep, location), point, n, solver, compute_left=True)
     assert result.left_vectors is not None
     with torch.no_grad(), frozen(model.unet):
-        h_shape = h_of_x(model.unet, timestep, location)(point.unsqueeze(0)).shape[1:]
+        h_shape = h_of_x(model, timestep, location)(point.unsqueeze(0)).shape[1:]
     return LocalBasis(
         v=result.right_vectors.reshape(n, *x_t.shape).float().cpu(),
         u=result.left_vectors.reshape(n, *h_shape).float().cpu(),
@@ -149,7 +149,8 @@ def guidance_rows(
 ) -> torch.Tensor:
     """x-space guidance for many x_t at once: row b of x_t [B, C, H, W] follows ``direction`` [C, H, W] with
     strength c = ``strengths[b]``, N = ``iterations`` updates x <- x + gamma * (eps(x + c v, t) - eps(x, t))
-    with gamma = ``step_size``, ``batch_size`` rows per UNet call; returns the edited x_t [B, C, H, W] (CPU)."""
+    with gamma = ``step_size``, ``batch_size`` rows per UNet call; returns the edited x_t [B, C, H, W] (CPU).
+    A text-conditioned model's eps are those of its edit prompt, without guidance (ALGORITHMS 3.4)."""
     if iterations < 0 or step_size < 0:
         raise ConfigError(f"guidance: iterations {iterations} and step_size {step_size} must be >= 0")
     dtype = torch.promote_types(model.unet.dtype, torch.float32)
@@ -159,7 +160,7 @@ def guidance_rows(
         x = rows.to(model.device, dtype)
         c = c.to(model.device, dtype).reshape(-1, 1, 1, 1)
         for _ in range(iterations):
-            both = model.unet(torch.cat([x + c * v, x]).to(model.unet.dtype), timestep).sample.to(dtype)
+            both = model.eps(torch.cat([x + c * v, x]), timestep, edit=True)
             shifted, plain = both.chunk(2)
             x = x + step_size * (shifted - plain)
         edited.append(x.cpu())
