@@ -11,10 +11,11 @@ as the reference on both measures, and the two are timed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from benchmarks.reference import (
 )
 from pipeline.errors import ConfigError
 from pipeline.hspace import eps_of_h, h_of_x
-from pipeline.linalg import JACOBIAN_MODES, LinearOperator, SVDResult, block_krylov_svd, frozen, jacobian_operator
+from pipeline.linalg import JACOBIAN_MODES, LinearOperator, block_krylov_svd, frozen, jacobian_operator
 from pipeline.models import DiffusionModel
 from pipeline.sampling import ddim_grid, denoise_steps, initial_noise
 
@@ -58,6 +59,9 @@ class JacobianBenchConfig:
         mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
         tolerances: the project's tolerance ladder, loosest first.
         krylov_max_iterations: cap on the Krylov blocks (besides exhausting the input dimension).
+        krylov_block_sizes: block sizes the project's solver is run with against the references (None: k); the
+            fastest that reaches the reference's accuracy is compared. Block 1 needs the fewest products for a
+            few triplets, larger blocks batch better (GPU) and resolve clustered singular values.
         sweep_sizes: k (or n) of the size sweep; sizes above min(m, d) are skipped.
         sweep_sv_target, sweep_sine_target: the sweep's target accuracy.
         sweep_references: also run the matching reference in the sweep (where within ``max_reference_products``).
@@ -82,6 +86,7 @@ class JacobianBenchConfig:
     mode: str = "auto"
     tolerances: tuple[float, ...] = TOLERANCE_LADDER
     krylov_max_iterations: int = 200
+    krylov_block_sizes: tuple[int | None, ...] = (None, 1)
     sweep_sizes: tuple[int, ...] = (3, 8, 32, 50)
     sweep_sv_target: float = 1e-3
     sweep_sine_target: float = 1e-2
@@ -103,6 +108,8 @@ class JacobianBenchConfig:
             raise ConfigError(f"jacobian mode {self.mode!r}: expected one of {', '.join(JACOBIAN_MODES)}")
         if not self.tolerances or any(not t > 0 for t in self.tolerances):
             raise ConfigError(f"jacobian tolerances {self.tolerances!r}: must be a non-empty list of positive numbers")
+        if not self.krylov_block_sizes or any(size is not None and size < 1 for size in self.krylov_block_sizes):
+            raise ConfigError(f"jacobian krylov_block_sizes {self.krylov_block_sizes!r}: must be positive or k")
         if not self.sweep_sizes or any(s < 1 for s in self.sweep_sizes):
             raise ConfigError(f"jacobian sweep_sizes {self.sweep_sizes!r}: must be positive integers")
         if self.warmup < 0:
@@ -215,42 +222,47 @@ def quiet_solver() -> Iterator[None]:
 
 
 def krylov_ladder(
-    op: LinearOperator,
+    jmap: JacobianMap,
     k: int,
     exact: Exact,
     sv_target: float,
     sine_target: float,
     cfg: JacobianBenchConfig,
+    block_sizes: Sequence[int | None] = (None,),
 ) -> dict[str, Any]:
-    """Run block_krylov_svd at each tolerance of ``cfg.tolerances`` (loosest first) until its accuracy against
-    ``exact`` is at most ``sv_target`` (relative singular-value error) and ``sine_target`` (largest sine).
+    """For each block size (None: k), run block_krylov_svd at each tolerance of ``cfg.tolerances`` (loosest
+    first) until its accuracy against ``exact`` is at most ``sv_target`` (relative singular-value error) and
+    ``sine_target`` (largest sine). Products are batched ``min(chunk_size, block)`` vectors per UNet call.
 
-    Returns ``{"attempts": [...], "matched": attempt or None, "reached": bool}``; each attempt holds tolerance,
-    products, iterations, converged, seconds (one warm-up run before the first) and the accuracy.
+    Returns ``{"attempts": [...], "matched": attempt or None, "reached": bool}``; each attempt holds the block
+    size, tolerance, products, iterations, converged, seconds (one warm-up run before a block size's first) and
+    the accuracy; ``matched`` is the fastest attempt that reached the targets.
     """
-    block = k
-    cap = min(cfg.krylov_max_iterations, math.ceil(op.shape[1] / block))
     attempts: list[dict[str, Any]] = []
-    matched = None
-    with quiet_solver():
-        for position, tolerance in enumerate(cfg.tolerances):
-
-            def run(tolerance: float = tolerance) -> SVDResult:
-                return block_krylov_svd(op, k, block_size=block, tolerance=tolerance, max_iterations=cap, seed=cfg.seed)
-
-            result, seconds = timed(run, op.device, cfg.warmup if position == 0 else 0)
-            attempt = {
-                "tolerance": tolerance,
-                "products": int(result.products),
-                "iterations": int(result.iterations),
-                "converged": bool(result.converged),
-                "seconds": seconds,
-                **accuracy(result.singular_values, result.right_vectors, exact),
-            }
-            attempts.append(attempt)
-            if attempt["sv_rel_error"] <= sv_target and attempt["max_sine"] <= sine_target:
-                matched = attempt
-                break
+    matches = []
+    for block in dict.fromkeys(min(k if size is None else size, k) for size in block_sizes):
+        op = jmap.operator(min(cfg.chunk_size, block), cfg.mode)
+        cap = min(cfg.krylov_max_iterations, math.ceil(op.shape[1] / block))
+        with quiet_solver():
+            for position, tolerance in enumerate(cfg.tolerances):
+                run = functools.partial(
+                    block_krylov_svd, op, k, block_size=block, tolerance=tolerance, max_iterations=cap, seed=cfg.seed
+                )
+                result, seconds = timed(run, op.device, cfg.warmup if position == 0 else 0)
+                attempt = {
+                    "block_size": block,
+                    "tolerance": tolerance,
+                    "products": int(result.products),
+                    "iterations": int(result.iterations),
+                    "converged": bool(result.converged),
+                    "seconds": seconds,
+                    **accuracy(result.singular_values, result.right_vectors, exact),
+                }
+                attempts.append(attempt)
+                if attempt["sv_rel_error"] <= sv_target and attempt["max_sine"] <= sine_target:
+                    matches.append(attempt)
+                    break
+    matched = min(matches, key=lambda attempt: attempt["seconds"]) if matches else None
     return {"attempts": attempts, "matched": matched, "reached": matched is not None}
 
 
@@ -382,13 +394,15 @@ def _reference_and_ladder(
         f"[jacobian] {jmap.name} {scheme} k={size}: {reference['products']} products, {reference['seconds']:.3f} s, "
         f"sv err {reference['sv_rel_error']:.2e}, sine {reference['max_sine']:.2e}"
     )
-    op = jmap.operator(cfg.chunk_size, cfg.mode)
-    ladder = krylov_ladder(op, size, exact, reference["sv_rel_error"], reference["max_sine"], cfg)
+    ladder = krylov_ladder(
+        jmap, size, exact, reference["sv_rel_error"], reference["max_sine"], cfg, cfg.krylov_block_sizes
+    )
     result = {"scheme": scheme, "k": size, "reference": reference, "project": ladder, **comparison(reference, ladder)}
     matched = ladder["matched"]
     if matched is not None:
         log(
-            f"[jacobian] {jmap.name} block_krylov_svd k={size} tol {matched['tolerance']:.0e}: {matched['products']} "
+            f"[jacobian] {jmap.name} block_krylov_svd k={size} block {matched['block_size']} "
+            f"tol {matched['tolerance']:.0e}: {matched['products']} "
             f"products, {matched['seconds']:.3f} s -> speed x{result['speed_ratio']:.2f}, "
             f"products x{result['products_ratio']:.2f}"
         )
@@ -407,7 +421,7 @@ def _sweep(
             entry["skipped"] = f"k > min(m, d) = {min(op.shape)}"
             rows_out.append(entry)
             continue
-        ladder = krylov_ladder(op, size, exact, cfg.sweep_sv_target, cfg.sweep_sine_target, cfg)
+        ladder = krylov_ladder(jmap, size, exact, cfg.sweep_sv_target, cfg.sweep_sine_target, cfg)
         entry["project"] = ladder
         worst = 2 * size * (cfg.power_max_iters if name == "J2" else cfg.subspace_max_iter)
         if not cfg.sweep_references:
@@ -436,4 +450,5 @@ def config_dict(cfg: JacobianBenchConfig) -> dict[str, Any]:
     data = asdict(cfg)
     data["tolerances"] = list(cfg.tolerances)
     data["sweep_sizes"] = list(cfg.sweep_sizes)
+    data["krylov_block_sizes"] = list(cfg.krylov_block_sizes)
     return data

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--power-k", type=int, default=None, help="k of reference 2.2 (default 3)")
     group.add_argument("--subspace-n", type=int, default=None, help="n of reference 3.2 (default 50; quick 8)")
     group.add_argument("--sweep-sizes", default=None, help="comma-separated k of the size sweep (default 3,8,32,50)")
+    group.add_argument(
+        "--block-sizes", default="k,1", help="comma-separated Krylov block sizes tried against the references ('k': k)"
+    )
     group.add_argument("--no-sweep-references", action="store_true", help="project solver alone in the sweep")
     group.add_argument(
         "--max-reference-products", type=int, default=6000, help="skip sweep references costing more (worst case)"
@@ -72,6 +75,7 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
         chunk_size=args.chunk_size,
         mode=args.mode,
         sweep_sizes=sweep,
+        krylov_block_sizes=_block_sizes(args.block_sizes),
         sweep_references=not (quick or args.no_sweep_references),
         max_reference_products=args.max_reference_products,
         warmup=args.warmup,
@@ -88,6 +92,14 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
         memory_steps=_given(args.steps, 5 if quick else 20),
     )
     return jacobian_cfg, sampling_cfg
+
+
+def _block_sizes(text: str) -> tuple[int | None, ...]:
+    """Parse ``--block-sizes`` ('k,1' -> (None, 1)); 'k' means the number of triplets asked for."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or any(item != "k" and not item.isdigit() for item in items):
+        raise ConfigError(f"--block-sizes {text!r}: expected comma-separated positive integers or 'k'")
+    return tuple(None if item == "k" else int(item) for item in items)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -210,7 +222,7 @@ def jacobian_tables(results: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                "block_krylov_svd",
+                f"block_krylov_svd (block {shown['block_size']})",
                 entry["k"],
                 f"{shown['tolerance']:.0e}",
                 shown["products"],

@@ -67,6 +67,7 @@ UNET_CLASSES: dict[str, type[UNet2DModel] | type[UNet2DConditionModel]] = {
 }
 
 DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,  # exactness checks and benchmarks: accuracy below float32 rounding
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,

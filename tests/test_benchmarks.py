@@ -64,6 +64,14 @@ def test_jacobian_suite_references_match_the_exact_svd(small_model_dir: Path, tm
         assert project["reached"] and project["speed_ratio"] > 0 and project["products_ratio"] > 0
         matched = project["project"]["matched"]
         assert matched["sv_rel_error"] <= reference["sv_rel_error"] and matched["max_sine"] <= reference["max_sine"]
+        # Both default block sizes (k and 1) are tried; the fastest that reaches the reference is compared.
+        attempts = project["project"]["attempts"]
+        assert {attempt["block_size"] for attempt in attempts} == {k, 1}
+        reaching = [
+            attempt for attempt in attempts
+            if attempt["sv_rel_error"] <= reference["sv_rel_error"] and attempt["max_sine"] <= reference["max_sine"]
+        ]  # fmt: skip
+        assert matched["seconds"] == min(attempt["seconds"] for attempt in reaching)
         assert [row["k"] for row in entry["sweep"]] == [3, 8]
         for row in entry["sweep"]:
             assert row["project"]["reached"], row
@@ -110,5 +118,7 @@ def test_references_on_a_dense_matrix_and_bad_arguments() -> None:
     assert subspace.converged == [True] and subspace.iterations[0] == 12
     with pytest.raises(ConfigError, match="k 0"):
         sequential_power_iteration(op, 0)
+    with pytest.raises(SystemExit):
+        main(["--suite", "jacobian", "--block-sizes", "k,0.5"])
     with pytest.raises(ConfigError, match="n 21"):
         subspace_iteration(op, 21)

@@ -158,6 +158,7 @@ def test_cuda_without_cuda_is_a_config_error() -> None:
 def test_known_names_resolve() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("float16") == torch.float16
+    assert resolve_dtype("float64") == torch.float64
     assert resolve_dtype("bfloat16") == torch.bfloat16
 
 
