@@ -1,6 +1,8 @@
 """Shared pytest fixtures: tiny, randomly initialised models built from config (a pixel UNet, a latent DM and a
 Stable Diffusion stack) saved as pipeline folders, and the params of a tiny study."""
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +200,53 @@ def tiny_study_overrides(model_dir: Path, classifier: Path, changes: dict[str, o
     """Hydra overrides of :data:`TINY_STUDY` for ``model_dir`` and ``classifier``, with ``changes`` applied."""
     values = {"model.source": model_dir, **TINY_STUDY, "classifier.path": classifier, **(changes or {})}
     return [f"{key}={value}" for key, value in values.items()]
+
+
+EVERY_METHOD = ("pca_all_steps", "supervised", "jacobian", "pullback_global")
+"""One directions file of each method."""
+EVERY_METHOD_STUDY: dict[str, object] = {
+    "sampler.batch_size": 8,
+    "directions.pca.n_components": 2,
+    "evaluate.methods": f"[{','.join(EVERY_METHOD)}]",
+    "evaluate.scales": "[1.0]",
+    "evaluate.bisection_steps": 1,
+}
+"""Changes to :data:`TINY_STUDY` for a study that evaluates one file of every method, one scale each."""
+
+
+@contextlib.contextmanager
+def every_method_study(folder: Path, model_dir: Path, changes: dict[str, object] | None = None) -> Iterator[Path]:
+    """Run generate -> label -> hstats -> pca -> supervised -> jacobian -> pullback -> evaluate in ``folder``
+    on ``model_dir`` (:data:`TINY_STUDY` with :data:`EVERY_METHOD_STUDY` and ``changes``; the committed ToyFaces
+    classifier labels) and yield the folder; the working directory is ``folder`` until the block ends.
+    Skips the test when the committed classifier is absent."""
+    from pipeline.params import compose
+    from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+
+    root = Path(__file__).resolve().parents[1]
+    classifier = root / "models/toyfaces/classifier"
+    if not classifier.is_dir():
+        pytest.skip("committed ToyFaces classifier absent")
+    overrides = tiny_study_overrides(model_dir, classifier, {**EVERY_METHOD_STUDY, **(changes or {})})
+    (folder / "params.yaml").write_text(compose(root / "conf", overrides=overrides))
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate):
+            stage.main()
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+def assert_every_method_evaluated(folder: Path) -> None:
+    """A study of :func:`every_method_study` wrote every method's directions and scored each direction."""
+    import json
+
+    for name in EVERY_METHOD:
+        assert (folder / f"directions/{name}.safetensors").is_file(), name
+    metrics = json.loads((folder / "metrics/evaluate.json").read_text())
+    assert set(metrics["methods"]) == set(EVERY_METHOD)
+    for entry in metrics["methods"].values():
+        for result in entry["directions"].values():
+            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None

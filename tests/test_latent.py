@@ -2,20 +2,15 @@
 runs generate -> label -> hstats -> directions (PCA, supervised, Jacobian, pullback) -> evaluate."""
 
 import json
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.models import load_model
-from pipeline.params import compose
 from pipeline.store import open_store
-from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
-from tests.conftest import tiny_study_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-CLASSIFIER = ROOT / "models/toyfaces/classifier"
+from tests.conftest import assert_every_method_evaluated, every_method_study
 
 
 def test_a_latent_model_decodes_its_latents_with_the_autoencoder(tiny_ldm_dir: Path) -> None:
@@ -31,27 +26,9 @@ def test_a_latent_model_decodes_its_latents_with_the_autoencoder(tiny_ldm_dir: P
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_ldm_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None):
-    if not CLASSIFIER.is_dir():
-        pytest.skip("committed ToyFaces classifier absent")
-    folder = tmp_path_factory.mktemp("latent_study")
-    changes = {
-        "sampler.batch_size": 8,
-        "directions.pca.n_components": 2,
-        "evaluate.methods": "[pca_all_steps,supervised,jacobian,pullback_global]",
-        "evaluate.scales": "[1.0]",
-        "evaluate.bisection_steps": 1,
-    }
-    overrides = tiny_study_overrides(tiny_ldm_dir, CLASSIFIER, changes)
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate):
-            stage.main()
+def workspace(tiny_ldm_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Iterator[Path]:
+    with every_method_study(tmp_path_factory.mktemp("latent_study"), tiny_ldm_dir) as folder:
         yield folder
-    finally:
-        os.chdir(previous)
 
 
 def test_latent_store_keeps_latents_and_decoded_images(workspace: Path, tiny_ldm_dir: Path) -> None:
@@ -67,12 +44,6 @@ def test_latent_store_keeps_latents_and_decoded_images(workspace: Path, tiny_ldm
 
 
 def test_latent_study_runs_every_method_to_the_evaluation(workspace: Path) -> None:
-    for name in ("pca_all_steps", "supervised", "jacobian", "pullback_global"):
-        assert (workspace / f"directions/{name}.safetensors").is_file()
-    metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
-    assert set(metrics["methods"]) == {"pca_all_steps", "supervised", "jacobian", "pullback_global"}
-    for entry in metrics["methods"].values():
-        for result in entry["directions"].values():
-            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None
+    assert_every_method_evaluated(workspace)
     pullback_metrics = json.loads((workspace / "metrics/pullback.json").read_text())
     assert pullback_metrics["converged"] in (True, False) and pullback_metrics["products"] > 0

@@ -4,8 +4,7 @@ StableDiffusionPipeline does (with and without classifier-free guidance), handle
 capture and injection, and runs generate -> label -> hstats -> directions (PCA, supervised, Jacobian, pullback
 with an edit prompt) -> evaluate."""
 
-import json
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,10 @@ import torch
 from pipeline.errors import ConfigError, ModelNotFoundError
 from pipeline.hspace import HSpaceHook, eps_of_h, h_of_x
 from pipeline.models import DiffusionModel, TextPrompts, load_model
-from pipeline.params import compose
 from pipeline.sampling import decode, initial_noise, sample
 from pipeline.store import model_fingerprint, open_store
-from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
-from tests.conftest import tiny_study_overrides
+from tests.conftest import assert_every_method_evaluated, every_method_study
 
-ROOT = Path(__file__).resolve().parents[1]
-CLASSIFIER = ROOT / "models/toyfaces/classifier"
 GUIDED = TextPrompts(prompt="a smiling face", negative_prompt="blurry", guidance_scale=3.0, edit_prompt="glasses")
 TIMESTEP = 500
 
@@ -129,31 +124,15 @@ def test_generation_with_h_capture_and_an_edit_stays_consistent(guided: Diffusio
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None):
-    if not CLASSIFIER.is_dir():
-        pytest.skip("committed ToyFaces classifier absent")
-    folder = tmp_path_factory.mktemp("sd_study")
+def workspace(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Iterator[Path]:
     changes = {
         "+model.text.prompt": "'a smiling face'",
         "+model.text.guidance_scale": 2.0,
         "+model.text.edit_prompt": "glasses",
         "model.clip_sample": "false",
-        "sampler.batch_size": 8,
-        "directions.pca.n_components": 2,
-        "evaluate.methods": "[pca_all_steps,supervised,jacobian,pullback_global]",
-        "evaluate.scales": "[1.0]",
-        "evaluate.bisection_steps": 1,
     }
-    overrides = tiny_study_overrides(tiny_sd_dir, CLASSIFIER, changes)
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate):
-            stage.main()
+    with every_method_study(tmp_path_factory.mktemp("sd_study"), tiny_sd_dir, changes) as folder:
         yield folder
-    finally:
-        os.chdir(previous)
 
 
 def test_stable_diffusion_study_runs_every_method_to_the_evaluation(workspace: Path, tiny_sd_dir: Path) -> None:
@@ -161,13 +140,7 @@ def test_stable_diffusion_study_runs_every_method_to_the_evaluation(workspace: P
     assert store.sample_shape == (4, 16, 16) and store.image_field == "images" and store.h_shape == (64, 8, 8)
     model = load_model(str(tiny_sd_dir), device="cpu", text=TextPrompts("a smiling face", "", 2.0, "glasses"))
     assert store.header["model_fingerprint"] == model_fingerprint(model)
-    for name in ("pca_all_steps", "supervised", "jacobian", "pullback_global"):
-        assert (workspace / f"directions/{name}.safetensors").is_file()
-    metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
-    assert set(metrics["methods"]) == {"pca_all_steps", "supervised", "jacobian", "pullback_global"}
-    for entry in metrics["methods"].values():
-        for result in entry["directions"].values():
-            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None
+    assert_every_method_evaluated(workspace)
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")  # diffusers' call
