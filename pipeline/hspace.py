@@ -198,12 +198,13 @@ def h_of_x(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The encoder map x_t [b, C, H, W] -> h [b, *h_shape] at ``timestep`` (the f of the pullback metric,
     ALGORITHMS 3.1), differentiable; the UNet stops at ``location``, so the decoder half is never run.
-    A text-conditioned model is conditioned on its edit prompt, without guidance (ALGORITHMS 3.4)."""
+    A text-conditioned model is conditioned on its edit prompt, without guidance (ALGORITHMS 3.4). Always exact
+    (no autocast)."""
     check_location(model.unet, location)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         with HSpaceHook(model.unet, location, keep_graph=True, stop=True) as hook, contextlib.suppress(HSpaceReached):
-            model.eps(x, timestep, edit=True)
+            model.eps(x, timestep, edit=True, exact=True)
         assert hook.h is not None  # the hook stops the pass only after recording h
         return hook.h
 
@@ -221,7 +222,7 @@ def eps_of_h(
 
     Args:
         model: the diffusion model; a guided text-conditioned model gives the guided eps with the h edit
-            in both branches, as at sampling time (ALGORITHMS 2.6).
+            in both branches, as at sampling time (ALGORITHMS 2.6). Always exact (no autocast).
         x_t: [C, H, W] one noisy sample.
         timestep: scheduler timestep of x_t.
         location: the h site.
@@ -233,7 +234,7 @@ def eps_of_h(
     check_location(model.unet, location)
     branches = model.branches()
     with torch.no_grad(), HSpaceHook(model.unet, location, branches=branches) as hook:
-        model.eps(x_t.unsqueeze(0), timestep)
+        model.eps(x_t.unsqueeze(0), timestep, exact=True)
     assert hook.h is not None
     clean = hook.h[0]
     weights = None if mask is None else mask.to(device=x_t.device, dtype=x_t.dtype)
@@ -241,7 +242,7 @@ def eps_of_h(
     def denoise(h: torch.Tensor) -> torch.Tensor:
         with HSpaceHook(model.unet, location, capture=False, branches=branches) as edit:
             edit.delta = h - clean  # the hook adds delta to the clean h, so the UNet sees h itself
-            eps = model.eps(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep)
+            eps = model.eps(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep, exact=True)
         return eps if weights is None else eps * weights
 
     return denoise, clean

@@ -66,6 +66,13 @@ UNET_CLASSES: dict[str, type[UNet2DModel] | type[UNet2DConditionModel]] = {
     "UNet2DConditionModel": UNet2DConditionModel,
 }
 
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+"""``model.autocast`` values: mixed precision of the UNet calls that need no exactness (sampling, edit decodes)."""
+
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,  # exactness checks and benchmarks: accuracy below float32 rounding
     "float32": torch.float32,
@@ -145,7 +152,10 @@ class DiffusionModel:
     ``vae`` is the autoencoder of a latent model (x_t are latents; :meth:`images` decodes them) and None for
     a pixel-space model. A text-conditioned model also has ``text_encoder`` and ``tokenizer``, its
     ``prompts`` and their encodings: ``conditioning`` for generation and decoding, ``edit_conditioning``
-    for the pullback maps (see :class:`TextPrompts`); all None for an unconditional model.
+    for the pullback maps (see :class:`TextPrompts`); all None for an unconditional model. ``autocast``
+    (bfloat16 or float16) runs the UNet calls that need no exactness under mixed precision; spectra ask for
+    ``exact`` calls. ``channels_last``: the UNet and its inputs use the NHWC memory format (faster convolutions
+    on GPUs with tensor cores; same results up to rounding).
     """
 
     unet: UNet2DModel | UNet2DConditionModel
@@ -159,6 +169,8 @@ class DiffusionModel:
     prompts: TextPrompts | None = None
     conditioning: TextConditioning | None = None
     edit_conditioning: TextConditioning | None = None
+    autocast: torch.dtype | None = None
+    channels_last: bool = False
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -195,24 +207,32 @@ class DiffusionModel:
         conditioning = self.edit_conditioning if edit else self.conditioning
         return 1 if conditioning is None else conditioning.branches
 
-    def eps(self, x: torch.Tensor, timestep: int, edit: bool = False) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, timestep: int, edit: bool = False, exact: bool = False) -> torch.Tensor:
         """Predicted noise [B, *sample_shape] of x_t [B, *sample_shape] at ``timestep``, in x's dtype.
 
         Differentiable (no grad mode is set here). A text-conditioned UNet sees the generation prompt, with
         classifier-free guidance when configured (one call on the doubled batch [x; x], combined as
-        eps_u + s (eps_c - eps_u)), or with ``edit=True`` the edit prompt without guidance.
+        eps_u + s (eps_c - eps_u)), or with ``edit=True`` the edit prompt without guidance. The call runs
+        under :attr:`autocast` unless ``exact`` (Jacobian products and spectra).
         """
         inputs = x.to(self.unet.dtype)
         conditioning = self.edit_conditioning if edit else self.conditioning
-        if conditioning is None:
-            return self.unet(inputs, timestep).sample.to(x.dtype)
-        batch = len(x)
-        states = conditioning.prompt.expand(batch, -1, -1)
-        if conditioning.negative is None:
-            return self.unet(inputs, timestep, encoder_hidden_states=states).sample.to(x.dtype)
-        states = torch.cat([conditioning.negative.expand(batch, -1, -1), states])
-        both = self.unet(torch.cat([inputs, inputs]), timestep, encoder_hidden_states=states).sample.to(x.dtype)
-        unconditional, conditional = both.chunk(2)
+        if conditioning is not None and conditioning.negative is not None:
+            inputs = torch.cat([inputs, inputs])
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        extra = {}
+        if conditioning is not None:
+            states = conditioning.prompt.expand(len(x), -1, -1)
+            if conditioning.negative is not None:
+                states = torch.cat([conditioning.negative.expand(len(x), -1, -1), states])
+            extra["encoder_hidden_states"] = states
+        mixed = self.autocast is not None and not exact
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=mixed):
+            output = self.unet(inputs, timestep, **extra).sample.to(x.dtype)
+        if conditioning is None or conditioning.negative is None:
+            return output
+        unconditional, conditional = output.chunk(2)
         return unconditional + conditioning.guidance_scale * (conditional - unconditional)
 
     @torch.no_grad()
@@ -273,6 +293,8 @@ def load_model(
     dtype: str = "float32",
     clip_sample: bool = False,
     text: TextPrompts | None = None,
+    autocast: str = "none",
+    channels_last: bool = False,
 ) -> DiffusionModel:
     """Load a UNet and a DDIM scheduler from a local folder or a hub id, ready for inference.
 
@@ -287,10 +309,13 @@ def load_model(
 
     A Stable Diffusion pipeline folder (``text_encoder/``, ``tokenizer/``, ``vae/``) also loads its CLIP text
     encoder and encodes ``text`` (default: :class:`TextPrompts`, the empty prompt without guidance); ``text``
-    given for an unconditional model is a ConfigError.
+    given for an unconditional model is a ConfigError. ``autocast`` ("none", "bfloat16", "float16") and
+    ``channels_last`` are the performance options of :class:`DiffusionModel` (both work on CPU too).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    if autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(f"params: model.autocast={autocast!r}: unknown; expected one of {', '.join(AUTOCAST_DTYPES)}")
     folder = Path(source).expanduser()
     if folder.is_dir():
         unet, scheduler, vae, text_parts = _load_local(folder, torch_dtype, clip_sample)
@@ -317,9 +342,12 @@ def load_model(
     for module in (unet, vae, text_encoder):
         if module is not None:
             module.eval().requires_grad_(False).to(torch_device)
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
     model = DiffusionModel(
         unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype, vae=vae,
-        text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder=text_encoder, tokenizer=tokenizer, autocast=AUTOCAST_DTYPES[autocast],
+        channels_last=channels_last,
     )  # fmt: skip
     if text_encoder is not None:
         _encode_prompts(model, text or TextPrompts())

@@ -34,13 +34,17 @@ class ModelConfig:
     """The ``model`` params section: which diffusion model, its dtype, the h-space site, whether sampling
     clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.models.load_model`), and for a text-conditioned
     model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.models.TextPrompts`;
-    absent for unconditional models)."""
+    absent for unconditional models). Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs
+    sampling and edit decodes in mixed precision (Jacobians and spectra stay in ``dtype``), ``channels_last``
+    the NHWC memory format."""
 
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
     clip_sample: bool = True
     text: TextPrompts | None = None
+    autocast: str = "none"
+    channels_last: bool = False
 
 
 @dataclass
@@ -230,7 +234,10 @@ def _require(condition: bool, key: str, value: object, rule: str) -> None:
 
 def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
     """Load the configured diffusion model on ``device``."""
-    return load_model(cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample, text=cfg.text)
+    return load_model(
+        cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample, text=cfg.text,
+        autocast=cfg.autocast, channels_last=cfg.channels_last,
+    )  # fmt: skip
 
 
 def generate(
