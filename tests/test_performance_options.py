@@ -10,6 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.hspace import eps_of_h, h_of_x
 from pipeline.models import load_model
 from pipeline.sampling import sample
+from pipeline.store import model_fingerprint
 from pipeline.study import ModelConfig, open_model
 
 SEEDS = [11, 12, 13]
@@ -26,6 +27,7 @@ def test_autocast_runs_sampling_in_mixed_precision_close_to_float32(tiny_model_d
     assert mixed.autocast == torch.bfloat16 and exact.autocast is None
     reference, approximate = _samples(exact), _samples(mixed)
     assert approximate.dtype == torch.float32
+    assert model_fingerprint(mixed) != model_fingerprint(exact)  # a store never mixes the two
     difference = (approximate - reference).abs()
     assert difference.max() > 0  # bfloat16 really ran
     assert difference.mean() < 0.02 * reference.abs().mean()
