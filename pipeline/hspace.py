@@ -116,6 +116,12 @@ class HSpaceHook:
         self._module, self._is_input = _resolve_location(unet, location)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
+    @classmethod
+    def for_model(cls, model: DiffusionModel, location: str, *, edit: bool = False, **options: bool) -> HSpaceHook:
+        """A hook on ``model``'s UNet for the calls of ``model.eps(..., edit=edit)``: ``branches`` follows the
+        model's classifier-free guidance; ``options`` are ``capture``, ``keep_graph`` and ``stop``."""
+        return cls(model.unet, location, branches=model.branches(edit), **options)
+
     def __enter__(self) -> HSpaceHook:
         if self._is_input:
             self._handle = self._module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -138,7 +144,7 @@ class HSpaceHook:
         total, *h_shape = hidden.shape
         batch = total // self.branches
         if self.capture:
-            first = hidden[:batch] if self.branches > 1 else hidden
+            first = hidden[:batch]
             self.h = first if self.keep_graph else first.detach()
         if self.stop:
             raise HSpaceReached
@@ -203,7 +209,10 @@ def h_of_x(
     check_location(model.unet, location)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        with HSpaceHook(model.unet, location, keep_graph=True, stop=True) as hook, contextlib.suppress(HSpaceReached):
+        with (
+            HSpaceHook.for_model(model, location, edit=True, keep_graph=True, stop=True) as hook,
+            contextlib.suppress(HSpaceReached),
+        ):
             model.eps(x, timestep, edit=True, exact=True)
         assert hook.h is not None  # the hook stops the pass only after recording h
         return hook.h
@@ -232,15 +241,14 @@ def eps_of_h(
         (function h [b, *h_shape] -> mask * eps [b, C, H, W], the clean h [*h_shape] of x_t).
     """
     check_location(model.unet, location)
-    branches = model.branches()
-    with torch.no_grad(), HSpaceHook(model.unet, location, branches=branches) as hook:
+    with torch.no_grad(), HSpaceHook.for_model(model, location) as hook:
         model.eps(x_t.unsqueeze(0), timestep, exact=True)
     assert hook.h is not None
     clean = hook.h[0]
     weights = None if mask is None else mask.to(device=x_t.device, dtype=x_t.dtype)
 
     def denoise(h: torch.Tensor) -> torch.Tensor:
-        with HSpaceHook(model.unet, location, capture=False, branches=branches) as edit:
+        with HSpaceHook.for_model(model, location, capture=False) as edit:
             edit.delta = h - clean  # the hook adds delta to the clean h, so the UNet sees h itself
             eps = model.eps(x_t.unsqueeze(0).expand(len(h), -1, -1, -1), timestep, exact=True)
         return eps if weights is None else eps * weights

@@ -203,8 +203,8 @@ class DiffusionModel:
 
     def branches(self, edit: bool = False) -> int:
         """Batch copies per sample in the UNet calls of :meth:`eps` (2 under classifier-free guidance, else 1);
-        an h-space hook on those calls needs it (:class:`pipeline.hspace.HSpaceHook` ``branches``)."""
-        conditioning = self.edit_conditioning if edit else self.conditioning
+        an h-space hook on those calls needs it (:meth:`pipeline.hspace.HSpaceHook.for_model`)."""
+        conditioning = self._conditioning(edit)
         return 1 if conditioning is None else conditioning.branches
 
     def eps(self, x: torch.Tensor, timestep: int, edit: bool = False, exact: bool = False) -> torch.Tensor:
@@ -215,25 +215,29 @@ class DiffusionModel:
         eps_u + s (eps_c - eps_u)), or with ``edit=True`` the edit prompt without guidance. The call runs
         under :attr:`autocast` unless ``exact`` (Jacobian products and spectra).
         """
+        conditioning = self._conditioning(edit)
+        guided = conditioning is not None and conditioning.negative is not None
         inputs = x.to(self.unet.dtype)
-        conditioning = self.edit_conditioning if edit else self.conditioning
-        if conditioning is not None and conditioning.negative is not None:
-            inputs = torch.cat([inputs, inputs])
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
         extra = {}
         if conditioning is not None:
             states = conditioning.prompt.expand(len(x), -1, -1)
-            if conditioning.negative is not None:
+            if guided:
+                inputs = torch.cat([inputs, inputs])
                 states = torch.cat([conditioning.negative.expand(len(x), -1, -1), states])
             extra["encoder_hidden_states"] = states
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         mixed = self.autocast is not None and not exact
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=mixed):
             output = self.unet(inputs, timestep, **extra).sample.to(x.dtype)
-        if conditioning is None or conditioning.negative is None:
+        if not guided:
             return output
         unconditional, conditional = output.chunk(2)
         return unconditional + conditioning.guidance_scale * (conditional - unconditional)
+
+    def _conditioning(self, edit: bool) -> TextConditioning | None:
+        """The conditioning of generation and decoding, or with ``edit`` that of the pullback maps."""
+        return self.edit_conditioning if edit else self.conditioning
 
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -355,12 +359,13 @@ def load_model(
 
 
 def _encode_prompts(model: DiffusionModel, prompts: TextPrompts) -> None:
-    """Set ``model.prompts`` and encode them into its generation and edit conditionings."""
-    prompt = model.encode_prompt(prompts.prompt)
-    negative = model.encode_prompt(prompts.negative_prompt) if prompts.guided else None
+    """Set ``model.prompts`` and encode them (each distinct text once) into its generation and edit conditionings."""
+    texts = {prompts.prompt, prompts.edit_prompt} | ({prompts.negative_prompt} if prompts.guided else set())
+    encoded = {text: model.encode_prompt(text) for text in texts}
+    negative = encoded[prompts.negative_prompt] if prompts.guided else None
     model.prompts = prompts
-    model.conditioning = TextConditioning(prompt, negative, prompts.guidance_scale)
-    model.edit_conditioning = TextConditioning(model.encode_prompt(prompts.edit_prompt))
+    model.conditioning = TextConditioning(encoded[prompts.prompt], negative, prompts.guidance_scale)
+    model.edit_conditioning = TextConditioning(encoded[prompts.edit_prompt])
 
 
 Loaded = tuple[

@@ -392,7 +392,7 @@ def invert_ddim(
     results = []
     with (
         _progress_bar(progress, len(x0), batch_size, grid.num_steps, "DDIM inversion") as bar,
-        HSpaceHook(model.unet, hspace_location, capture=False, branches=model.branches()) as hook,
+        HSpaceHook.for_model(model, hspace_location, capture=False) as hook,
     ):
         for begin in range(0, len(x0), batch_size):
             x = x0[begin : begin + batch_size].to(device=model.device, dtype=compute_dtype)
@@ -458,7 +458,7 @@ def invert_edit_friendly(
     results = []
     with (
         _progress_bar(progress, len(x0), batch_size, grid.num_steps, "edit-friendly inversion") as bar,
-        HSpaceHook(model.unet, hspace_location, capture=False, branches=model.branches()) as hook,
+        HSpaceHook.for_model(model, hspace_location, capture=False) as hook,
     ):
         for begin in range(0, len(x0), batch_size):
             clean = x0[begin : begin + batch_size].to(dtype=compute_dtype)
@@ -651,7 +651,7 @@ def _run_steps(
     if delta is not None:
         delta = (delta[chunk] if settings.delta_per_sample else delta).to(model.device)
     recorder = _HRecorder(settings, len(x))
-    with HSpaceHook(model.unet, settings.location, capture=False, branches=model.branches()) as hook:
+    with HSpaceHook.for_model(model, settings.location, capture=False) as hook:
         for step_index in range(settings.start_step, grid.num_steps):
             if override is not None and step_index == override[0]:
                 x = override[1].to(device=model.device, dtype=compute_dtype)
