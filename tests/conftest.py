@@ -3,14 +3,19 @@ Stable Diffusion stack) saved as pipeline folders, and the params of a tiny stud
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from pipeline.models import DiffusionModel, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER = ROOT / "models/toyfaces/classifier"
+"""The committed ToyFaces classifier, which labels every tiny study."""
 
 
 @pytest.fixture(scope="session")
@@ -215,28 +220,35 @@ EVERY_METHOD_STUDY: dict[str, object] = {
 
 
 @contextlib.contextmanager
-def every_method_study(folder: Path, model_dir: Path, changes: dict[str, object] | None = None) -> Iterator[Path]:
-    """Run generate -> label -> hstats -> pca -> supervised -> jacobian -> pullback -> evaluate in ``folder``
-    on ``model_dir`` (:data:`TINY_STUDY` with :data:`EVERY_METHOD_STUDY` and ``changes``; the committed ToyFaces
-    classifier labels) and yield the folder; the working directory is ``folder`` until the block ends.
-    Skips the test when the committed classifier is absent."""
+def run_study(folder: Path, overrides: list[str], stages: Sequence[ModuleType]) -> Iterator[Path]:
+    """Compose ``params.yaml`` in ``folder`` from the real conf/ with ``overrides``, run each stage's ``main()``
+    there in order and yield the folder; the working directory is ``folder`` until the block ends."""
     from pipeline.params import compose
-    from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
 
-    root = Path(__file__).resolve().parents[1]
-    classifier = root / "models/toyfaces/classifier"
-    if not classifier.is_dir():
-        pytest.skip("committed ToyFaces classifier absent")
-    overrides = tiny_study_overrides(model_dir, classifier, {**EVERY_METHOD_STUDY, **(changes or {})})
-    (folder / "params.yaml").write_text(compose(root / "conf", overrides=overrides))
+    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate):
+        for stage in stages:
             stage.main()
         yield folder
     finally:
         os.chdir(previous)
+
+
+@contextlib.contextmanager
+def every_method_study(folder: Path, model_dir: Path, changes: dict[str, object] | None = None) -> Iterator[Path]:
+    """:func:`run_study` of generate -> label -> hstats -> pca -> supervised -> jacobian -> pullback -> evaluate
+    on ``model_dir`` (:data:`TINY_STUDY` with :data:`EVERY_METHOD_STUDY` and ``changes``; the committed ToyFaces
+    classifier labels). Skips the test when the committed classifier is absent."""
+    from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+
+    if not CLASSIFIER.is_dir():
+        pytest.skip("committed ToyFaces classifier absent")
+    overrides = tiny_study_overrides(model_dir, CLASSIFIER, {**EVERY_METHOD_STUDY, **(changes or {})})
+    stages = (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate)
+    with run_study(folder, overrides, stages) as study:
+        yield study
 
 
 def assert_every_method_evaluated(folder: Path) -> None:

@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,11 @@ from pipeline.evaluation import (
     selectivity,
     ssim_per_image,
 )
-from pipeline.params import compose, load_params, load_section
+from pipeline.params import load_params, load_section
 from pipeline.study import SamplerConfig, decode_images, held_out
 from pipeline.toy_classifier import ToyFacesClassifier
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, report, supervised
-from tests.conftest import tiny_study_overrides
+from tests.conftest import run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -218,15 +217,8 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         pytest.skip("committed ToyFaces classifier absent")
     folder = tmp_path_factory.mktemp("evaluate")
     overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER)
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        for stage in (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate, report):
-            stage.main()
+    with run_study(folder, overrides, (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate, report)):
         yield folder
-    finally:
-        os.chdir(previous)
 
 
 def test_evaluate_scores_every_method_and_direction(workspace):

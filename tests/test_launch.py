@@ -25,7 +25,7 @@ from pipeline.launch import (
 from pipeline.params import compose, validate
 from pipeline.store import StoreError, open_store
 from stages import generate, label
-from tests.conftest import tiny_study_overrides
+from tests.conftest import run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -50,15 +50,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 def unsharded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Path:
     """The tiny study's generate and label, run in this process without shard jobs."""
     folder = tmp_path_factory.mktemp("unsharded")
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=_overrides(tiny_model_dir)))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        generate.main()
-        label.main()
-    finally:
-        os.chdir(previous)
-    return folder
+    with run_study(folder, _overrides(tiny_model_dir), (generate, label)):
+        return folder
 
 
 @pytest.mark.skipif(not CLASSIFIER.is_dir(), reason="committed ToyFaces classifier absent")

@@ -1,16 +1,15 @@
 """The study end to end: every DVC stage's entry point, run in a temporary workspace on a tiny model."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.directions import load_directions
-from pipeline.params import compose
 from pipeline.study import read_labels
 from stages import generate, hstats, jacobian, label, pca, preview, pullback, supervised
+from tests.conftest import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,15 +47,8 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         "logging.wandb.mode=disabled",
         "device=cpu",
     ]
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        for stage in (generate, label, hstats, pca, supervised, preview, jacobian, pullback):
-            stage.main()
+    with run_study(folder, overrides, (generate, label, hstats, pca, supervised, preview, jacobian, pullback)):
         yield folder
-    finally:
-        os.chdir(previous)
 
 
 def test_every_stage_writes_its_outputs(workspace):
