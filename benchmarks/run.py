@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--repeats", type=int, default=None, help="timed calls per sampler (default 5; quick 2)")
     group.add_argument("--memory-samples", default=None, help="comma-separated N (default 256,2048; quick 16,64)")
     group.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    group.add_argument(
+        "--autocast", default="none", help="ours_capture_fast: mixed precision none | bfloat16 | float16"
+    )
+    group.add_argument("--channels-last", action="store_true", help="ours_capture_fast: NHWC memory format")
+    group.add_argument(
+        "--compile", default="none", help="ours_capture_fast: torch.compile mode of the UNet layers (default none)"
+    )
     return parser
 
 
@@ -169,6 +176,7 @@ def _run_suites(
             "jacobian": jacobian_suite.config_dict(jacobian_cfg),
             "sampling": sampling_suite.config_dict(sampling_cfg),
             "memory": not args.no_memory,
+            "fast": {"autocast": args.autocast, "channels_last": args.channels_last, "compile": args.compile},
         },
         "environment": environment(device),
         "results": {},
@@ -180,7 +188,13 @@ def _run_suites(
         print(jacobian_tables(results))
     if args.suite in ("sampling", "all"):
         _log("[sampling] throughput")
-        results = {"throughput": sampling_suite.throughput(model, sampling_cfg)}
+        fast_model = None
+        if args.autocast != "none" or args.channels_last or args.compile != "none":
+            fast_model = load_model(
+                model_path, device=str(device), dtype=args.dtype, clip_sample=True, autocast=args.autocast,
+                channels_last=args.channels_last, compile=args.compile,
+            )  # fmt: skip
+        results = {"throughput": sampling_suite.throughput(model, sampling_cfg, fast_model)}
         if not args.no_memory:
             _log(f"[sampling] peak memory of generate + hstats at N = {list(sampling_cfg.memory_samples)}")
             with tempfile.TemporaryDirectory(prefix="bench-stores-") as folder:
@@ -302,7 +316,8 @@ def sampling_tables(results: dict[str, Any], cfg: sampling_suite.SamplingBenchCo
             f"{speed[name]['images_per_second']:.2f}",
             _x(speed[name]["images_per_second"] / baseline),
         ]
-        for name in ("ours_capture", "ours_no_capture", "diffusers_ddim")
+        for name in ("ours_capture", "ours_no_capture", "ours_capture_fast", "diffusers_ddim")
+        if name in speed
     ]
     lines.append(format_table(["sampler", "median s", "images/s", "vs DDIMPipeline"], rows))
     if "memory" in results:

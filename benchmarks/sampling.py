@@ -62,17 +62,21 @@ class SamplingBenchConfig:
             raise ConfigError(f"sampling memory_samples {self.memory_samples!r}: each N must be >= 8")
 
 
-def throughput(model: DiffusionModel, cfg: SamplingBenchConfig) -> dict[str, Any]:
-    """Images per second of three samplers on the same model, batch, steps (eta 0) and dtype.
+def throughput(
+    model: DiffusionModel, cfg: SamplingBenchConfig, fast_model: DiffusionModel | None = None
+) -> dict[str, Any]:
+    """Images per second of three (or four) samplers on the same model, batch, steps (eta 0) and dtype.
 
     ``ours_capture``: :func:`pipeline.sampling.sample` recording h at every step; ``ours_no_capture``: the
     same without capture; ``diffusers_ddim``: ``DDIMPipeline`` with ``DDIMScheduler.from_config`` of the model's
-    scheduler (output_type "np", progress bar off). Each configuration runs ``warmup`` untimed calls, then the
-    ``repeats`` timed calls are interleaved (A, B, C, A, B, C, ...) so that drifts in machine load hit all alike.
+    scheduler (output_type "np", progress bar off). ``fast_model``, the same weights loaded with performance
+    options (autocast, channels_last, compile), adds ``ours_capture_fast``; the other three use ``model``. Each
+    configuration runs ``warmup`` untimed calls (compilation happens there), then the ``repeats`` timed calls
+    are interleaved (A, B, C, A, B, C, ...) so that drifts in machine load hit all alike.
 
     Returns per configuration the seconds of every call, the median and images/s = batch / median; and the
-    ratios of images/s ``ours_capture / diffusers_ddim`` and ``ours_no_capture / diffusers_ddim`` (> 1: ours is
-    faster).
+    ratios of images/s ``ours_capture / diffusers_ddim``, ``ours_no_capture / diffusers_ddim`` and with a
+    fast model ``ours_capture_fast / diffusers_ddim`` (> 1: ours is faster).
     """
     seeds = list(range(cfg.batch_size))
     pipe = DDIMPipeline(unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler.config))
@@ -94,6 +98,10 @@ def throughput(model: DiffusionModel, cfg: SamplingBenchConfig) -> dict[str, Any
         ),
         "diffusers_ddim": diffusers_run,
     }
+    if fast_model is not None:
+        runs["ours_capture_fast"] = lambda: sample(
+            fast_model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size
+        )
     for run in runs.values():
         for _ in range(cfg.warmup):
             run()
@@ -112,6 +120,8 @@ def throughput(model: DiffusionModel, cfg: SamplingBenchConfig) -> dict[str, Any
     baseline = results["diffusers_ddim"]["images_per_second"]
     results["ratio_capture_vs_diffusers"] = results["ours_capture"]["images_per_second"] / baseline
     results["ratio_no_capture_vs_diffusers"] = results["ours_no_capture"]["images_per_second"] / baseline
+    if fast_model is not None:
+        results["ratio_fast_capture_vs_diffusers"] = results["ours_capture_fast"]["images_per_second"] / baseline
     return results
 
 

@@ -120,15 +120,19 @@ def canonicalize_header(path: str | Path) -> None:
 class TrainingCheckpoint:
     """A resumable checkpoint folder: model/EMA weights (safetensors), optimizer state and a JSON state.
 
-    The folder is replaced atomically, so a run killed while saving resumes from the previous one.
+    The folder is replaced atomically, so a run killed while saving resumes from the previous one. The
+    checkpoint belongs to one ``fingerprint`` (the training config): a checkpoint written under another one
+    (for example before ``steps`` or the learning rate changed) is never resumed, and the next save replaces it.
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, fingerprint: Mapping[str, Any] | None = None):
         self.folder = Path(folder)
+        self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True, default=str))
 
     def exists(self) -> bool:
-        """True when a complete checkpoint is present."""
-        return (self.folder / "state.json").is_file()
+        """True when a complete checkpoint of this fingerprint is present."""
+        state = self.folder / "state.json"
+        return state.is_file() and json.loads(state.read_text()).get("fingerprint") == self.fingerprint
 
     def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
         """Store ``step``, each module's state dict and the optimizer state."""
@@ -140,7 +144,7 @@ class TrainingCheckpoint:
                     str(tmp / f"{name}.safetensors"),
                 )
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step}))
+            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
 
     def load(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "float16": torch.float16,
 }
 """``model.autocast`` values: mixed precision of the UNet calls that need no exactness (sampling, edit decodes)."""
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+"""``model.compile`` values: ``torch.compile`` modes of the UNet's blocks for the calls that need no exactness."""
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,  # exactness checks and benchmarks: accuracy below float32 rounding
@@ -155,7 +159,8 @@ class DiffusionModel:
     for the pullback maps (see :class:`TextPrompts`); all None for an unconditional model. ``autocast``
     (bfloat16 or float16) runs the UNet calls that need no exactness under mixed precision; spectra ask for
     ``exact`` calls. ``channels_last``: the UNet and its inputs use the NHWC memory format (faster convolutions
-    on GPUs with tensor cores; same results up to rounding).
+    on GPUs with tensor cores; same results up to rounding). ``compile``: the ``torch.compile`` mode of the
+    UNet's blocks (see :func:`compile_unet_blocks`), or None; ``exact`` calls run them eagerly.
     """
 
     unet: UNet2DModel | UNet2DConditionModel
@@ -171,6 +176,7 @@ class DiffusionModel:
     edit_conditioning: TextConditioning | None = None
     autocast: torch.dtype | None = None
     channels_last: bool = False
+    compile: str | None = None
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -213,7 +219,8 @@ class DiffusionModel:
         Differentiable (no grad mode is set here). A text-conditioned UNet sees the generation prompt, with
         classifier-free guidance when configured (one call on the doubled batch [x; x], combined as
         eps_u + s (eps_c - eps_u)), or with ``edit=True`` the edit prompt without guidance. The call runs
-        under :attr:`autocast` unless ``exact`` (Jacobian products and spectra).
+        under :attr:`autocast` and the compiled blocks unless ``exact`` (Jacobian products and spectra, which
+        run in the eager, unfused kernels).
         """
         conditioning = self._conditioning(edit)
         guided = conditioning is not None and conditioning.negative is not None
@@ -228,7 +235,8 @@ class DiffusionModel:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         mixed = self.autocast is not None and not exact
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=mixed):
+        eager = torch.compiler.set_stance("force_eager") if exact and self.compile else nullcontext()
+        with eager, torch.autocast(self.device.type, dtype=self.autocast, enabled=mixed):
             output = self.unet(inputs, timestep, **extra).sample.to(x.dtype)
         if not guided:
             return output
@@ -291,6 +299,33 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> int:
+    """Compile, in place with ``torch.compile(mode=mode)``, every layer inside the UNet's down, mid and up
+    blocks (resnets, attention, resamplers); return how many were compiled.
+
+    Compiling these regions, not the whole UNet, leaves the blocks themselves eager, so the h-space hooks on
+    ``mid_block`` and ``down_blocks.i`` / ``up_blocks.i`` work unchanged and never trigger a recompile, and
+    repeated layers of the same shape share compiled code. Each layer compiles on its first call. Dynamo
+    keeps a limited number of compiled variants per function (8 by default), and all resnets share one
+    ``forward``: the limit is raised to two variants per layer (one static, one for a changed batch size), or
+    a large UNet's later layers would silently fall back to eager.
+    """
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    layers = [
+        layer
+        for block in blocks
+        if block is not None
+        for group in block.children()
+        if isinstance(group, torch.nn.ModuleList)
+        for layer in group
+    ]
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(layers))
+    for layer in layers:
+        layer.compile(mode=mode)
+    return len(layers)
+
+
 def load_model(
     source: str,
     device: str = "auto",
@@ -299,6 +334,7 @@ def load_model(
     text: TextPrompts | None = None,
     autocast: str = "none",
     channels_last: bool = False,
+    compile: str = "none",
 ) -> DiffusionModel:
     """Load a UNet and a DDIM scheduler from a local folder or a hub id, ready for inference.
 
@@ -313,13 +349,16 @@ def load_model(
 
     A Stable Diffusion pipeline folder (``text_encoder/``, ``tokenizer/``, ``vae/``) also loads its CLIP text
     encoder and encodes ``text`` (default: :class:`TextPrompts`, the empty prompt without guidance); ``text``
-    given for an unconditional model is a ConfigError. ``autocast`` ("none", "bfloat16", "float16") and
-    ``channels_last`` are the performance options of :class:`DiffusionModel` (both work on CPU too).
+    given for an unconditional model is a ConfigError. ``autocast`` ("none", "bfloat16", "float16"),
+    ``channels_last`` and ``compile`` (one of :data:`COMPILE_MODES`) are the performance options of
+    :class:`DiffusionModel` (all work on CPU too; compiling needs a C++ compiler there).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     if autocast not in AUTOCAST_DTYPES:
         raise ConfigError(f"params: model.autocast={autocast!r}: unknown; expected one of {', '.join(AUTOCAST_DTYPES)}")
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"params: model.compile={compile!r}: unknown; expected one of {', '.join(COMPILE_MODES)}")
     folder = Path(source).expanduser()
     if folder.is_dir():
         unet, scheduler, vae, text_parts = _load_local(folder, torch_dtype, clip_sample)
@@ -348,10 +387,12 @@ def load_model(
             module.eval().requires_grad_(False).to(torch_device)
     if channels_last:
         unet.to(memory_format=torch.channels_last)
+    if compile != "none":
+        compile_unet_blocks(unet, compile)
     model = DiffusionModel(
         unet=unet, scheduler=scheduler, model_id=source, device=torch_device, dtype=torch_dtype, vae=vae,
         text_encoder=text_encoder, tokenizer=tokenizer, autocast=AUTOCAST_DTYPES[autocast],
-        channels_last=channels_last,
+        channels_last=channels_last, compile=None if compile == "none" else compile,
     )  # fmt: skip
     if text_encoder is not None:
         _encode_prompts(model, text or TextPrompts())

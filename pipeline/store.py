@@ -206,7 +206,7 @@ def model_fingerprint(model: DiffusionModel) -> str:
     """SHA-256 hex digest of what determines the stored samples: the UNet's config and weights (names, dtypes,
     shapes, values), the scheduler config, a latent model's autoencoder, and a text-conditioned model's
     generation conditioning (prompt and negative-prompt encodings, guidance scale; the edit prompt does not
-    change samples), and the autocast and channels_last options when they are on.
+    change samples), and the autocast, channels_last and compile options when they are on.
 
     Two models with the same fingerprint produce the same samples (on the same kind of device); a retrained
     or re-cast model, or another prompt, does not share it; the same files loaded from another folder or the
@@ -222,6 +222,8 @@ def model_fingerprint(model: DiffusionModel) -> str:
         tensors += [(f"autoencoder.{name}", tensor) for name, tensor in model.vae.state_dict().items()]
     if model.autocast is not None or model.channels_last:  # both change rounding; absent when off
         hasher.update(f"autocast|{model.autocast}|channels_last|{model.channels_last}".encode())
+    if model.compile is not None:  # fused kernels round differently
+        hasher.update(f"compile|{model.compile}".encode())
     if model.conditioning is not None:
         hasher.update(f"guidance_scale|{model.conditioning.guidance_scale!r}".encode())
         tensors.append(("conditioning.prompt", model.conditioning.prompt))

@@ -36,7 +36,8 @@ class ModelConfig:
     model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.models.TextPrompts`;
     absent for unconditional models). Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs
     sampling and edit decodes in mixed precision (Jacobians and spectra stay in ``dtype``), ``channels_last``
-    the NHWC memory format."""
+    the NHWC memory format, ``compile`` ("none" | "default" | "reduce-overhead" | "max-autotune") compiles
+    the UNet's layers for those calls (Jacobians and spectra run eagerly)."""
 
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
@@ -45,6 +46,7 @@ class ModelConfig:
     text: TextPrompts | None = None
     autocast: str = "none"
     channels_last: bool = False
+    compile: str = "none"
 
 
 @dataclass
@@ -236,7 +238,7 @@ def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
     """Load the configured diffusion model on ``device``."""
     return load_model(
         cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample, text=cfg.text,
-        autocast=cfg.autocast, channels_last=cfg.channels_last,
+        autocast=cfg.autocast, channels_last=cfg.channels_last, compile=cfg.compile,
     )  # fmt: skip
 
 

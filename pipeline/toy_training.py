@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ class TrainToyModelConfig:
     unet: ToyUNetConfig = field(default_factory=ToyUNetConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 6000
+    steps: int = 12000
     batch_size: int = 32
     ema_decay: float = 0.999
     seed: int = 0
@@ -233,7 +233,7 @@ def train_toy_model(
 
     _run_loop(
         cfg.steps,
-        TrainingCheckpoint(checkpoint_dir),
+        TrainingCheckpoint(checkpoint_dir, {"train_toy_model": asdict(cfg), "toyfaces": asdict(world)}),
         cfg.checkpoint_every,
         {"unet": unet, "ema": ema},
         optimizer,
@@ -306,7 +306,7 @@ def train_toy_classifier(
 
     _run_loop(
         cfg.steps,
-        TrainingCheckpoint(checkpoint_dir),
+        TrainingCheckpoint(checkpoint_dir, {"train_toy_classifier": asdict(cfg), "toyfaces": asdict(world)}),
         cfg.checkpoint_every,
         {"model": model},
         optimizer,

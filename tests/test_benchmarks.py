@@ -101,6 +101,19 @@ def test_sampling_suite_reports_throughput_and_memory(small_model_dir: Path, tmp
     assert results["memory"]["relative_difference"] == pytest.approx((last - first) / first)
 
 
+def test_sampling_suite_times_the_performance_options_beside_the_plain_model(
+    small_model_dir: Path, tmp_path: Path
+) -> None:
+    options = ("--no-memory", "--autocast", "bfloat16", "--channels-last")
+    written = run_quick(small_model_dir, tmp_path / "fast.json", "sampling", *options)
+    speed = written["results"]["sampling"]["throughput"]
+    assert written["config"]["fast"] == {"autocast": "bfloat16", "channels_last": True, "compile": "none"}
+    assert len(speed["ours_capture_fast"]["seconds"]) == 2
+    ratio = speed["ours_capture_fast"]["images_per_second"] / speed["diffusers_ddim"]["images_per_second"]
+    assert speed["ratio_fast_capture_vs_diffusers"] == pytest.approx(ratio)
+    assert "memory" not in written["results"]["sampling"]
+
+
 def test_references_on_a_dense_matrix_and_bad_arguments() -> None:
     generator = torch.Generator().manual_seed(0)
     left = torch.linalg.qr(torch.randn(30, 6, generator=generator, dtype=torch.float64)).Q

@@ -1,14 +1,16 @@
 """GPU performance options with their CPU fallback (issue 7, item 5): mixed-precision autocast for sampling and
-edit decodes while Jacobians stay exact, and the channels_last memory format; both run on the CPU here."""
+edit decodes while Jacobians stay exact, the channels_last memory format, and torch.compile of the UNet's
+layers; all run on the CPU here."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.hspace import eps_of_h, h_of_x
-from pipeline.models import load_model
+from pipeline.hspace import HSpaceHook, eps_of_h, h_of_x
+from pipeline.models import compile_unet_blocks, load_model
 from pipeline.sampling import sample
 from pipeline.store import model_fingerprint
 from pipeline.study import ModelConfig, open_model
@@ -56,3 +58,51 @@ def test_channels_last_gives_the_same_samples(tiny_model_dir: Path, single_threa
 def test_unknown_autocast_is_one_line_naming_the_key(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"^params: model\.autocast='fp8': unknown; expected one of none, bfloat16"):
         open_model(ModelConfig(source=str(tiny_model_dir), autocast="fp8"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def compiled_model(tiny_model_dir: Path, single_thread: None):
+    """The tiny model with its UNet layers compiled by inductor (compiled lazily, on first use)."""
+    return open_model(ModelConfig(source=str(tiny_model_dir), compile="default"), device="cpu")
+
+
+def test_compile_covers_every_layer_inside_the_blocks_and_leaves_the_hook_sites_eager(compiled_model) -> None:
+    unet = compiled_model.unet
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    compiled = [module for module in unet.modules() if module._compiled_call_impl is not None]
+    expected = sum(len(group) for b in blocks for group in b.children() if isinstance(group, torch.nn.ModuleList))
+    assert len(compiled) == expected > 0
+    assert not any(block._compiled_call_impl is not None for block in blocks)
+    assert compiled_model.compile == "default"
+
+
+@pytest.mark.slow
+def test_compiled_sampling_and_capture_agree_with_eager_and_spectra_stay_exact(
+    tiny_model_dir: Path, compiled_model, single_thread: None
+) -> None:
+    eager = open_model(ModelConfig(source=str(tiny_model_dir)), device="cpu")
+    torch.testing.assert_close(_samples(compiled_model), _samples(eager), rtol=1e-4, atol=1e-4)
+    assert model_fingerprint(compiled_model) != model_fingerprint(eager)  # fused kernels round differently
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        captured = []
+        for model in (eager, compiled_model):
+            with HSpaceHook.for_model(model, "after", capture=True) as hook:
+                model.eps(x, TIMESTEP)
+            captured.append(hook.h)
+        torch.testing.assert_close(captured[1], captured[0], rtol=1e-4, atol=1e-4)
+        x_t = x[0]
+        assert torch.equal(h_of_x(compiled_model, TIMESTEP)(x_t[None]), h_of_x(eager, TIMESTEP)(x_t[None]))
+        denoise_compiled, clean_compiled = eps_of_h(compiled_model, x_t, TIMESTEP)
+        denoise_eager, clean_eager = eps_of_h(eager, x_t, TIMESTEP)
+        assert torch.equal(denoise_compiled(clean_compiled[None] * 1.1), denoise_eager(clean_eager[None] * 1.1))
+
+
+def test_unknown_compile_mode_is_one_line_naming_the_key(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^params: model\.compile='fast': unknown; expected one of none, default"):
+        open_model(ModelConfig(source=str(tiny_model_dir), compile="fast"), device="cpu")
+
+
+def test_compile_allows_a_compiled_variant_per_layer(tiny_unet) -> None:
+    layers = compile_unet_blocks(copy.deepcopy(tiny_unet), "default")
+    assert torch._dynamo.config.recompile_limit >= 2 * layers

@@ -42,6 +42,16 @@ class Interrupt(Exception):
     pass
 
 
+def crash_at(stop: int):
+    """An ``on_step`` callback that kills the run when step ``stop`` (0-based) has been taken."""
+
+    def on_step(step: int, loss: float) -> None:
+        if step == stop:
+            raise Interrupt
+
+    return on_step
+
+
 def test_ddpm_training_writes_a_loadable_pipeline_and_resumes_exactly(tmp_path):
     cfg = tiny_model_config()
     _, metrics = train_toy_model(cfg, WORLD, tmp_path / "a", tmp_path / "ck_a", progress=False)
@@ -54,16 +64,12 @@ def test_ddpm_training_writes_a_loadable_pipeline_and_resumes_exactly(tmp_path):
     ):
         assert (tmp_path / "a" / name).exists()
 
-    def crash_at_step_three(step: int, loss: float) -> None:
-        if step == 2:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_toy_model(
-            cfg, WORLD, tmp_path / "b", tmp_path / "ck_b", progress=False, on_step=crash_at_step_three
+            cfg, WORLD, tmp_path / "b", tmp_path / "ck_b", progress=False, on_step=crash_at(2)
         )
     assert not (tmp_path / "b").exists(), "no output may appear before training finished"
-    assert json.loads((tmp_path / "ck_b" / "state.json").read_text()) == {"step": 2}
+    assert json.loads((tmp_path / "ck_b" / "state.json").read_text())["step"] == 2
     train_toy_model(cfg, WORLD, tmp_path / "b", tmp_path / "ck_b", progress=False)
 
     uninterrupted = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
@@ -71,6 +77,21 @@ def test_ddpm_training_writes_a_loadable_pipeline_and_resumes_exactly(tmp_path):
     assert uninterrupted.keys() == resumed.keys()
     for key, value in uninterrupted.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    with pytest.raises(Interrupt):
+        train_toy_model(
+            tiny_model_config(steps=4), WORLD, tmp_path / "out", tmp_path / "ck", progress=False,
+            on_step=crash_at(2),
+        )  # fmt: skip
+    steps_seen: list[int] = []
+    train_toy_model(
+        tiny_model_config(steps=3), WORLD, tmp_path / "out", tmp_path / "ck", progress=False,
+        on_step=lambda step, loss: steps_seen.append(step),
+    )  # fmt: skip
+    assert steps_seen == [0, 1, 2], "a changed steps (another learning-rate schedule) must start over"
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["step"] == 3
 
 
 def test_classifier_training_reports_heldout_accuracy_and_round_trips(tmp_path):
