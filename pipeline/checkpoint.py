@@ -117,6 +117,12 @@ def canonicalize_header(path: str | Path) -> None:
         handle.write(text.ljust(size, b" "))
 
 
+def fingerprint_text(fingerprint: Mapping[str, Any] | None) -> str:
+    """The canonical JSON of a run's fingerprint (sorted keys, non-JSON values as ``str``) that resumable
+    state is stamped with; two fingerprints match when their texts are equal."""
+    return json.dumps(fingerprint or {}, sort_keys=True, default=str)
+
+
 class TrainingCheckpoint:
     """A resumable checkpoint folder: model/EMA weights (safetensors), optimizer state and a JSON state.
 
@@ -127,7 +133,7 @@ class TrainingCheckpoint:
 
     def __init__(self, folder: str | Path, fingerprint: Mapping[str, Any] | None = None):
         self.folder = Path(folder)
-        self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True, default=str))
+        self.fingerprint = json.loads(fingerprint_text(fingerprint))
 
     def exists(self) -> bool:
         """True when a complete checkpoint of this fingerprint is present."""
@@ -188,7 +194,7 @@ class WorkCache:
         self.resumed = 0
         if self.folder is None:
             return
-        stamp = json.dumps(fingerprint or {}, sort_keys=True, default=str)
+        stamp = fingerprint_text(fingerprint)
         stamp_file = self.folder / "fingerprint.json"
         if self.folder.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
             shutil.rmtree(self.folder)
