@@ -29,9 +29,9 @@ files are evaluated whole, one direction per attribute), on M held-out seeds tha
    edit compared with its own unedited image is a paired set, which the unbiased KID estimator scores far
    below 0 on a few samples; ``unedited_kid`` (the method's unedited samples against the same reference)
    is the floor to compare with. For supervised files also the target effect, the worst off-target
-   effect, the fraction of samples that move their target up (``moved``) and the fraction whose target
-   attribute flips when edited towards its other side (``flipped``: samples without it at +s, samples
-   with it at -s).
+   effect, and, editing every sample towards the other side of its target attribute (samples without it
+   at +s, samples with it at -s), the fraction whose target logit moves that way (``moved``) and the
+   fraction that gets there (``flipped``).
 5. **Ground truth (ToyFaces).** With the ToyFaces classifier, every edit is also read as a change of the
    world's 13 factors (7 binary attributes as probabilities, 6 continuous factors as the classifier's
    factor predictions), each divided by that factor's standard deviation in the ToyFaces world, so that
@@ -641,29 +641,25 @@ def evaluate_direction(
 def _supervised_scores(
     editor: AnyEditor, judge: Judge, baseline: Reading, k: int, matched: Measurement, target: int
 ) -> dict[str, Any]:
-    """Target effect, worst off-target, ``moved`` (target logit rises at +s) and ``flipped`` (the target
-    attribute changes side when edited towards it: +s without it, -s with it; one extra decode of the
-    samples that have it)."""
+    """Target effect, worst off-target, and towards the other side (:func:`study.moves_towards_other_side`):
+    ``moved`` (the target logit moves that way) and ``flipped`` (it gets there); samples without the attribute
+    are edited at +s, those with it at -s (one extra decode of the samples that have it)."""
     effects = matched.mean_effects
     others = [a for a in range(len(effects)) if a != target]
     worst = max(others, key=lambda a: abs(float(effects[a]))) if others else None
     before = baseline.logits[:, target]
-    has_it = before > 0
-    flipped = torch.zeros(len(before), dtype=torch.bool)
-    flipped[~has_it] = matched.reading.logits[~has_it, target] > 0
-    if has_it.any():
-        if matched.scale > 0:
-            index = has_it.nonzero().flatten()
-            down, _ = judge.read(editor(k, [-matched.scale], index)[0])
-            flipped[index] = down[:, target] < 0
-        else:
-            flipped[has_it] = False
+    lowered = before.clone()
+    has_it = (before > 0).nonzero().flatten()
+    if len(has_it) and matched.scale > 0:
+        down, _ = judge.read(editor(k, [-matched.scale], has_it)[0])
+        lowered[has_it] = down[:, target]
+    moved, flipped = study.moves_towards_other_side(before, matched.reading.logits[:, target], lowered)
     return {
         "target": judge.names[target],
         "target_effect": float(effects[target]),
         "max_off_target": abs(float(effects[worst])) if worst is not None else 0.0,
         "worst_off_target": judge.names[worst] if worst is not None else "",
-        "moved": float((matched.effects[:, target] > 0).float().mean()),
+        "moved": float(moved.float().mean()),
         "flipped": float(flipped.float().mean()),
         "label_correct": judge.names[int(effects.abs().argmax())] == judge.names[target],
     }

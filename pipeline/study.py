@@ -51,23 +51,31 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    """The ``sampler`` params section: the DDIM grid used to generate and to decode edits."""
+    """The ``sampler`` params section: the DDIM grid used to generate and to decode edits.
+
+    ``injection`` is how an h edit enters each DDIM step (ALGORITHMS 1.5): "symmetric" (the edited eps in
+    both terms of the step, paper A) or "asyrp" (the unedited eps in the direction term: one more UNet pass
+    per edited step; to first order the symmetric edit scaled by c_t = b_t / a_t per step).
+    """
 
     steps: int = 20
     eta: float = 0.0
     batch_size: int = 64
+    injection: str = "asyrp"
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "sampler.steps", self.steps, "must be >= 1")
         _require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1]")
         _require(self.batch_size >= 1, "sampler.batch_size", self.batch_size, "must be >= 1")
+        injection = self.injection
+        _require(injection in ("symmetric", "asyrp"), "sampler.injection", injection, "must be symmetric or asyrp")
 
 
 @dataclass
 class GenerateConfig:
     """The ``generate`` params section: which samples define the statistics, and how they are stored."""
 
-    num_samples: int = 256
+    num_samples: int = 1024
     seed_offset: int = 0
     shard_size: int = 64
     h_dtype: str = "float16"
@@ -83,7 +91,7 @@ class GenerateConfig:
 class HStatsConfig:
     """The ``hstats`` params section."""
 
-    top_k: int = 24
+    top_k: int = 100
     label_conditioned: bool = True
     threshold: float = 0.5
     batch_size: int = 64
@@ -109,11 +117,24 @@ class PCAConfig:
         _require(self.power_iterations >= 0, "directions.pca.power_iterations", self.power_iterations, "must be >= 0")
 
 
+GROUP_SIDES = {"extremes": ("top", "bottom"), "labels": ("positive", "negative")}
+"""``directions.supervised.groups`` -> the (positive, negative) hstats group of every attribute."""
+
+
 @dataclass
 class SupervisedConfig:
-    """The ``directions.supervised`` params section: target attribute -> attributes projected out."""
+    """The ``directions.supervised`` params section.
 
+    ``groups`` picks the two sides of every mean difference: "extremes" (the top-k and bottom-k samples by
+    classifier score, paper A) or "labels" (every sample scoring above / below ``hstats.threshold``, which
+    needs ``hstats.label_conditioned``). ``conditional``: target attribute -> attributes projected out.
+    """
+
+    groups: str = "extremes"
     conditional: dict[str, list[str]] = field(default_factory=lambda: {"smiling": ["light_hair"]})
+
+    def __post_init__(self) -> None:
+        _require(self.groups in GROUP_SIDES, "directions.supervised.groups", self.groups, "must be extremes or labels")
 
 
 @dataclass
@@ -218,7 +239,7 @@ class PreviewConfig:
     scales: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
     max_directions: int = 4
     check_samples: int = 32
-    check_scale: float = 1.0
+    check_scale: float = 1.5
 
     def __post_init__(self) -> None:
         _require(self.seed_offset >= 0, "preview.seed_offset", self.seed_offset, "must be >= 0")
@@ -387,7 +408,8 @@ def spectrum_rows(result: PCAResult) -> list[dict[str, float]]:
 def supervised_methods(
     store: Store, stats: HStats, names: Sequence[str], cfg: SupervisedConfig
 ) -> dict[str, Directions]:
-    """Supervised directions (top-k minus bottom-k mean) in h and in x_T, and conditional ones in h.
+    """Supervised directions (mean difference of the ``cfg.groups`` sides) in h and in x_T, and conditional
+    ones in h.
 
     Returns ``{"supervised": ..., "supervised_conditional": ..., "noise_supervised": ...}``; the
     conditional file holds one direction per target of ``cfg.conditional``.
@@ -398,12 +420,23 @@ def supervised_methods(
                 raise ConfigError(f"directions.supervised.conditional: unknown attribute '{name}'")
     origin = origin_of(store)
 
+    positive, negative = GROUP_SIDES[cfg.groups]
+    if f"{names[0]}/{positive}" not in stats.group_sizes:
+        raise ConfigError(
+            f"directions.supervised.groups '{cfg.groups}': the statistics lack the {positive}/{negative} groups "
+            "(set hstats.label_conditioned: true)"
+        )
+
     def means(space: str, side: str) -> dict[str, torch.Tensor]:
         return {name: stats.group_means[space][f"{name}/{side}"] for name in names}
 
-    in_h = supervised.supervised_directions(means("h", "top"), means("h", "bottom"), origin, space="h")
+    sizes = {name: [stats.group_sizes[f"{name}/{side}"] for side in (positive, negative)] for name in names}
+    extra = {"groups": cfg.groups, "group_sizes": sizes}
+    in_h = supervised.supervised_directions(means("h", positive), means("h", negative), origin, space="h", extra=extra)
     noise_origin = Origin(model_id=origin.model_id, sampler_steps=origin.sampler_steps, eta=origin.eta)
-    in_noise = supervised.supervised_directions(means("x_T", "top"), means("x_T", "bottom"), noise_origin, space="x_T")
+    in_noise = supervised.supervised_directions(
+        means("x_T", positive), means("x_T", negative), noise_origin, space="x_T", extra=extra
+    )
     methods = {"supervised": in_h, "noise_supervised": in_noise}
     if cfg.conditional:
         methods["supervised_conditional"] = supervised.conditional_directions(in_h, cfg.conditional)
@@ -439,7 +472,8 @@ def edit(
     """Decode the held-out samples with direction ``k`` at every scale (in the direction's own unit), in one
     batched decode: images [S, M, 3, H, W] in [0, 1].
 
-    h-space directions are injected at every step (symmetric); x_T-space directions shift the starting noise.
+    h-space directions are injected at every step (as ``sampler.injection`` says); x_T-space directions shift
+    the starting noise.
     With no scales edited (scale 0) the result equals the unedited decode.
     """
     if directions.space not in ("h", "x_T"):
@@ -466,8 +500,8 @@ def decode_images(
     hspace_location: str,
     delta_h: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Decode x_T [B, C, H, W] (with stored noise, and a per-sample delta_h [B, T, *h] if given) to images
-    [B, 3, H, W] in [0, 1]."""
+    """Decode x_T [B, C, H, W] (with stored noise, and a per-sample delta_h [B, T, *h] if given, injected as
+    ``sampler.injection`` says) to images [B, 3, H, W] in [0, 1]."""
     result = decode(
         model,
         x_T,
@@ -477,6 +511,7 @@ def decode_images(
         hspace_location=hspace_location,
         capture_steps=None,
         delta_h=delta_h,
+        asyrp=delta_h is not None and sampler.injection == "asyrp",
         batch_size=sampler.batch_size,
     )
     return model.images(result.x_0)
@@ -528,23 +563,55 @@ def attribute_effects(
     return {"up": torch.stack(up), "down": torch.stack(down)}
 
 
+def moves_towards_other_side(
+    before: torch.Tensor, raised: torch.Tensor, lowered: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, whether an edit towards the other side of one attribute moves (and flips) its logit.
+
+    Args:
+        before: [M] unedited logits of the attribute.
+        raised: [M] logits after the edit that adds the attribute (+scale); only read where before <= 0.
+        lowered: [M] logits after the edit that removes it (-scale); only read where before > 0.
+
+    Returns:
+        (moved, flipped), both [M] bool: samples without the attribute are edited up and those with it down;
+        ``moved`` when the logit goes that way, ``flipped`` when it crosses 0. On a confident classifier the
+        other edit (more of an attribute a sample already has) has no image-level meaning: its logit change is
+        the classifier's noise, so it is not counted.
+    """
+    has_it = before > 0
+    after = torch.where(has_it, lowered, raised)
+    moved = torch.where(has_it, after < before, after > before)
+    flipped = torch.where(has_it, after < 0, after > 0)
+    return moved, flipped
+
+
 def supervised_check(
-    names: Sequence[str], directions: Directions, effects: dict[str, torch.Tensor]
+    names: Sequence[str], directions: Directions, effects: dict[str, torch.Tensor], baseline_logits: torch.Tensor
 ) -> dict[str, dict[str, float]]:
-    """Per supervised direction (named after its attribute): how often editing moves its own attribute the
-    intended way (``moved_up``: +scale raises the logit; ``moved_down``: -scale lowers it; ``moved`` the
-    smaller), the mean target logit change at +scale, and the mean |change| of every other attribute."""
+    """Per supervised direction (named after its attribute), on the held-out samples:
+
+    * ``moved``: the fraction whose target logit moves towards the other side when edited towards it
+      (:func:`moves_towards_other_side`), ``flipped`` the fraction that reach it;
+    * ``moved_up`` / ``moved_down``: the fractions of all samples whose target logit rises at +scale / falls at
+      -scale (including samples already at that side, where the change is the classifier's noise);
+    * ``target_effect``: the mean target logit change at +scale; ``effect/<other>`` the mean |change| of every
+      other attribute at +scale and ``max_off_target`` the largest of them.
+
+    ``effects`` is :func:`attribute_effects`' result, ``baseline_logits`` [M, A] the unedited logits.
+    """
     report = {}
     for k, name in enumerate(directions.names):
         target = list(names).index(name)
         up, down = effects["up"][k], effects["down"][k]
-        moved_up = (up[:, target] > 0).float().mean().item()
-        moved_down = (down[:, target] < 0).float().mean().item()
+        before = baseline_logits[:, target]
+        moved, flipped = moves_towards_other_side(before, before + up[:, target], before + down[:, target])
         off_target = {other: up[:, a].abs().mean().item() for a, other in enumerate(names) if a != target}
         report[name] = {
-            "moved_up": moved_up,
-            "moved_down": moved_down,
-            "moved": min(moved_up, moved_down),
+            "moved": moved.float().mean().item(),
+            "flipped": flipped.float().mean().item(),
+            "moved_up": (up[:, target] > 0).float().mean().item(),
+            "moved_down": (down[:, target] < 0).float().mean().item(),
             "target_effect": up[:, target].mean().item(),
             "max_off_target": max(off_target.values(), default=0.0),
             **{f"effect/{other}": value for other, value in off_target.items()},

@@ -48,7 +48,7 @@ def main() -> None:
                 model, classifier, files[method], cfg.check_scale, check_samples, sampler,
                 model_cfg.hspace_location, baseline,
             )  # fmt: skip
-            reports[method] = study.supervised_check(names, files[method], effects)
+            reports[method] = study.supervised_check(names, files[method], effects, baseline)
         reports["conditional"] = study.conditional_check(
             reports["supervised"], reports["supervised_conditional"], supervised_cfg.conditional
         )

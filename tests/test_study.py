@@ -84,13 +84,14 @@ def test_preview_metrics_report_every_supervised_attribute(workspace):
     assert set(metrics["conditional"]["smiling"]) >= {"partner_effect_plain", "partner_effect_conditional"}
 
 
-def test_batched_edits_equal_single_decodes(tiny_model, single_thread):
+@pytest.mark.parametrize("injection", ["symmetric", "asyrp"])
+def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection):
     from pipeline.directions import Directions, Origin
     from pipeline.hspace import hspace_shape
     from pipeline.sampling import decode, to_image_range
     from pipeline.study import SamplerConfig, edit, held_out
 
-    sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4)
+    sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4, injection=injection)
     h_shape = hspace_shape(tiny_model.unet, "after", tiny_model.sample_shape)
     torch.manual_seed(0)
     directions = Directions(
@@ -107,10 +108,15 @@ def test_batched_edits_equal_single_decodes(tiny_model, single_thread):
     torch.testing.assert_close(edits[0], to_image_range(plain.x_0), rtol=0, atol=1e-6)
     edited = decode(
         tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None,
-        delta_h=0.5 * directions.direction(0),
+        delta_h=0.5 * directions.direction(0), asyrp=injection == "asyrp",
     )  # fmt: skip
     torch.testing.assert_close(edits[1], to_image_range(edited.x_0), rtol=0, atol=1e-5)
     assert not torch.allclose(edits[0], edits[1])
+    other = decode(
+        tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None,
+        delta_h=0.5 * directions.direction(0), asyrp=injection != "asyrp",
+    )  # fmt: skip
+    assert not torch.allclose(edits[1], to_image_range(other.x_0), atol=1e-4)
 
 
 def test_jacobian_stage_writes_directions_spectrum_and_locality(workspace):
@@ -140,3 +146,23 @@ def test_pullback_stage_writes_bases_global_directions_and_analyses(workspace):
     for name in ("pullback_spectrum", "pullback_psd", "pullback_tangent_distance"):
         assert (workspace / f"plots/{name}.csv").is_file()
     assert (workspace / "plots/pullback_preview.png").is_file()
+
+
+def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
+    from pipeline.errors import ConfigError
+    from pipeline.hstats import load_hstats
+    from pipeline.store import open_store
+    from pipeline.study import SupervisedConfig, supervised_methods
+
+    store, stats = open_store(workspace / "data/samples"), load_hstats(workspace / "data/hstats.safetensors")
+    _, names, _ = read_labels(workspace / "data/labels.csv")
+    extremes = supervised_methods(store, stats, names, SupervisedConfig(groups="extremes"))["supervised"]
+    for name in names:
+        expected = stats.group_means["h"][f"{name}/top"] - stats.group_means["h"][f"{name}/bottom"]
+        torch.testing.assert_close(extremes.direction(name).double(), expected.double(), rtol=1e-5, atol=1e-6)
+    assert extremes.extra["groups"] == "extremes" and extremes.extra["group_sizes"][names[0]] == [3, 3]
+
+    with pytest.raises(ConfigError, match=r"^directions.supervised.groups 'labels'.*hstats.label_conditioned"):
+        supervised_methods(store, stats, names, SupervisedConfig(groups="labels"))
+    with pytest.raises(ConfigError, match=r"directions\.supervised\.groups"):
+        SupervisedConfig(groups="top")
