@@ -12,11 +12,14 @@ files are evaluated whole, one direction per attribute), on M held-out seeds tha
    Directions are applied as they are stored: Jacobian directions of other samples and pullback
    directions (local or global) are not re-fitted to, or projected onto, the held-out samples' own local
    bases, which would cost one Krylov solve per sample, many times the whole evaluation.
-2. **Measurements** of each edit against its baseline: the signed change of every attribute logit
-   (clamped log-odds, :func:`pipeline.study.logit`), averaged over samples, is the direction's
-   attribute-effect vector; its auto-label is the attribute it moves most and its selectivity
-   |largest| / sum |effects| (1: one attribute only; 1/A: all alike). Preservation: SSIM and PSNR
-   (torchmetrics; PSNR capped at :data:`PSNR_CAP` dB, the value of an unchanged image).
+2. **Measurements** of each edit against its baseline: the signed change of every attribute logit (raw
+   classifier logits, :func:`pipeline.study.classify_logits`), averaged over samples; preservation: SSIM and
+   PSNR (torchmetrics; PSNR capped at :data:`PSNR_CAP` dB, the value of an unchanged image). At the matched
+   scale s (below) the direction's attribute-effect vector is the central difference (change at +s minus
+   change at -s) / 2: it counts every sample, also those already at one side of an attribute (whose edit
+   towards that side has no image-level meaning on a confident classifier), and cancels what an edit does
+   alike in both directions (artifacts of leaving the data manifold). Its auto-label is the attribute it
+   moves most and its selectivity |largest| / sum |effects| (1: one attribute only; 1/A: all alike).
 3. **Matched distortion.** Methods have different units, so each direction is also evaluated at the scale
    s in [0, ``max_scale``] where the mean image change 1 - SSIM reaches ``distortion_budget``: the grid
    scales bracket it, then at most ``bisection_steps`` bisection probes (one batched decode each) narrow
@@ -94,11 +97,11 @@ class EvaluateConfig:
     """
 
     seed_offset: int = 95_000_000
-    num_samples: int = 8
+    num_samples: int = 12
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     max_directions: int = 5
     scales: list[float] = field(default_factory=lambda: [1.0])
-    distortion_budget: float = 0.15
+    distortion_budget: float = 0.3
     max_scale: float = 8.0
     bisection_steps: int = 3
     tolerance: float = 0.2
@@ -542,7 +545,18 @@ class DirectionResult:
     columns: torch.Tensor  # [grid_samples, columns, 3, H, W]
     matched_images: torch.Tensor  # [M, 3, H, W]
     matched: Measurement
+    mirrored: Measurement  # the edit at -matched.scale
     curve: dict[float, Measurement]
+
+    @property
+    def effects(self) -> torch.Tensor:
+        """The attribute-effect vector [A]: central difference of the mean logit changes at +-matched scale."""
+        return central_difference(self.matched.effects, self.mirrored.effects)
+
+
+def central_difference(plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
+    """(plus - minus) / 2 averaged over samples: [M, X] changes at +s and -s -> [X]."""
+    return ((plus - minus) / 2).mean(dim=0)
 
 
 @dataclass
@@ -588,7 +602,8 @@ def evaluate_direction(
         known=known,
     )  # fmt: skip
     matched = points[search.scale]
-    effects = matched.mean_effects
+    mirrored = measure(judge, baseline, editor(k, [-search.scale])[0], -search.scale) if search.scale else matched
+    effects = central_difference(matched.effects, mirrored.effects)
     label = auto_label(effects, judge.names)
     kid_mean, kid_std = kid(
         judge.features, reference, matched.reading.images, cfg.kid_subset_size, cfg.kid_subsets, cfg.kid_seed
@@ -607,9 +622,9 @@ def evaluate_direction(
         "kid_std": kid_std,
     }
     if target is not None:
-        entry |= _supervised_scores(editor, judge, baseline, k, matched, target)
-    if matched.truth is not None:
-        truth = matched.truth.mean(dim=0)
+        entry |= _supervised_scores(judge, baseline, effects, matched, mirrored, target)
+    if matched.truth is not None and mirrored.truth is not None:
+        truth = central_difference(matched.truth, mirrored.truth)
         entry["truth_label"] = auto_label(truth, judge.factor_names)
         entry["truth_selectivity"] = selectivity(truth)
         entry["truth_effects"] = {factor: float(v) for factor, v in zip(judge.factor_names, truth, strict=True)}
@@ -635,25 +650,25 @@ def evaluate_direction(
     columns = [points[s].reading.images[: cfg.grid_samples] for s in shown] + [
         matched.reading.images[: cfg.grid_samples]
     ]
-    return DirectionResult(entry, rows, torch.stack(columns, dim=1), matched.reading.images, matched, points)
+    return DirectionResult(entry, rows, torch.stack(columns, dim=1), matched.reading.images, matched, mirrored, points)
 
 
 def _supervised_scores(
-    editor: AnyEditor, judge: Judge, baseline: Reading, k: int, matched: Measurement, target: int
+    judge: Judge,
+    baseline: Reading,
+    effects: torch.Tensor,
+    matched: Measurement,
+    mirrored: Measurement,
+    target: int,
 ) -> dict[str, Any]:
-    """Target effect, worst off-target, and towards the other side (:func:`study.moves_towards_other_side`):
-    ``moved`` (the target logit moves that way) and ``flipped`` (it gets there); samples without the attribute
-    are edited at +s, those with it at -s (one extra decode of the samples that have it)."""
-    effects = matched.mean_effects
+    """Target effect and worst off-target (of the effect vector ``effects`` [A]), and towards the other side
+    (:func:`study.moves_towards_other_side`): ``moved`` (the target logit moves that way) and ``flipped`` (it
+    gets there); samples without the attribute are read at +s (``matched``), those with it at -s (``mirrored``)."""
     others = [a for a in range(len(effects)) if a != target]
     worst = max(others, key=lambda a: abs(float(effects[a]))) if others else None
-    before = baseline.logits[:, target]
-    lowered = before.clone()
-    has_it = (before > 0).nonzero().flatten()
-    if len(has_it) and matched.scale > 0:
-        down, _ = judge.read(editor(k, [-matched.scale], has_it)[0])
-        lowered[has_it] = down[:, target]
-    moved, flipped = study.moves_towards_other_side(before, matched.reading.logits[:, target], lowered)
+    moved, flipped = study.moves_towards_other_side(
+        baseline.logits[:, target], matched.reading.logits[:, target], mirrored.reading.logits[:, target]
+    )
     return {
         "target": judge.names[target],
         "target_effect": float(effects[target]),
@@ -837,8 +852,9 @@ def _caption(method: str, results: Mapping[str, DirectionResult], cfg: EvaluateC
 def _conditional(
     files: Mapping[str, Directions], results: Mapping[str, Mapping[str, DirectionResult]], judge: Judge
 ) -> dict[str, Any]:
-    """Plain against conditional supervised directions, at matched distortion and at scale 1 (when on the
-    grid): the effect on the projected-out partners (mean |mean logit change|) and the target effect kept."""
+    """Plain against conditional supervised directions, at matched distortion (central-difference effect
+    vectors) and at scale 1 (when on the grid; change at +1): the effect on the projected-out partners (mean
+    |effect|) and the target effect kept."""
     if "supervised" not in results or "supervised_conditional" not in results:
         return {}
     projected = files["supervised_conditional"].extra.get("projected_out", {})
@@ -849,16 +865,16 @@ def _conditional(
         if plain is None or not partners or target not in judge.names:
             continue
         entry = {"partners": partners}
-        pairs = {"matched": (plain.matched, conditional.matched)}
+        pairs = {"matched": (plain.effects, conditional.effects)}
         if 1.0 in plain.curve and 1.0 in conditional.curve:
-            pairs["scale_1"] = (plain.curve[1.0], conditional.curve[1.0])
+            pairs["scale_1"] = (plain.curve[1.0].mean_effects, conditional.curve[1.0].mean_effects)
         for where, (a, b) in pairs.items():
             index = [judge.names.index(p) for p in partners]
             t = judge.names.index(target)
-            plain_target, conditional_target = float(a.mean_effects[t]), float(b.mean_effects[t])
+            plain_target, conditional_target = float(a[t]), float(b[t])
             entry[where] = {
-                "partner_effect_plain": float(a.mean_effects[index].abs().mean()),
-                "partner_effect_conditional": float(b.mean_effects[index].abs().mean()),
+                "partner_effect_plain": float(a[index].abs().mean()),
+                "partner_effect_conditional": float(b[index].abs().mean()),
                 "target_effect_plain": plain_target,
                 "target_effect_conditional": conditional_target,
                 "target_kept": conditional_target / plain_target if plain_target else 0.0,

@@ -274,3 +274,12 @@ def test_evaluate_writes_curves_method_table_and_grids(workspace):
 def test_report_is_written(workspace):
     page = (workspace / "report/index.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "pca_per_step" in page
+
+
+def test_central_difference_cancels_what_both_signs_do_alike():
+    from pipeline.evaluation import central_difference
+
+    linear = torch.tensor([[2.0, -1.0, 0.0], [4.0, -3.0, 0.0]])  # the direction's own effect at +s
+    artifact = torch.tensor([[1.0, 1.0, 5.0], [3.0, 0.0, -2.0]])  # what any edit of that size does
+    effects = central_difference(linear + artifact, -linear + artifact)
+    torch.testing.assert_close(effects, torch.tensor([3.0, -2.0, 0.0]))
