@@ -70,7 +70,7 @@ def probe(
     generator = torch.Generator("cpu").manual_seed(0)
     ranks = torch.stack([torch.randperm(len(store), generator=generator) for _ in ATTRIBUTES], dim=1)
     scores = (ranks.float() + 0.5) / len(store)  # random order, both sides of 0.5 always populated
-    top_k = max(1, min(24, num_samples // 4))
+    top_k = max(1, min(HStatsConfig.top_k, num_samples // 4))  # the default k, where N is large enough
     hstats(store, ATTRIBUTES, scores, HStatsConfig(top_k=top_k, batch_size=batch_size), progress=False)
     finished = time.perf_counter()
     result = {

@@ -41,7 +41,8 @@ def probe(folder: Path, batch_size: int = 64) -> dict[str, Any]:
     scores = (ranks.float() + 0.5) / len(store)
     seconds = {}
     begin = time.perf_counter()
-    stats = hstats(store, ATTRIBUTES, scores, HStatsConfig(batch_size=batch_size), progress=False)
+    top_k = max(1, min(HStatsConfig.top_k, len(store) // 4))  # the default k, where N is large enough
+    stats = hstats(store, ATTRIBUTES, scores, HStatsConfig(top_k=top_k, batch_size=batch_size), progress=False)
     seconds["hstats"] = time.perf_counter() - begin
     begin = time.perf_counter()
     pca(store, stats, PCAConfig(), batch_size=batch_size)

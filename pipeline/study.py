@@ -363,6 +363,11 @@ def hstats(
     """One streaming pass: means of h (and x_T) over all samples and over the top-k/bottom-k samples of
     every attribute (groups ``<name>/top``, ``<name>/bottom``), plus, with ``label_conditioned``, the
     groups above/below ``threshold`` (``<name>/positive``, ``<name>/negative``)."""
+    if cfg.top_k > len(scores) // 2:
+        raise ConfigError(
+            f"hstats.top_k={cfg.top_k}: the top and bottom {cfg.top_k} of {len(scores)} samples would overlap; "
+            f"need hstats.top_k <= {len(scores) // 2} or more generate.num_samples"
+        )
     groups = select_extremes(scores, cfg.top_k, names).groups()
     if cfg.label_conditioned:
         groups |= threshold_groups(scores, cfg.threshold, names)

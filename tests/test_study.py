@@ -166,3 +166,16 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
         supervised_methods(store, stats, names, SupervisedConfig(groups="labels"))
     with pytest.raises(ConfigError, match=r"directions\.supervised\.groups"):
         SupervisedConfig(groups="top")
+
+
+def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace):
+    from pipeline.errors import ConfigError
+    from pipeline.store import open_store
+    from pipeline.study import HStatsConfig
+    from pipeline.study import hstats as compute_stats
+
+    store = open_store(workspace / "data/samples")
+    _, names, scores = read_labels(workspace / "data/labels.csv")
+    with pytest.raises(ConfigError, match=r"^hstats\.top_k=7: .* need hstats\.top_k <= 6 or more generate") as error:
+        compute_stats(store, names, scores, HStatsConfig(top_k=7, label_conditioned=False), progress=False)
+    assert "\n" not in str(error.value)
