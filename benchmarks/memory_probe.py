@@ -34,6 +34,12 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def probe_top_k(num_samples: int) -> int:
+    """The hstats top_k of a memory probe on ``num_samples`` samples: the default k, capped at N / 4 so that
+    the top and bottom groups of a small store never overlap (memory does not depend on k)."""
+    return max(1, min(HStatsConfig.top_k, num_samples // 4))
+
+
 def probe(
     model_path: str,
     num_samples: int,
@@ -70,8 +76,8 @@ def probe(
     generator = torch.Generator("cpu").manual_seed(0)
     ranks = torch.stack([torch.randperm(len(store), generator=generator) for _ in ATTRIBUTES], dim=1)
     scores = (ranks.float() + 0.5) / len(store)  # random order, both sides of 0.5 always populated
-    top_k = max(1, min(HStatsConfig.top_k, num_samples // 4))  # the default k, where N is large enough
-    hstats(store, ATTRIBUTES, scores, HStatsConfig(top_k=top_k, batch_size=batch_size), progress=False)
+    cfg = HStatsConfig(top_k=probe_top_k(num_samples), batch_size=batch_size)
+    hstats(store, ATTRIBUTES, scores, cfg, progress=False)
     finished = time.perf_counter()
     result = {
         "num_samples": num_samples,

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.memory_probe import peak_rss_mib
+from benchmarks.memory_probe import peak_rss_mib, probe_top_k
 from pipeline.store import open_store, synthetic_store
 from pipeline.study import HStatsConfig, PCAConfig, SupervisedConfig, hstats, pca, supervised_methods
 
@@ -41,8 +41,8 @@ def probe(folder: Path, batch_size: int = 64) -> dict[str, Any]:
     scores = (ranks.float() + 0.5) / len(store)
     seconds = {}
     begin = time.perf_counter()
-    top_k = max(1, min(HStatsConfig.top_k, len(store) // 4))  # the default k, where N is large enough
-    stats = hstats(store, ATTRIBUTES, scores, HStatsConfig(top_k=top_k, batch_size=batch_size), progress=False)
+    cfg = HStatsConfig(top_k=probe_top_k(len(store)), batch_size=batch_size)
+    stats = hstats(store, ATTRIBUTES, scores, cfg, progress=False)
     seconds["hstats"] = time.perf_counter() - begin
     begin = time.perf_counter()
     pca(store, stats, PCAConfig(), batch_size=batch_size)
