@@ -4,8 +4,9 @@ Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A, :f
 against sequential power iteration (:func:`benchmarks.reference.sequential_power_iteration`), and J1 = d h / d x_t
 (paper B's pullback, :func:`pipeline.hspace.h_of_x`) against subspace iteration
 (:func:`benchmarks.reference.subspace_iteration`). Both are compared with the exact SVD of the explicitly formed
-Jacobian; the project's :func:`pipeline.linalg.block_krylov_svd` is tightened until it is at least as accurate
-as the reference on both measures, and the two are timed.
+Jacobian (or, for maps too large to form, a tightly converged block Krylov solve, see ``truth``); the project's
+:func:`pipeline.linalg.block_krylov_svd` is tightened until it is at least as accurate as the reference on both
+measures, and the two are timed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pipeline.sampling import ddim_grid, denoise_steps, initial_noise
 
 TOLERANCE_LADDER = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 """Tolerances tried for the project's solver, loosest first, until it is accurate enough."""
+TRUTHS = ("auto", "exact", "krylov")
 
 
 @dataclass
@@ -57,6 +59,11 @@ class JacobianBenchConfig:
         chunk_size: vectors per batched UNet call in the project's operator.
         exact_chunk: vectors per batched call when forming the exact Jacobian (None: ``chunk_size``).
         mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
+        truth: what accuracy is measured against. "exact": the explicitly formed Jacobian's SVD (min(m, d)
+            products and an eigendecomposition of a min(m, d)-square Gram matrix); "krylov": a block Krylov
+            solve of ``truth_extra`` more triplets than needed, at ``truth_tolerance``, from another start block
+            than the compared runs; "auto": exact when min(m, d) <= ``exact_limit``, else krylov.
+        truth_tolerance, truth_max_iterations, truth_extra: settings of the Krylov truth.
         tolerances: the project's tolerance ladder, loosest first.
         krylov_max_iterations: cap on the Krylov blocks (besides exhausting the input dimension).
         krylov_block_sizes: block sizes the project's solver is run with against the references (None: k); the
@@ -84,6 +91,11 @@ class JacobianBenchConfig:
     chunk_size: int = 16
     exact_chunk: int | None = None
     mode: str = "auto"
+    truth: str = "auto"
+    exact_limit: int = 8192
+    truth_tolerance: float = 1e-6
+    truth_max_iterations: int = 150
+    truth_extra: int = 8
     tolerances: tuple[float, ...] = TOLERANCE_LADDER
     krylov_max_iterations: int = 200
     krylov_block_sizes: tuple[int | None, ...] = (None, 1)
@@ -96,7 +108,8 @@ class JacobianBenchConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "power_k", "power_max_iters", "subspace_n", "subspace_max_iter", "subspace_chunk",
-                     "chunk_size", "krylov_max_iterations", "max_reference_products"):  # fmt: skip
+                     "chunk_size", "krylov_max_iterations", "max_reference_products", "exact_limit",
+                     "truth_max_iterations", "truth_extra"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"jacobian {name} {value!r}: must be a positive integer")
@@ -104,6 +117,10 @@ class JacobianBenchConfig:
             self.exact_chunk = self.chunk_size
         if isinstance(self.exact_chunk, bool) or not isinstance(self.exact_chunk, int) or self.exact_chunk < 1:
             raise ConfigError(f"jacobian exact_chunk {self.exact_chunk!r}: must be a positive integer")
+        if self.truth not in TRUTHS:
+            raise ConfigError(f"jacobian truth {self.truth!r}: expected one of {', '.join(TRUTHS)}")
+        if not self.truth_tolerance > 0:
+            raise ConfigError(f"jacobian truth_tolerance {self.truth_tolerance!r}: must be positive")
         if self.mode not in JACOBIAN_MODES:
             raise ConfigError(f"jacobian mode {self.mode!r}: expected one of {', '.join(JACOBIAN_MODES)}")
         if not self.tolerances or any(not t > 0 for t in self.tolerances):
@@ -117,13 +134,16 @@ class JacobianBenchConfig:
 
 
 @dataclass
-class Exact:
-    """Exact spectrum of a Jacobian: all singular values [min(m, d)] (descending) and top right vectors [r, d]."""
+class Truth:
+    """The spectrum accuracy is measured against: singular values (descending; all min(m, d) of them for the
+    explicit SVD, the top r for a Krylov truth) and top right vectors [r, d]; how it was obtained and its cost."""
 
     singular_values: torch.Tensor
     right_vectors: torch.Tensor
     seconds: float
     products: int
+    method: str = "explicit_svd"
+    converged: bool = True
 
 
 @dataclass
@@ -143,8 +163,15 @@ class JacobianMap:
             self.operators[chunk] = jacobian_operator(self.function, self.point, chunk_size=chunk, mode=mode)
         return self.operators[chunk]
 
+    def release(self) -> None:
+        """Drop the operators and their autograd graphs (on a 256 px UNet, a few GiB of GPU memory per
+        replicated sample), so that the next map starts from free memory."""
+        self.operators.clear()
+        if self.point.device.type == "cuda":
+            torch.cuda.empty_cache()
 
-def exact_spectrum(op: LinearOperator, top: int, chunk: int) -> Exact:
+
+def exact_spectrum(op: LinearOperator, top: int, chunk: int) -> Truth:
     """The exact Jacobian [m, d] formed row by row (``rmatmat`` of identity columns, ``chunk`` at a time), and
     its singular values [min(m, d)] and top-``top`` right singular vectors [top, d], from the eigendecomposition
     of the smaller Gram matrix in float64."""
@@ -171,16 +198,49 @@ def exact_spectrum(op: LinearOperator, top: int, chunk: int) -> Exact:
         right = (jacobian.mT @ vectors[:, :top]) / singular[:top].clamp(min=torch.finfo(torch.float64).tiny)
         right = right.mT
     seconds = time.perf_counter() - start
-    return Exact(singular_values=singular, right_vectors=right.contiguous(), seconds=seconds, products=rows)
+    return Truth(singular_values=singular, right_vectors=right.contiguous(), seconds=seconds, products=rows)
 
 
-def accuracy(values: torch.Tensor, right_rows: torch.Tensor, exact: Exact) -> dict[str, float]:
+def krylov_truth(op: LinearOperator, top: int, cfg: JacobianBenchConfig) -> Truth:
+    """The top-``top`` spectrum of ``op`` by :func:`pipeline.linalg.block_krylov_svd` run for ``top +
+    cfg.truth_extra`` triplets (the extra ones keep the top ``top`` away from the slowest-converging edge of
+    the search space) at ``cfg.truth_tolerance``, started from seed ``cfg.seed + 1`` so that it shares no start
+    block with the runs it judges. For Jacobians too large to form; its own error is of the order of the
+    tolerance (and, in float32, of float32 rounding, ~1e-6 relative)."""
+    rows, columns = op.shape
+    size = min(top + cfg.truth_extra, rows, columns)
+    synchronize(op.device)
+    start = time.perf_counter()
+    with quiet_solver():
+        result = block_krylov_svd(
+            op, size, tolerance=cfg.truth_tolerance, seed=cfg.seed + 1,
+            max_iterations=min(cfg.truth_max_iterations, math.ceil(columns / size)),
+        )  # fmt: skip
+    synchronize(op.device)
+    return Truth(
+        singular_values=result.singular_values[:top].cpu(),
+        right_vectors=result.right_vectors[:top].cpu().contiguous(),
+        seconds=time.perf_counter() - start,
+        products=int(result.products),
+        method="block_krylov",
+        converged=bool(result.converged),
+    )
+
+
+def truth_method(shape: tuple[int, int], cfg: JacobianBenchConfig) -> str:
+    """"exact" or "krylov": ``cfg.truth``, with "auto" resolved by min(m, d) against ``cfg.exact_limit``."""
+    if cfg.truth != "auto":
+        return cfg.truth
+    return "exact" if min(shape) <= cfg.exact_limit else "krylov"
+
+
+def accuracy(values: torch.Tensor, right_rows: torch.Tensor, truth: Truth) -> dict[str, float]:
     """How close estimates are to the exact top-k spectrum.
 
     Args:
         values: [k] estimated singular values (compared after sorting, descending).
         right_rows: [k, d] estimated right singular vectors (any basis of the subspace; orthonormalised here).
-        exact: the exact spectrum (at least k right vectors).
+        truth: the true spectrum (at least k right vectors).
 
     Returns:
         ``sv_rel_error``: max_i |s_i - sigma_i| / sigma_i over the top k; ``max_sine``: sine of the largest
@@ -189,10 +249,10 @@ def accuracy(values: torch.Tensor, right_rows: torch.Tensor, exact: Exact) -> di
     """
     k = len(values)
     estimated = values.detach().double().cpu().sort(descending=True).values
-    truth = exact.singular_values[:k]
-    relative = ((estimated - truth).abs() / truth.clamp(min=torch.finfo(torch.float64).tiny)).max()
+    expected = truth.singular_values[:k]
+    relative = ((estimated - expected).abs() / expected.clamp(min=torch.finfo(torch.float64).tiny)).max()
     basis = torch.linalg.qr(right_rows.detach().double().cpu().mT).Q  # [d, k]
-    reference = exact.right_vectors[:k].mT  # [d, k]
+    reference = truth.right_vectors[:k].mT  # [d, k]
     outside = basis - reference @ (reference.mT @ basis)
     sine = torch.linalg.matrix_norm(outside, ord=2).clamp(max=1.0)
     return {"sv_rel_error": float(relative), "max_sine": float(sine)}
@@ -224,14 +284,14 @@ def quiet_solver() -> Iterator[None]:
 def krylov_ladder(
     jmap: JacobianMap,
     k: int,
-    exact: Exact,
+    truth: Truth,
     sv_target: float,
     sine_target: float,
     cfg: JacobianBenchConfig,
     block_sizes: Sequence[int | None] = (None,),
 ) -> dict[str, Any]:
     """For each block size (None: k), run block_krylov_svd at each tolerance of ``cfg.tolerances`` (loosest
-    first) until its accuracy against ``exact`` is at most ``sv_target`` (relative singular-value error) and
+    first) until its accuracy against ``truth`` is at most ``sv_target`` (relative singular-value error) and
     ``sine_target`` (largest sine). Products are batched ``min(chunk_size, block)`` vectors per UNet call.
 
     Returns ``{"attempts": [...], "matched": attempt or None, "reached": bool}``; each attempt holds the block
@@ -256,7 +316,7 @@ def krylov_ladder(
                     "iterations": int(result.iterations),
                     "converged": bool(result.converged),
                     "seconds": seconds,
-                    **accuracy(result.singular_values, result.right_vectors, exact),
+                    **accuracy(result.singular_values, result.right_vectors, truth),
                 }
                 attempts.append(attempt)
                 if attempt["sv_rel_error"] <= sv_target and attempt["max_sine"] <= sine_target:
@@ -266,8 +326,8 @@ def krylov_ladder(
     return {"attempts": attempts, "matched": matched, "reached": matched is not None}
 
 
-def reference_summary(result: ReferenceResult, exact: Exact) -> dict[str, Any]:
-    """JSON-ready summary of a reference run: cost, own convergence and accuracy against ``exact``."""
+def reference_summary(result: ReferenceResult, truth: Truth) -> dict[str, Any]:
+    """JSON-ready summary of a reference run: cost, own convergence and accuracy against ``truth``."""
     return {
         "products": result.products,
         "jvps": result.jvps,
@@ -276,7 +336,7 @@ def reference_summary(result: ReferenceResult, exact: Exact) -> dict[str, Any]:
         "converged": result.converged,
         "seconds": result.seconds,
         "singular_values": result.singular_values.tolist(),
-        **accuracy(result.singular_values, result.right_vectors, exact),
+        **accuracy(result.singular_values, result.right_vectors, truth),
     }
 
 
@@ -320,32 +380,33 @@ def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[
     with frozen(model.unet):
         maps, where = build_maps(model, cfg)
         results["point"] = where
-        exacts: dict[str, Exact] = {}
-        for name, jmap in maps.items():
+        schemes = {"J2": ("power_iteration_2.2", cfg.power_k), "J1": ("subspace_iteration_3.2", cfg.subspace_n)}
+        for name, (scheme, size) in schemes.items():  # one map at a time: its graphs are freed before the next
+            jmap = maps[name]
             op = jmap.operator(cfg.exact_chunk, cfg.mode)
             rows, columns = op.shape
-            largest = min(rows, columns)
-            own = cfg.power_k if name == "J2" else cfg.subspace_n
-            top = min(largest, max(own, *cfg.sweep_sizes))
-            log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; forming the exact Jacobian")
-            exacts[name] = exact_spectrum(op, top, cfg.exact_chunk)
+            top = min(min(rows, columns), max(size, *cfg.sweep_sizes))
+            if truth_method((rows, columns), cfg) == "exact":
+                log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; forming the exact Jacobian")
+                truth = exact_spectrum(op, top, cfg.exact_chunk)
+            else:
+                log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; Krylov truth, top {top}")
+                truth = krylov_truth(jmap.operator(cfg.chunk_size, cfg.mode), top, cfg)
+            log(f"[jacobian] {name} truth ({truth.method}): {truth.products} products, {truth.seconds:.1f} s")
             results[name] = {
                 "description": jmap.description,
                 "shape": [rows, columns],
-                "exact": {
-                    "seconds": exacts[name].seconds,
-                    "products": exacts[name].products,
-                    "top_singular_values": exacts[name].singular_values[:top].tolist(),
+                "truth": {
+                    "method": truth.method,
+                    "converged": truth.converged,
+                    "seconds": truth.seconds,
+                    "products": truth.products,
+                    "top_singular_values": truth.singular_values[:top].tolist(),
                 },
+                "reference": _reference_and_ladder(jmap, truth, scheme, size, cfg, log),
+                "sweep": _sweep(jmap, truth, name, cfg, log),
             }
-        results["J2"]["reference"] = _reference_and_ladder(
-            maps["J2"], exacts["J2"], "power_iteration_2.2", cfg.power_k, cfg, log
-        )
-        results["J1"]["reference"] = _reference_and_ladder(
-            maps["J1"], exacts["J1"], "subspace_iteration_3.2", cfg.subspace_n, cfg, log
-        )
-        for name in ("J2", "J1"):
-            results[name]["sweep"] = _sweep(maps[name], exacts[name], name, cfg, log)
+            jmap.release()
     return results
 
 
@@ -381,7 +442,7 @@ def _prime(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) 
 
 
 def _reference_and_ladder(
-    jmap: JacobianMap, exact: Exact, scheme: str, size: int, cfg: JacobianBenchConfig, log: Callable[[str], None]
+    jmap: JacobianMap, truth: Truth, scheme: str, size: int, cfg: JacobianBenchConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     rows, columns = jmap.operator(cfg.exact_chunk, cfg.mode).shape
     if size > min(rows, columns):
@@ -389,13 +450,13 @@ def _reference_and_ladder(
     _prime(jmap, scheme, size, cfg)
     for _ in range(cfg.warmup):
         _run_reference(jmap, scheme, size, cfg)
-    reference = reference_summary(_run_reference(jmap, scheme, size, cfg), exact)
+    reference = reference_summary(_run_reference(jmap, scheme, size, cfg), truth)
     log(
         f"[jacobian] {jmap.name} {scheme} k={size}: {reference['products']} products, {reference['seconds']:.3f} s, "
         f"sv err {reference['sv_rel_error']:.2e}, sine {reference['max_sine']:.2e}"
     )
     ladder = krylov_ladder(
-        jmap, size, exact, reference["sv_rel_error"], reference["max_sine"], cfg, cfg.krylov_block_sizes
+        jmap, size, truth, reference["sv_rel_error"], reference["max_sine"], cfg, cfg.krylov_block_sizes
     )
     result = {"scheme": scheme, "k": size, "reference": reference, "project": ladder, **comparison(reference, ladder)}
     matched = ladder["matched"]
@@ -410,18 +471,18 @@ def _reference_and_ladder(
 
 
 def _sweep(
-    jmap: JacobianMap, exact: Exact, name: str, cfg: JacobianBenchConfig, log: Callable[[str], None]
+    jmap: JacobianMap, truth: Truth, name: str, cfg: JacobianBenchConfig, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     op = jmap.operator(cfg.chunk_size, cfg.mode)
     scheme = "power_iteration_2.2" if name == "J2" else "subspace_iteration_3.2"
     rows_out = []
     for size in cfg.sweep_sizes:
         entry: dict[str, Any] = {"k": size}
-        if size > min(op.shape) or size > len(exact.right_vectors):
+        if size > min(op.shape) or size > len(truth.right_vectors):
             entry["skipped"] = f"k > min(m, d) = {min(op.shape)}"
             rows_out.append(entry)
             continue
-        ladder = krylov_ladder(jmap, size, exact, cfg.sweep_sv_target, cfg.sweep_sine_target, cfg)
+        ladder = krylov_ladder(jmap, size, truth, cfg.sweep_sv_target, cfg.sweep_sine_target, cfg)
         entry["project"] = ladder
         worst = 2 * size * (cfg.power_max_iters if name == "J2" else cfg.subspace_max_iter)
         if not cfg.sweep_references:
@@ -430,7 +491,7 @@ def _sweep(
             entry["reference"] = {"skipped": f"worst case {worst} products > {cfg.max_reference_products}"}
         else:
             _prime(jmap, scheme, size, cfg)
-            summary = reference_summary(_run_reference(jmap, scheme, size, cfg), exact)
+            summary = reference_summary(_run_reference(jmap, scheme, size, cfg), truth)
             summary["met_target"] = (
                 summary["sv_rel_error"] <= cfg.sweep_sv_target and summary["max_sine"] <= cfg.sweep_sine_target
             )

@@ -27,6 +27,7 @@ from pipeline.models import load_model, resolve_device
 
 DEFAULT_MODEL = "models/toyfaces/ddpm"
 SUITES = ("jacobian", "sampling", "all")
+SAMPLERS = ("ours_capture", "ours_no_capture", "ours_capture_fast", "diffusers_ddim", "diffusers_ddim_baseline")
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--no-sweep-references", action="store_true", help="project solver alone in the sweep")
     group.add_argument(
+        "--truth", choices=jacobian_suite.TRUTHS, default="auto",
+        help="accuracy against the explicit Jacobian's SVD (exact), a tight Krylov solve (krylov), or exact when "
+        "min(m, d) <= --exact-limit (auto, the default)",
+    )  # fmt: skip
+    group.add_argument("--exact-limit", type=int, default=8192, help="largest min(m, d) formed explicitly (auto)")
+    group.add_argument("--truth-tolerance", type=float, default=1e-6, help="tolerance of the Krylov truth")
+    group.add_argument(
         "--max-reference-products", type=int, default=6000, help="skip sweep references costing more (worst case)"
     )
     group = parser.add_argument_group("sampling suite")
@@ -65,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--autocast", default="none", help="ours_capture_fast: mixed precision none | bfloat16 | float16"
     )
     group.add_argument("--channels-last", action="store_true", help="ours_capture_fast: NHWC memory format")
+    group.add_argument(
+        "--baseline-dtype", default=None, help="also time DDIMPipeline with the UNet in this dtype (e.g. float32)"
+    )
     group.add_argument(
         "--compile", default="none", help="ours_capture_fast: torch.compile mode of the UNet layers (default none)"
     )
@@ -81,6 +92,9 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
         subspace_n=_given(args.subspace_n, 8 if quick else 50),
         chunk_size=args.chunk_size,
         mode=args.mode,
+        truth=args.truth,
+        exact_limit=args.exact_limit,
+        truth_tolerance=args.truth_tolerance,
         sweep_sizes=sweep,
         krylov_block_sizes=_block_sizes(args.block_sizes),
         sweep_references=not (quick or args.no_sweep_references),
@@ -177,6 +191,7 @@ def _run_suites(
             "sampling": sampling_suite.config_dict(sampling_cfg),
             "memory": not args.no_memory,
             "fast": {"autocast": args.autocast, "channels_last": args.channels_last, "compile": args.compile},
+            "baseline_dtype": args.baseline_dtype,
         },
         "environment": environment(device),
         "results": {},
@@ -194,7 +209,10 @@ def _run_suites(
                 model_path, device=str(device), dtype=args.dtype, clip_sample=True, autocast=args.autocast,
                 channels_last=args.channels_last, compile=args.compile,
             )  # fmt: skip
-        results = {"throughput": sampling_suite.throughput(model, sampling_cfg, fast_model)}
+        baseline_model = None
+        if args.baseline_dtype is not None:
+            baseline_model = load_model(model_path, device=str(device), dtype=args.baseline_dtype, clip_sample=True)
+        results = {"throughput": sampling_suite.throughput(model, sampling_cfg, fast_model, baseline_model)}
         if not args.no_memory:
             _log(f"[sampling] peak memory of generate + hstats at N = {list(sampling_cfg.memory_samples)}")
             with tempfile.TemporaryDirectory(prefix="bench-stores-") as folder:
@@ -214,7 +232,11 @@ def _run_suites(
 def jacobian_tables(results: dict[str, Any]) -> str:
     """The jacobian suite's results as text tables: reference vs project, ratios, and the size sweep."""
     point = results["point"]
-    lines = [f"\nJacobian suite at step {point['step_index']} (timestep {point['timestep']}), seed {point['seed']}"]
+    truths = ", ".join(f"{name} {results[name]['truth']['method']}" for name in ("J2", "J1"))
+    lines = [
+        f"\nJacobian suite at step {point['step_index']} (timestep {point['timestep']}), seed {point['seed']}; "
+        f"accuracy against: {truths}"
+    ]
     rows = []
     for name in ("J2", "J1"):
         entry = results[name]["reference"]
@@ -316,7 +338,7 @@ def sampling_tables(results: dict[str, Any], cfg: sampling_suite.SamplingBenchCo
             f"{speed[name]['images_per_second']:.2f}",
             _x(speed[name]["images_per_second"] / baseline),
         ]
-        for name in ("ours_capture", "ours_no_capture", "ours_capture_fast", "diffusers_ddim")
+        for name in SAMPLERS
         if name in speed
     ]
     lines.append(format_table(["sampler", "median s", "images/s", "vs DDIMPipeline"], rows))

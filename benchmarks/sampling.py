@@ -63,31 +63,42 @@ class SamplingBenchConfig:
 
 
 def throughput(
-    model: DiffusionModel, cfg: SamplingBenchConfig, fast_model: DiffusionModel | None = None
+    model: DiffusionModel,
+    cfg: SamplingBenchConfig,
+    fast_model: DiffusionModel | None = None,
+    baseline_model: DiffusionModel | None = None,
 ) -> dict[str, Any]:
     """Images per second of three (or four) samplers on the same model, batch, steps (eta 0) and dtype.
 
     ``ours_capture``: :func:`pipeline.sampling.sample` recording h at every step; ``ours_no_capture``: the
     same without capture; ``diffusers_ddim``: ``DDIMPipeline`` with ``DDIMScheduler.from_config`` of the model's
     scheduler (output_type "np", progress bar off). ``fast_model``, the same weights loaded with performance
-    options (autocast, channels_last, compile), adds ``ours_capture_fast``; the other three use ``model``. Each
+    options (autocast, channels_last, compile), adds ``ours_capture_fast``; ``baseline_model``, the same weights
+    in another dtype (float32: diffusers' default), adds ``diffusers_ddim_baseline``, DDIMPipeline on it; the
+    other three use ``model``. Each
     configuration runs ``warmup`` untimed calls (compilation happens there), then the ``repeats`` timed calls
     are interleaved (A, B, C, A, B, C, ...) so that drifts in machine load hit all alike.
 
     Returns per configuration the seconds of every call, the median and images/s = batch / median; and the
     ratios of images/s ``ours_capture / diffusers_ddim``, ``ours_no_capture / diffusers_ddim`` and with a
-    fast model ``ours_capture_fast / diffusers_ddim`` (> 1: ours is faster).
+    fast model ``ours_capture_fast / diffusers_ddim`` (> 1: ours is faster); with a baseline model the same
+    two ratios (``ratio_capture_vs_baseline``, ``ratio_fast_capture_vs_baseline``) against it.
     """
     seeds = list(range(cfg.batch_size))
-    pipe = DDIMPipeline(unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
 
-    def diffusers_run() -> Any:
-        generator = torch.Generator("cpu").manual_seed(0)
-        with torch.no_grad():
-            return pipe(
-                batch_size=cfg.batch_size, generator=generator, eta=0.0, num_inference_steps=cfg.steps, output_type="np"
-            )
+    def diffusers_run(unet_model: DiffusionModel) -> Callable[[], Any]:
+        pipe = DDIMPipeline(unet=unet_model.unet, scheduler=DDIMScheduler.from_config(unet_model.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+
+        def run() -> Any:
+            generator = torch.Generator("cpu").manual_seed(0)
+            with torch.no_grad():
+                return pipe(
+                    batch_size=cfg.batch_size, generator=generator, eta=0.0, num_inference_steps=cfg.steps,
+                    output_type="np",
+                )  # fmt: skip
+
+        return run
 
     runs: dict[str, Callable[[], Any]] = {
         "ours_capture": lambda: sample(
@@ -96,8 +107,10 @@ def throughput(
         "ours_no_capture": lambda: sample(
             model, seeds, steps=cfg.steps, eta=0.0, capture_steps=None, batch_size=cfg.batch_size
         ),
-        "diffusers_ddim": diffusers_run,
+        "diffusers_ddim": diffusers_run(model),
     }
+    if baseline_model is not None:
+        runs["diffusers_ddim_baseline"] = diffusers_run(baseline_model)
     if fast_model is not None:
         runs["ours_capture_fast"] = lambda: sample(
             fast_model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size
@@ -122,6 +135,12 @@ def throughput(
     results["ratio_no_capture_vs_diffusers"] = results["ours_no_capture"]["images_per_second"] / baseline
     if fast_model is not None:
         results["ratio_fast_capture_vs_diffusers"] = results["ours_capture_fast"]["images_per_second"] / baseline
+    if baseline_model is not None:
+        other = results["diffusers_ddim_baseline"]["images_per_second"]
+        results["baseline_dtype"] = str(baseline_model.unet.dtype).removeprefix("torch.")
+        results["ratio_capture_vs_baseline"] = results["ours_capture"]["images_per_second"] / other
+        if fast_model is not None:
+            results["ratio_fast_capture_vs_baseline"] = results["ours_capture_fast"]["images_per_second"] / other
     return results
 
 

@@ -617,7 +617,7 @@ class _ReplicatedJacobian:
 
     def _graph(self, batch: int) -> _Graph:
         if batch not in self._graphs:
-            with _math_attention():
+            with _exact_kernels():
                 inputs = self.point.unsqueeze(0).expand(batch, *self.in_shape).clone().requires_grad_(True)
                 outputs = self.function(inputs)
             if outputs.shape[0] != batch or not outputs.requires_grad:
@@ -637,7 +637,7 @@ class _ReplicatedJacobian:
         for begin in range(0, vectors.shape[1], self.chunk):
             part = vectors[:, begin : begin + self.chunk].mT.to(self.point.dtype)
             graph = self._graph(len(part))
-            with _math_attention():
+            with _exact_kernels():
                 result = product(graph, part)
             columns.append(result.reshape(len(part), -1).to(torch.float64).mT)
         return torch.cat(columns, dim=1)
@@ -673,9 +673,18 @@ class _Graph:
     input_gradient: torch.Tensor | None = None
 
 
-def _math_attention() -> contextlib.AbstractContextManager[None]:
-    """SDPA restricted to the math backend (the fused kernels lack forward-mode and double derivatives)."""
-    return sdpa_kernel(SDPBackend.MATH)
+@contextlib.contextmanager
+def _exact_kernels() -> Iterator[None]:
+    """Kernels for Jacobian products: SDPA on the math backend (the fused kernels lack forward-mode and double
+    derivatives) and TF32 off for CUDA matmuls and convolutions (cuDNN allows TF32 by default, which rounds
+    float32 products to ~1e-3 relative: spectra are float32 by default, not TF32). Flags are restored on exit."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 @contextlib.contextmanager
