@@ -11,10 +11,14 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from benchmarks.build_model import build_model, load_architecture
+from benchmarks.build_model import main as build_main
+from benchmarks.jacobian import JacobianBenchConfig, accuracy, build_maps, exact_spectrum, krylov_truth, truth_method
 from benchmarks.reference import sequential_power_iteration, subspace_iteration
 from benchmarks.run import main
 from pipeline.errors import ConfigError
-from pipeline.linalg import LinearOperator
+from pipeline.linalg import LinearOperator, frozen
+from pipeline.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,8 @@ def test_jacobian_suite_references_match_the_exact_svd(small_model_dir: Path, tm
     assert results["point"]["step_index"] == 10
     for name, k in (("J2", 3), ("J1", 8)):
         entry = results[name]
-        exact = torch.tensor(entry["exact"]["top_singular_values"])
+        assert entry["truth"]["method"] == "explicit_svd"  # small maps are formed explicitly (--truth auto)
+        exact = torch.tensor(entry["truth"]["top_singular_values"])
         reference = entry["reference"]["reference"]
         values = torch.tensor(reference["singular_values"])
         assert len(values) == k and reference["products"] == reference["jvps"] + reference["vjps"] > 0
@@ -104,13 +109,20 @@ def test_sampling_suite_reports_throughput_and_memory(small_model_dir: Path, tmp
 def test_sampling_suite_times_the_performance_options_beside_the_plain_model(
     small_model_dir: Path, tmp_path: Path
 ) -> None:
-    options = ("--no-memory", "--autocast", "bfloat16", "--channels-last")
+    options = ("--no-memory", "--autocast", "bfloat16", "--channels-last", "--baseline-dtype", "float64")
     written = run_quick(small_model_dir, tmp_path / "fast.json", "sampling", *options)
     speed = written["results"]["sampling"]["throughput"]
     assert written["config"]["fast"] == {"autocast": "bfloat16", "channels_last": True, "compile": "none"}
     assert len(speed["ours_capture_fast"]["seconds"]) == 2
     ratio = speed["ours_capture_fast"]["images_per_second"] / speed["diffusers_ddim"]["images_per_second"]
     assert speed["ratio_fast_capture_vs_diffusers"] == pytest.approx(ratio)
+    # DDIMPipeline on the same weights in another dtype (float32 on a GPU run at float16) is timed beside them.
+    assert speed["baseline_dtype"] == "float64" and len(speed["diffusers_ddim_baseline"]["seconds"]) == 2
+    pairs = (("ours_capture", "ratio_capture_vs_baseline"), ("ours_capture_fast", "ratio_fast_capture_vs_baseline"))
+    for ours, key in pairs:
+        assert speed[key] == pytest.approx(
+            speed[ours]["images_per_second"] / speed["diffusers_ddim_baseline"]["images_per_second"]
+        )
     assert "memory" not in written["results"]["sampling"]
 
 
@@ -135,3 +147,71 @@ def test_references_on_a_dense_matrix_and_bad_arguments() -> None:
         main(["--suite", "jacobian", "--block-sizes", "k,0.5"])
     with pytest.raises(ConfigError, match="n 21"):
         subspace_iteration(op, 21)
+
+
+def test_krylov_truth_agrees_with_the_explicit_svd(small_model_dir: Path) -> None:
+    """The truth used for Jacobians too large to form (celebahq-256) matches the explicit SVD where both exist."""
+    model = load_model(str(small_model_dir), device="cpu", dtype="float64")
+    cfg = JacobianBenchConfig(truth="krylov", truth_tolerance=1e-9)
+    with frozen(model.unet):
+        maps, _ = build_maps(model, cfg)
+        for jmap in maps.values():
+            op = jmap.operator(16, "auto")
+            exact = exact_spectrum(op, 8, 16)
+            truth = krylov_truth(op, 8, cfg)
+            assert truth.method == "block_krylov" and truth.converged and truth.products > 0
+            assert len(truth.singular_values) == 8 and truth.right_vectors.shape == (8, op.shape[1])
+            error = accuracy(truth.singular_values, truth.right_vectors, exact)
+            assert error["sv_rel_error"] < 1e-7 and error["max_sine"] < 1e-4, (jmap.name, error)
+            jmap.release()
+            assert jmap.operators == {}
+    assert truth_method((3072, 6144), cfg) == "krylov"
+    assert truth_method((3072, 6144), JacobianBenchConfig()) == "exact"  # auto: min(m, d) <= 8192
+    assert truth_method((196608, 32768), JacobianBenchConfig()) == "krylov"
+    with pytest.raises(ConfigError, match="jacobian truth 'svd'"):
+        JacobianBenchConfig(truth="svd")
+
+
+def test_jacobian_suite_with_a_krylov_truth(small_model_dir: Path, tmp_path: Path) -> None:
+    written = run_quick(small_model_dir, tmp_path / "krylov.json", "jacobian", "--truth", "krylov")
+    results = written["results"]["jacobian"]
+    assert written["config"]["jacobian"]["truth"] == "krylov"
+    for name in ("J2", "J1"):
+        assert results[name]["truth"]["method"] == "block_krylov"
+        assert results[name]["reference"]["reached"]
+
+
+def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Path) -> None:
+    architecture = {
+        "unet": {
+            "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4,
+        },
+        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+    }  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(architecture))
+    first = build_main([str(tmp_path / "tiny.json"), str(tmp_path / "first")])
+    second = build_model(load_architecture(tmp_path / "tiny.json"), tmp_path / "second", seed=0)
+    model = load_model(str(first), device="cpu")
+    assert model.sample_shape == (3, 8, 8)
+    again = load_model(str(second), device="cpu")
+    for (name, value), (_, other) in zip(model.unet.state_dict().items(), again.unet.state_dict().items(), strict=True):
+        assert torch.equal(value, other), name  # the seed fixes the weights
+    assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no staging folder left behind
+    architecture["unet"]["block_channels"] = [8, 16]
+    (tmp_path / "bad.json").write_text(json.dumps(architecture))
+    with pytest.raises(ConfigError, match=r"unet\.block_channels is not a UNet2DModel argument"):
+        load_architecture(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="architecture 'no-such-model'"):
+        load_architecture("no-such-model")
+
+
+def test_celebahq_architecture_is_the_hub_models() -> None:
+    """google/ddpm-ema-celebahq-256: 113,673,219 parameters, 256 px, h (mid block) 512 x 8 x 8."""
+    architecture = load_architecture("ddpm-ema-celebahq-256")
+    with torch.device("meta"):
+        unet = UNet2DModel(**architecture["unet"])
+    assert sum(parameter.numel() for parameter in unet.parameters()) == 113_673_219
+    assert unet.config.sample_size == 256 and unet.mid_block.resnets[-1].out_channels == 512
+    assert 256 // 2 ** (len(unet.down_blocks) - 1) == 8  # five downsamplings: h is 8 x 8

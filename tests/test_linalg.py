@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.linalg import LinearOperator, StreamedRows, canonical_signs, randomized_svd
+from pipeline.linalg import LinearOperator, StreamedRows, canonical_signs, jacobian_operator, randomized_svd
 
 
 def dense_operator(matrix: torch.Tensor, fused_gram: bool) -> LinearOperator:
@@ -172,3 +172,22 @@ def test_bad_batches_and_mean_are_errors() -> None:
         StreamedRows(lambda: iter([torch.zeros(3, 4)]), mean=torch.zeros(3))
     with pytest.raises(ConfigError, match=r"^batches: the stream yielded no batch"):
         StreamedRows(lambda: iter([]))
+
+
+def test_jacobian_products_run_without_tf32_and_restore_the_flags() -> None:
+    """cuDNN allows TF32 by default (~1e-3 relative rounding); Jacobian products turn it off and restore it."""
+    seen = []
+
+    def function(x: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return 2 * x
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        op = jacobian_operator(function, torch.ones(3))
+        assert torch.allclose(op.matmat(torch.eye(3, dtype=torch.float64)), 2 * torch.eye(3, dtype=torch.float64))
+        assert seen and all(flags == (False, False) for flags in seen)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
