@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.linalg import LinearOperator, StreamedRows, canonical_signs, jacobian_operator, randomized_svd
+from pipeline.linalg import (
+    LinearOperator,
+    StreamedRows,
+    block_krylov_svd,
+    canonical_signs,
+    jacobian_operator,
+    randomized_svd,
+)
 
 
 def dense_operator(matrix: torch.Tensor, fused_gram: bool) -> LinearOperator:
@@ -191,3 +198,16 @@ def test_jacobian_products_run_without_tf32_and_restore_the_flags() -> None:
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_block_krylov_handles_operators_of_rank_below_k() -> None:
+    generator = torch.Generator().manual_seed(1)
+    left = torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    right = torch.randn(30, 2, generator=generator, dtype=torch.float64)
+    for matrix in (left @ right.mT, torch.zeros(40, 30, dtype=torch.float64)):
+        op = LinearOperator(shape=(40, 30), matmat=lambda v, a=matrix: a @ v, rmatmat=lambda u, a=matrix: a.mT @ u)
+        result = block_krylov_svd(op, 4, block_size=1, tolerance=1e-10, max_iterations=40)
+        exact = torch.linalg.svdvals(matrix)[:4]
+        assert result.singular_values.shape == (4,) and result.right_vectors.shape == (4, 30)
+        assert torch.allclose(result.singular_values, exact, atol=1e-8 * max(1.0, float(exact[0])))
+        assert torch.isfinite(result.right_vectors).all()
