@@ -5,6 +5,9 @@ against the exact SVD that the suite itself forms, and that the project's solver
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +221,29 @@ def test_celebahq_architecture_is_the_hub_models() -> None:
     assert sum(parameter.numel() for parameter in unet.parameters()) == 113_673_219
     assert unet.config.sample_size == 256 and unet.mid_block.resnets[-1].out_channels == 512
     assert 256 // 2 ** (len(unet.down_blocks) - 1) == 8  # five downsamplings: h is 8 x 8
+
+
+def test_gpu_suite_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_suite.sh (the GPU figures of issue 7) builds the architecture and runs the chosen steps;
+    here on the CPU, with a tiny architecture and the jacobian step only."""
+    architecture = {
+        "unet": {
+            "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4,
+        },
+        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+    }  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(architecture))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "jacobian_fp32", "PYTHON": sys.executable,
+           "MODEL_DIR": str(tmp_path / "model")}  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out"), str(tmp_path / "tiny.json")],
+        cwd=script.parents[1], env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "== jacobian_fp32 exit 0" in done.stdout and "sampling_fp16" not in done.stdout
+    results = json.loads((tmp_path / "out" / "jacobian_fp32.json").read_text())["results"]["jacobian"]
+    assert results["J2"]["reference"]["reached"] and results["J1"]["reference"]["reached"]
+    assert [row["k"] for row in results["J2"]["sweep"]] == [3, 8]
