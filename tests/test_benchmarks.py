@@ -23,6 +23,16 @@ from pipeline.errors import ConfigError
 from pipeline.linalg import LinearOperator, frozen
 from pipeline.models import load_model
 
+TINY_ARCHITECTURE = {
+    "unet": {
+        "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    },
+    "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+}  # fmt: skip
+"""An architecture file's content for benchmarks.build_model: an 8 px UNet (h "after" 16x4x4)."""
+
 
 @pytest.fixture(scope="module")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -188,15 +198,7 @@ def test_jacobian_suite_with_a_krylov_truth(small_model_dir: Path, tmp_path: Pat
 
 
 def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Path) -> None:
-    architecture = {
-        "unet": {
-            "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
-            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4,
-        },
-        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    }  # fmt: skip
-    (tmp_path / "tiny.json").write_text(json.dumps(architecture))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_ARCHITECTURE))
     first = build_main([str(tmp_path / "tiny.json"), str(tmp_path / "first")])
     second = build_model(load_architecture(tmp_path / "tiny.json"), tmp_path / "second", seed=0)
     model = load_model(str(first), device="cpu")
@@ -205,8 +207,8 @@ def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Pa
     for (name, value), (_, other) in zip(model.unet.state_dict().items(), again.unet.state_dict().items(), strict=True):
         assert torch.equal(value, other), name  # the seed fixes the weights
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no staging folder left behind
-    architecture["unet"]["block_channels"] = [8, 16]
-    (tmp_path / "bad.json").write_text(json.dumps(architecture))
+    bad = {**TINY_ARCHITECTURE, "unet": {**TINY_ARCHITECTURE["unet"], "block_channels": [8, 16]}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match=r"unet\.block_channels is not a UNet2DModel argument"):
         load_architecture(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="architecture 'no-such-model'"):
@@ -226,15 +228,7 @@ def test_celebahq_architecture_is_the_hub_models() -> None:
 def test_gpu_suite_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu_suite.sh (the GPU figures of issue 7) builds the architecture and runs the chosen steps;
     here on the CPU, with a tiny architecture and the jacobian step only."""
-    architecture = {
-        "unet": {
-            "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
-            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4,
-        },
-        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    }  # fmt: skip
-    (tmp_path / "tiny.json").write_text(json.dumps(architecture))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_ARCHITECTURE))
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"
     env = {**os.environ, "DEVICE": "cpu", "STEPS": "jacobian_fp32", "PYTHON": sys.executable,
            "MODEL_DIR": str(tmp_path / "model")}  # fmt: skip
