@@ -125,12 +125,13 @@ GROUP_SIDES = {"extremes": ("top", "bottom"), "labels": ("positive", "negative")
 class SupervisedConfig:
     """The ``directions.supervised`` params section.
 
-    ``groups`` picks the two sides of every mean difference: "extremes" (the top-k and bottom-k samples by
-    classifier score, paper A) or "labels" (every sample scoring above / below ``hstats.threshold``, which
-    needs ``hstats.label_conditioned``). ``conditional``: target attribute -> attributes projected out.
+    ``groups`` picks the two sides of every mean difference: "labels" (every sample scoring above / below
+    ``hstats.threshold``, which needs ``hstats.label_conditioned``; the cleaner directions on a saturated
+    classifier, README) or "extremes" (the top-k and bottom-k samples by classifier score, paper A; works
+    when a label group is empty). ``conditional``: target attribute -> attributes projected out.
     """
 
-    groups: str = "extremes"
+    groups: str = "labels"
     conditional: dict[str, list[str]] = field(default_factory=lambda: {"smiling": ["light_hair"]})
 
     def __post_init__(self) -> None:
@@ -239,7 +240,7 @@ class PreviewConfig:
     scales: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
     max_directions: int = 4
     check_samples: int = 32
-    check_scale: float = 1.5
+    check_scale: float = 3.0
 
     def __post_init__(self) -> None:
         _require(self.seed_offset >= 0, "preview.seed_offset", self.seed_offset, "must be >= 0")
