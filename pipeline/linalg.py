@@ -460,9 +460,8 @@ def block_krylov_svd(
     previous: tuple[torch.Tensor, torch.Tensor] | None = None
     while True:
         if basis.shape[1] >= columns:  # Q spans the whole space: the ordinary Rayleigh-Ritz step is exact
-            values, vectors = torch.linalg.eigh((ritz_matrix + ritz_matrix.mT) / 2)
-            singular_values = values.flip(-1)[:k].clamp(min=0).sqrt()
-            right = basis @ vectors.flip(-1)[:, :k]
+            singular_values, coordinates = _right_ritz(ritz_matrix, k)
+            right = basis @ coordinates
             converged = True
             break
         next_block = _extend_orthonormal(basis, image[:, -block:], generator)
@@ -514,6 +513,13 @@ def block_krylov_svd(
     )
 
 
+def _right_ritz(ritz_matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (at most n) Ritz pairs of G on Q from T = Q^T G Q [n, n]: singular values and coordinates [n, k]."""
+    values, vectors = torch.linalg.eigh((ritz_matrix + ritz_matrix.mT) / 2)
+    top = min(k, values.shape[0])
+    return values.flip(-1)[:top].clamp(min=0).sqrt(), vectors.flip(-1)[:, :top]
+
+
 def _left_ritz(ritz_matrix: torch.Tensor, hessenberg: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` Ritz pairs of A A^T on the left space A Q.
 
@@ -526,10 +532,10 @@ def _left_ritz(ritz_matrix: torch.Tensor, hessenberg: torch.Tensor, k: int) -> t
     values, vectors = torch.linalg.eigh((ritz_matrix + ritz_matrix.mT) / 2)
     keep = values > values[-1].clamp(min=torch.finfo(values.dtype).tiny) * 1e-12
     if int(keep.sum()) < min(k, values.shape[0]):
-        top = min(k, values.shape[0])
-        coordinates = torch.zeros(hessenberg.shape[0], top, dtype=values.dtype, device=values.device)
-        coordinates[: values.shape[0]] = vectors.flip(-1)[:, :top]
-        return values.flip(-1)[:top].clamp(min=0).sqrt(), coordinates
+        singular_values, on_basis = _right_ritz(ritz_matrix, k)
+        coordinates = torch.zeros(hessenberg.shape[0], on_basis.shape[1], dtype=values.dtype, device=values.device)
+        coordinates[: values.shape[0]] = on_basis
+        return singular_values, coordinates
     whitening = vectors[:, keep] / values[keep].sqrt()
     left_image = hessenberg @ whitening  # C [n', r]
     squared, rotation = torch.linalg.eigh(left_image.mT @ left_image)
