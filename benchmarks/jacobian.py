@@ -384,15 +384,15 @@ def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[
         schemes = {"J2": ("power_iteration_2.2", cfg.power_k), "J1": ("subspace_iteration_3.2", cfg.subspace_n)}
         for name, (scheme, size) in schemes.items():  # one map at a time: its graphs are freed before the next
             jmap = maps[name]
-            op = jmap.operator(cfg.exact_chunk, cfg.mode)
+            op = jmap.operator(cfg.chunk_size, cfg.mode)
             rows, columns = op.shape
             top = min(min(rows, columns), max(size, *cfg.sweep_sizes))
             if truth_method((rows, columns), cfg) == "exact":
                 log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; forming the exact Jacobian")
-                truth = exact_spectrum(op, top, cfg.exact_chunk)
+                truth = exact_spectrum(jmap.operator(cfg.exact_chunk, cfg.mode), top, cfg.exact_chunk)
             else:
                 log(f"[jacobian] {name} {jmap.description}: shape {rows} x {columns}; Krylov truth, top {top}")
-                truth = krylov_truth(jmap.operator(cfg.chunk_size, cfg.mode), top, cfg)
+                truth = krylov_truth(op, top, cfg)
             log(f"[jacobian] {name} truth ({truth.method}): {truth.products} products, {truth.seconds:.1f} s")
             results[name] = {
                 "description": jmap.description,
@@ -445,7 +445,7 @@ def _prime(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) 
 def _reference_and_ladder(
     jmap: JacobianMap, truth: Truth, scheme: str, size: int, cfg: JacobianBenchConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    rows, columns = jmap.operator(cfg.exact_chunk, cfg.mode).shape
+    rows, columns = jmap.operator(cfg.chunk_size, cfg.mode).shape
     if size > min(rows, columns):
         raise ConfigError(f"{scheme}: size {size} exceeds min(m, d) = {min(rows, columns)} of {jmap.name}")
     _prime(jmap, scheme, size, cfg)
