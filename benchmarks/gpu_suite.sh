@@ -2,18 +2,19 @@
 # Issue 7's GPU figures in one run: `bash benchmarks/gpu_suite.sh OUT [ARCHITECTURE]` on a CUDA machine.
 # Builds the architecture (default ddpm-ema-celebahq-256, random weights), then runs, each under a time cap so
 # that a slow step cannot starve the next: the jacobian suite in float32 (accuracy against a Krylov truth: the
-# Jacobians are too large to form), sampling at fp16 against DDIMPipeline at fp16 and at float32, and sampling
-# with torch.compile, then the jacobian suite again with J v by forward-mode AD (as the papers compute it; the
+# Jacobians are too large to form; the paper schemes are primed but not re-run as warm-up, paper B's n = 50
+# alone runs for minutes), sampling at fp16 against DDIMPipeline at fp16 and at float32 with a profile of
+# where our sampler's time goes, the same with cuDNN's algorithm search and channels_last, sampling with
+# torch.compile, then the jacobian suite again with J v by forward-mode AD (as the papers compute it; the
 # default double-vjp costs about 2 backward passes per J v). JSON reports and logs go to OUT.
-# Env: STEPS (names to run), CAP_* (seconds per step), DEVICE, MODEL_DIR, PYTHON. On an H200 the first step
-# needs more than 330 s: paper B's n = 50 reference alone runs over 85 s, and it runs twice (warm-up, timed).
+# Env: STEPS (names to run), CAP_* (seconds per step), DEVICE, MODEL_DIR, PYTHON.
 set -u
 out=${1:?usage: gpu_suite.sh OUT [ARCHITECTURE]}
 architecture=${2:-ddpm-ema-celebahq-256}
 model=${MODEL_DIR:-/tmp/bench-model}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-steps=" ${STEPS:-jacobian_fp32 sampling_fp16 sampling_fp16_compile jacobian_fp32_forward} "  # which steps to run, in this order
+steps=" ${STEPS:-jacobian_fp32 sampling_fp16 sampling_fp16_cudnn sampling_fp16_compile jacobian_fp32_forward} "  # which steps to run, in this order
 step() {  # step NAME SECONDS ARGS...: one benchmark run, capped, logged to OUT/NAME.log
   local name=$1 seconds=$2; shift 2
   [[ $steps == *" $name "* ]] || return 0
@@ -25,10 +26,12 @@ step() {  # step NAME SECONDS ARGS...: one benchmark run, capped, logged to OUT/
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "${PYTHON:-python3}" -m benchmarks.build_model "$architecture" "$model" || exit 1
 step jacobian_fp32 ${CAP_JACOBIAN:-480} --suite jacobian --dtype float32 --chunk-size 8 --no-sweep-references \
-  --sweep-sizes 3,8
-step sampling_fp16 ${CAP_SAMPLING:-150} --suite sampling --dtype float16 --baseline-dtype float32 --no-memory \
-  --repeats 8
-step sampling_fp16_compile ${CAP_COMPILE:-150} --suite sampling --dtype float16 --compile default \
-  --baseline-dtype float32 --no-memory --repeats 10
-step jacobian_fp32_forward ${CAP_FORWARD:-340} --suite jacobian --dtype float32 --chunk-size 8 --mode forward \
-  --no-sweep-references --sweep-sizes 3
+  --sweep-sizes 3,8 --reference-warmup 0
+step sampling_fp16 ${CAP_SAMPLING:-120} --suite sampling --dtype float16 --baseline-dtype float32 --no-memory \
+  --repeats 6 --profile 15
+step sampling_fp16_cudnn ${CAP_CUDNN:-120} --suite sampling --dtype float16 --cudnn-benchmark --channels-last \
+  --no-memory --repeats 6 --profile 15
+step sampling_fp16_compile ${CAP_COMPILE:-240} --suite sampling --dtype float16 --compile default \
+  --baseline-dtype float32 --no-memory --repeats 6
+step jacobian_fp32_forward ${CAP_FORWARD:-240} --suite jacobian --dtype float32 --chunk-size 8 --mode forward \
+  --no-sweep-references --sweep-sizes 3 --reference-warmup 0

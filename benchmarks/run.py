@@ -43,9 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="shrink every setting for a smoke test")
     parser.add_argument("--seed", type=int, default=0, help="sample and solver seed (default 0)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each timed one (default 1)")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true",
+        help="torch.backends.cudnn.benchmark for the whole run: cuDNN times its convolution algorithms per shape "
+        "(every sampler and product alike)",
+    )  # fmt: skip
     group = parser.add_argument_group("jacobian suite")
     group.add_argument("--mode", default="auto", help="J v by auto | forward | reverse mode (default auto)")
     group.add_argument("--chunk-size", type=int, default=16, help="vectors per UNet call, project solver")
+    group.add_argument(
+        "--reference-warmup", type=int, default=None,
+        help="untimed runs of each paper scheme before its timed one (default: --warmup; its kernels are primed)",
+    )  # fmt: skip
     group.add_argument("--power-k", type=int, default=None, help="k of reference 2.2 (default 3)")
     group.add_argument("--subspace-n", type=int, default=None, help="n of reference 3.2 (default 50; quick 8)")
     group.add_argument("--sweep-sizes", default=None, help="comma-separated k of the size sweep (default 3,8,32,50)")
@@ -79,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--compile", default="none", help="ours_capture_fast: torch.compile mode of the UNet layers (default none)"
     )
+    group.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="also profile one call of the fastest of ours (fast model if any): its N costliest operators",
+    )  # fmt: skip
     return parser
 
 
@@ -100,6 +113,7 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
         sweep_references=not (quick or args.no_sweep_references),
         max_reference_products=args.max_reference_products,
         warmup=args.warmup,
+        reference_warmup=args.reference_warmup,
     )
     memory = _int_list("--memory-samples", args.memory_samples) or ((16, 64) if quick else (256, 2048))
     sampling_cfg = sampling_suite.SamplingBenchConfig(
@@ -156,18 +170,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--threads {args.threads}: must be >= 1")
     if args.warmup < 0:
         raise ConfigError(f"--warmup {args.warmup}: must be >= 0")
+    if args.profile < 0:
+        raise ConfigError(f"--profile {args.profile}: must be >= 0")
     jacobian_cfg, sampling_cfg = configs(args)
     device = resolve_device(args.device)
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
     previous_threads, previous_verbosity = torch.get_num_threads(), diffusers.logging.get_verbosity()
+    previous_cudnn_benchmark = torch.backends.cudnn.benchmark
     if threads is not None:
         torch.set_num_threads(threads)
     diffusers.logging.set_verbosity_error()  # no load-time advice in the benchmark output
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     try:
         return _run_suites(args, device, threads, jacobian_cfg, sampling_cfg)
     finally:  # main() may be called from another program (the tests): leave its settings as they were
         torch.set_num_threads(previous_threads)
         diffusers.logging.set_verbosity(previous_verbosity)
+        torch.backends.cudnn.benchmark = previous_cudnn_benchmark
 
 
 def _run_suites(
@@ -192,6 +211,8 @@ def _run_suites(
             "memory": not args.no_memory,
             "fast": {"autocast": args.autocast, "channels_last": args.channels_last, "compile": args.compile},
             "baseline_dtype": args.baseline_dtype,
+            "cudnn_benchmark": args.cudnn_benchmark,
+            "profile": args.profile,
         },
         "environment": environment(device),
         "results": {},
@@ -213,6 +234,9 @@ def _run_suites(
         if args.baseline_dtype is not None:
             baseline_model = load_model(model_path, device=str(device), dtype=args.baseline_dtype, clip_sample=True)
         results = {"throughput": sampling_suite.throughput(model, sampling_cfg, fast_model, baseline_model)}
+        if args.profile:
+            _log(f"[sampling] profile of one {'ours_capture_fast' if fast_model else 'ours_capture'} call")
+            results["profile"] = sampling_suite.kernel_profile(fast_model or model, sampling_cfg, args.profile)
         if not args.no_memory:
             _log(f"[sampling] peak memory of generate + hstats at N = {list(sampling_cfg.memory_samples)}")
             with tempfile.TemporaryDirectory(prefix="bench-stores-") as folder:
@@ -357,6 +381,15 @@ def sampling_tables(results: dict[str, Any], cfg: sampling_suite.SamplingBenchCo
         lines.append("peak RSS of generate + hstats, fresh process each (MiB)")
         lines.append(format_table(["N", "peak", "after load", "generate s", "hstats s"], rows))
         lines.append(f"relative difference of the peaks: {memory['relative_difference']:+.2%}")
+    if "profile" in results:
+        profiled = results["profile"]
+        where = f"{profiled['activity']} self time, {profiled['total_ms']:.1f} ms"
+        lines.append(f"costliest operators of one call ({where})")
+        rows = [
+            [entry["name"][:60], entry["calls"], f"{entry['self_ms']:.2f}", f"{entry['share']:.1%}"]
+            for entry in profiled["operators"]
+        ]
+        lines.append(format_table(["operator", "calls", "self ms", "share"], rows))
     return "\n".join(lines)
 
 

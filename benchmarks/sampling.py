@@ -144,6 +144,43 @@ def throughput(
     return results
 
 
+def kernel_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) -> dict[str, Any]:
+    """Where one :func:`pipeline.sampling.sample` call with capture spends its time: ``torch.profiler`` over a
+    call of ``cfg.batch_size`` images and ``cfg.steps`` steps (after one untimed call), the ``top`` operators
+    and kernels by self time on the device (CUDA) or the CPU.
+
+    Returns ``{"activity": "cuda" | "cpu", "total_ms", "operators": [{"name", "calls", "self_ms", "share"}]}``
+    with times in milliseconds summed over the call and ``share`` the fraction of ``total_ms`` (the sum of
+    self times of every operator and kernel on that activity).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    seeds = list(range(cfg.batch_size))
+
+    def run() -> Any:
+        return sample(model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size)
+
+    run()
+    on_cuda = model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]
+    with profile(activities=activities) as profiler:
+        run()
+        synchronize(model.device)
+    events = profiler.key_averages()
+
+    def self_us(event: Any) -> float:
+        return float(event.self_device_time_total if on_cuda else event.self_cpu_time_total)
+
+    total = sum(self_us(event) for event in events)
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    operators = [
+        {"name": event.key, "calls": int(event.count), "self_ms": self_us(event) / 1e3,
+         "share": self_us(event) / total if total > 0 else 0.0}
+        for event in ranked
+    ]  # fmt: skip
+    return {"activity": "cuda" if on_cuda else "cpu", "total_ms": total / 1e3, "operators": operators}
+
+
 def peak_memory(
     model_path: str, device: str, dtype: str, threads: int | None, folder: Path, cfg: SamplingBenchConfig
 ) -> dict[str, Any]:

@@ -305,10 +305,12 @@ def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> 
 
     Compiling these regions, not the whole UNet, leaves the blocks themselves eager, so the h-space hooks on
     ``mid_block`` and ``down_blocks.i`` / ``up_blocks.i`` work unchanged and never trigger a recompile, and
-    repeated layers of the same shape share compiled code. Each layer compiles on its first call. Dynamo
-    keeps a limited number of compiled variants per function (8 by default), and all resnets share one
-    ``forward``: the limit is raised to two variants per layer (one static, one for a changed batch size), or
-    a large UNet's later layers would silently fall back to eager.
+    repeated layers of the same shape share compiled code. Each layer compiles on its first call, for static
+    shapes (``dynamic=False``): all resnets share one ``forward``, and by default dynamo answers its second
+    input shape by recompiling it with symbolic sizes, code that is slower and that recompiled again for every
+    new shape of a 256 px UNet (its warm-up did not finish in 120 s on an H200). Dynamo keeps a limited number
+    of compiled variants per function (8 by default): the limit is raised to two per layer (its shape, and a
+    changed batch size), or a large UNet's later layers would silently fall back to eager.
     """
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     layers = [
@@ -322,7 +324,7 @@ def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> 
     dynamo_config = torch._dynamo.config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(layers))
     for layer in layers:
-        layer.compile(mode=mode)
+        layer.compile(mode=mode, dynamic=False)
     return len(layers)
 
 

@@ -122,8 +122,14 @@ def test_sampling_suite_reports_throughput_and_memory(small_model_dir: Path, tmp
 def test_sampling_suite_times_the_performance_options_beside_the_plain_model(
     small_model_dir: Path, tmp_path: Path
 ) -> None:
-    options = ("--no-memory", "--autocast", "bfloat16", "--channels-last", "--baseline-dtype", "float64")
+    options = (
+        "--no-memory", "--autocast", "bfloat16", "--channels-last", "--baseline-dtype", "float64", "--profile", "4",
+        "--cudnn-benchmark",
+    )  # fmt: skip
+    cudnn_benchmark = torch.backends.cudnn.benchmark
     written = run_quick(small_model_dir, tmp_path / "fast.json", "sampling", *options)
+    assert torch.backends.cudnn.benchmark == cudnn_benchmark  # the run's global setting is restored
+    assert written["config"]["cudnn_benchmark"] is True
     speed = written["results"]["sampling"]["throughput"]
     assert written["config"]["fast"] == {"autocast": "bfloat16", "channels_last": True, "compile": "none"}
     assert len(speed["ours_capture_fast"]["seconds"]) == 2
@@ -137,6 +143,15 @@ def test_sampling_suite_times_the_performance_options_beside_the_plain_model(
             speed[ours]["images_per_second"] / speed["diffusers_ddim_baseline"]["images_per_second"]
         )
     assert "memory" not in written["results"]["sampling"]
+    # The profile ranks the fast model's operators by self time; on a CPU the convolutions lead.
+    profiled = written["results"]["sampling"]["profile"]
+    assert profiled["activity"] == "cpu" and profiled["total_ms"] > 0
+    operators = profiled["operators"]
+    assert len(operators) == 4 and all(entry["calls"] >= 1 for entry in operators)
+    times = [entry["self_ms"] for entry in operators]
+    assert times == sorted(times, reverse=True) and 0 < sum(entry["share"] for entry in operators) <= 1 + 1e-9
+    assert operators[0]["share"] == pytest.approx(times[0] / profiled["total_ms"])
+    assert "conv" in operators[0]["name"]
 
 
 def test_references_on_a_dense_matrix_and_bad_arguments() -> None:
@@ -183,15 +198,19 @@ def test_krylov_truth_agrees_with_the_explicit_svd(small_model_dir: Path) -> Non
     assert truth_method((196608, 32768), JacobianBenchConfig()) == "krylov"
     with pytest.raises(ConfigError, match="jacobian truth 'svd'"):
         JacobianBenchConfig(truth="svd")
+    assert JacobianBenchConfig(warmup=2).reference_warmup == 2
+    with pytest.raises(ConfigError, match="jacobian reference_warmup -1"):
+        JacobianBenchConfig(reference_warmup=-1)
 
 
 def test_jacobian_suite_with_a_krylov_truth(small_model_dir: Path, tmp_path: Path) -> None:
     # float64: in float32 this small model's references reach the float32 floor (~1e-7), where a Krylov truth
     # at tolerance 1e-6 cannot tell them apart from the project's solver.
-    options = ("--truth", "krylov", "--dtype", "float64")
+    options = ("--truth", "krylov", "--dtype", "float64", "--reference-warmup", "0")
     written = run_quick(small_model_dir, tmp_path / "krylov.json", "jacobian", *options)
     results = written["results"]["jacobian"]
     assert written["config"]["jacobian"]["truth"] == "krylov"
+    assert written["config"]["jacobian"]["reference_warmup"] == 0 and written["config"]["jacobian"]["warmup"] == 1
     for name in ("J2", "J1"):
         assert results[name]["truth"]["method"] == "block_krylov"
         assert results[name]["reference"]["reached"]
