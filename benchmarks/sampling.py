@@ -147,11 +147,12 @@ def throughput(
 def kernel_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) -> dict[str, Any]:
     """Where one :func:`pipeline.sampling.sample` call with capture spends its time: ``torch.profiler`` over a
     call of ``cfg.batch_size`` images and ``cfg.steps`` steps (after one untimed call), the ``top`` operators
-    and kernels by self time on the device (CUDA) or the CPU.
+    (aten::convolution, aten::native_group_norm, ...) by self time on the device (CUDA: the kernels each one
+    launched itself) or the CPU.
 
     Returns ``{"activity": "cuda" | "cpu", "total_ms", "operators": [{"name", "calls", "self_ms", "share"}]}``
-    with times in milliseconds summed over the call and ``share`` the fraction of ``total_ms`` (the sum of
-    self times of every operator and kernel on that activity).
+    with times in milliseconds summed over the call and ``share`` the fraction of ``total_ms``, the sum of
+    every operator's self time (each kernel counted once, under the operator that launched it).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -166,7 +167,8 @@ def kernel_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) ->
     with profile(activities=activities) as profiler:
         run()
         synchronize(model.device)
-    events = profiler.key_averages()
+    # Kernels appear both as events of their own and in their operator's self device time: operators only.
+    events = [event for event in profiler.key_averages() if event.device_type == torch.autograd.DeviceType.CPU]
 
     def self_us(event: Any) -> float:
         return float(event.self_device_time_total if on_cuda else event.self_cpu_time_total)

@@ -408,11 +408,17 @@ def block_krylov_svd(
     G Q = Q' H (Q' = Q plus the next block, no products), sigma^2 are the eigenvalues of
     T^-1/2 H^T H T^-1/2 and v = Q' H T^-1/2 y / sigma. Measured on the ToyFaces J2 (d eps / d h, block 1), it
     gives 2.5-4x smaller subspace sines and 2-5x smaller singular-value errors than the Rayleigh-Ritz step on Q
-    at every product count: about one Lanczos step for free. Iteration stops when, between consecutive
-    iterations, every one of the top-k singular
-    values moved by less than ``tolerance`` relative to itself and the largest principal-angle sine between
-    the two top-k subspaces is below ``tolerance`` (signs never enter the test), or when the space reaches
-    dimension d (then the result is exact). For the same accuracy this needs several times fewer products
+    at every product count: about one Lanczos step for free. But its vectors are built from the computed
+    products G Q, so they carry the products' rounding, and in float32 their change between iterations can
+    stall above a tight tolerance where the ordinary Rayleigh-Ritz step on Q (vectors Q y, from T alone) gets
+    below it (celebahq-256 architecture's d eps / d h at 64 px, 16 triplets, tolerance 1e-6: the left step
+    stalled at sines of 1.2-1.5e-6 from the 11th iteration to the 19th, when it was stopped, the ordinary one
+    reached 8e-7 at the 12th; on an H200 at 256 px the left step alone needed 94 iterations). Both are formed
+    at every iteration (small eigenproblems), and iteration stops when either one has settled: between consecutive
+    iterations every one of its top-k singular values moved by less than ``tolerance`` relative to itself
+    and the largest principal-angle sine between its two top-k subspaces is below ``tolerance`` (signs never
+    enter the test); the settled one is returned (the left one when both are). It also stops when the space
+    reaches dimension d (then the result is exact). For the same accuracy this needs several times fewer products
     than subspace iteration (ALGORITHMS 8). Memory: the basis, d x (b x iterations) float64.
 
     Args:
@@ -457,7 +463,7 @@ def block_krylov_svd(
     image = gram(basis)
     ritz_matrix = basis.mT @ image  # T = Q^T G Q
     products, iterations, converged = 2 * block, 0, False
-    previous: tuple[torch.Tensor, torch.Tensor] | None = None
+    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     while True:
         if basis.shape[1] >= columns:  # Q spans the whole space: the ordinary Rayleigh-Ritz step is exact
             singular_values, coordinates = _right_ritz(ritz_matrix, k)
@@ -469,15 +475,24 @@ def block_krylov_svd(
         below = torch.zeros(next_block.shape[1], basis.shape[1], dtype=basis.dtype, device=basis.device)
         below[:, -image.shape[1] :] = next_block.mT @ image
         hessenberg = torch.cat([ritz_matrix, below])
-        singular_values, coordinates = _left_ritz(ritz_matrix, hessenberg, k)
-        right = torch.cat([basis, next_block], dim=1) @ coordinates
-        top = singular_values.shape[0]
-        if previous is not None and top == k and _krylov_settled(singular_values, right, *previous, tolerance):
+        left_values, left_coordinates = _left_ritz(ritz_matrix, hessenberg, k)
+        right_values, right_coordinates = _right_ritz(ritz_matrix, k)
+        estimates = {
+            "left": (left_values, torch.cat([basis, next_block], dim=1) @ left_coordinates),
+            "right": (right_values, basis @ right_coordinates),
+        }
+        settled = [
+            name
+            for name, (values, vectors) in estimates.items()
+            if name in previous and _krylov_settled(values, vectors, *previous[name], tolerance)
+        ]
+        singular_values, right = estimates[settled[0] if settled else "left"]
+        if settled:
             converged = True
             break
         if iterations >= max_iterations:
             break
-        previous = (singular_values, right) if top == k else None
+        previous = {name: pair for name, pair in estimates.items() if pair[0].shape[0] == k}
         new_image = gram(next_block)
         products += 2 * next_block.shape[1]
         cross = basis.mT @ new_image

@@ -211,3 +211,26 @@ def test_block_krylov_handles_operators_of_rank_below_k() -> None:
         assert result.singular_values.shape == (4,) and result.right_vectors.shape == (4, 30)
         assert torch.allclose(result.singular_values, exact, atol=1e-8 * max(1.0, float(exact[0])))
         assert torch.isfinite(result.right_vectors).all()
+
+
+def test_block_krylov_stops_on_the_ordinary_ritz_step_when_the_left_one_stalls(monkeypatch) -> None:
+    """The left Rayleigh-Ritz vectors carry the products' rounding and can stall above a tight tolerance (float32
+    products); the ordinary step's estimates settle then, and the solver returns them, converged and exact."""
+    import pipeline.linalg as linalg
+
+    matrix = low_rank_plus_noise(300, 200, rank=4, noise=1e-2)  # 30 blocks of 4 never fill the 200 columns
+    op = dense_operator(matrix, fused_gram=False)
+    kicks = torch.Generator().manual_seed(7)
+    left_ritz = linalg._left_ritz
+
+    def stalling_left_ritz(ritz_matrix, hessenberg, k):  # a rounding floor of 1e-5 on the left coordinates
+        values, coordinates = left_ritz(ritz_matrix, hessenberg, k)
+        jitter = torch.randn(coordinates.shape, generator=kicks, dtype=coordinates.dtype)
+        return values, coordinates + 1e-5 * jitter
+
+    monkeypatch.setattr(linalg, "_left_ritz", stalling_left_ritz)
+    result = block_krylov_svd(op, 4, tolerance=1e-8, max_iterations=30)
+    values, right, _ = reference_svd(matrix, 4)
+    assert result.converged and result.iterations < 30
+    assert torch.allclose(result.singular_values, values, rtol=1e-8)
+    assert torch.allclose(result.right_vectors, right, atol=1e-6)  # the left estimates would be ~1e-5 off
