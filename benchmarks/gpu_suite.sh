@@ -9,7 +9,8 @@
 # GroupNorm copies NHWC tensors), then the jacobian suite again with J v by forward-mode AD (as the papers
 # compute it; the default double-vjp costs about 2 backward passes per J v). Optional step
 # `sampling_fp16_cudnn`: cuDNN's algorithm search with channels_last, eager. JSON reports and logs go to OUT.
-# Env: STEPS (names to run), CAP_* (seconds per step), DEVICE, MODEL_DIR, PYTHON.
+# Env: STEPS (names to run), CAP_* (seconds per step), MAPS (the jacobian step's maps, default J2,J1), DEVICE,
+# MODEL_DIR, PYTHON.
 set -u
 out=${1:?usage: gpu_suite.sh OUT [ARCHITECTURE]}
 architecture=${2:-ddpm-ema-celebahq-256}
@@ -28,7 +29,7 @@ step() {  # step NAME SECONDS ARGS...: one benchmark run, capped, logged to OUT/
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "${PYTHON:-python3}" -m benchmarks.build_model "$architecture" "$model" || exit 1
 step jacobian_fp32 ${CAP_JACOBIAN:-480} --suite jacobian --dtype float32 --chunk-size 8 --no-sweep-references \
-  --sweep-sizes 3,8 --reference-warmup 0
+  --sweep-sizes 3,8 --reference-warmup 0 --maps "${MAPS:-J2,J1}"
 step sampling_fp16 ${CAP_SAMPLING:-120} --suite sampling --dtype float16 --baseline-dtype float32 --no-memory \
   --repeats 6 --profile 15
 step sampling_fp16_cudnn ${CAP_CUDNN:-120} --suite sampling --dtype float16 --cudnn-benchmark --channels-last \

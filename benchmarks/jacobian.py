@@ -44,6 +44,7 @@ TOLERANCE_LADDER = (3e-1, 2e-1, 1e-1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 
 """Tolerances tried for the project's solver, loosest first, until it is accurate enough (steps of about 1.5-2x
 down to 1e-3, where one Lanczos iteration more or less is a tenth of the products of a few-triplet solve)."""
 TRUTHS = ("auto", "exact", "krylov")
+MAPS = ("J2", "J1")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class JacobianBenchConfig:
     """Settings of the ``jacobian`` suite.
 
     Attributes:
+        maps: which Jacobians to benchmark, in this order ("J2": d eps / d h against paper A's scheme, "J1":
+            d h / d x_t against paper B's).
         steps: DDIM grid size used to pick x_t; ``step_index`` the grid step (None: steps // 2, a mid timestep).
         seed: seed of the sample whose x_t is used (and of every solver's start vectors).
         location: h site.
@@ -80,6 +83,7 @@ class JacobianBenchConfig:
             only skips re-running it; on a GPU paper B's n = 50 scheme runs for minutes.
     """
 
+    maps: tuple[str, ...] = MAPS
     steps: int = 20
     step_index: int | None = None
     seed: int = 0
@@ -118,6 +122,8 @@ class JacobianBenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"jacobian {name} {value!r}: must be a positive integer")
+        if not self.maps or any(name not in MAPS for name in self.maps) or len(set(self.maps)) < len(self.maps):
+            raise ConfigError(f"jacobian maps {self.maps!r}: expected distinct names among {', '.join(MAPS)}")
         if self.exact_chunk is None:
             self.exact_chunk = self.chunk_size
         if isinstance(self.exact_chunk, bool) or not isinstance(self.exact_chunk, int) or self.exact_chunk < 1:
@@ -390,7 +396,8 @@ def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[
         maps, where = build_maps(model, cfg)
         results["point"] = where
         schemes = {"J2": ("power_iteration_2.2", cfg.power_k), "J1": ("subspace_iteration_3.2", cfg.subspace_n)}
-        for name, (scheme, size) in schemes.items():  # one map at a time: its graphs are freed before the next
+        for name in cfg.maps:  # one map at a time: its graphs are freed before the next
+            scheme, size = schemes[name]
             jmap = maps[name]
             op = jmap.operator(cfg.chunk_size, cfg.mode)
             rows, columns = op.shape
@@ -521,4 +528,5 @@ def config_dict(cfg: JacobianBenchConfig) -> dict[str, Any]:
     data["tolerances"] = list(cfg.tolerances)
     data["sweep_sizes"] = list(cfg.sweep_sizes)
     data["krylov_block_sizes"] = list(cfg.krylov_block_sizes)
+    data["maps"] = list(cfg.maps)
     return data

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(every sampler and product alike)",
     )  # fmt: skip
     group = parser.add_argument_group("jacobian suite")
+    group.add_argument("--maps", default="J2,J1", help="comma-separated Jacobians to benchmark (default J2,J1)")
     group.add_argument("--mode", default="auto", help="J v by auto | forward | reverse mode (default auto)")
     group.add_argument("--chunk-size", type=int, default=16, help="vectors per UNet call, project solver")
     group.add_argument(
@@ -100,6 +101,7 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
     quick = args.quick
     sweep = _int_list("--sweep-sizes", args.sweep_sizes) or ((3, 8) if quick else (3, 8, 32, 50))
     jacobian_cfg = jacobian_suite.JacobianBenchConfig(
+        maps=tuple(name.strip() for name in args.maps.split(",") if name.strip()),
         seed=args.seed,
         power_k=_given(args.power_k, 3),
         subspace_n=_given(args.subspace_n, 8 if quick else 50),
@@ -256,13 +258,14 @@ def _run_suites(
 def jacobian_tables(results: dict[str, Any]) -> str:
     """The jacobian suite's results as text tables: reference vs project, ratios, and the size sweep."""
     point = results["point"]
-    truths = ", ".join(f"{name} {results[name]['truth']['method']}" for name in ("J2", "J1"))
+    names = [name for name in jacobian_suite.MAPS if name in results]
+    truths = ", ".join(f"{name} {results[name]['truth']['method']}" for name in names)
     lines = [
         f"\nJacobian suite at step {point['step_index']} (timestep {point['timestep']}), seed {point['seed']}; "
         f"accuracy against: {truths}"
     ]
     rows = []
-    for name in ("J2", "J1"):
+    for name in names:
         entry = results[name]["reference"]
         reference = entry["reference"]
         rows.append(
@@ -295,13 +298,13 @@ def jacobian_tables(results: dict[str, Any]) -> str:
     headers = ["map", "method", "k", "tol", "products", "seconds", "sv rel err", "max sine", "converged"]
     lines.append(format_table(headers, rows))
     ratio_rows = []
-    for name in ("J2", "J1"):
+    for name in names:
         entry = results[name]["reference"]
         ratio_rows.append([name, entry["reached"], _x(entry["speed_ratio"]), _x(entry["products_ratio"])])
     lines.append("reference / project (> 1: the project's solver is faster at the reference's accuracy)")
     lines.append(format_table(["map", "reached", "speed ratio", "products ratio"], ratio_rows))
     sweep_rows = []
-    for name in ("J2", "J1"):
+    for name in names:
         for entry in results[name]["sweep"]:
             if "skipped" in entry:
                 sweep_rows.append([name, entry["k"], entry["skipped"], *[""] * 9])

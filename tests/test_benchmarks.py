@@ -216,6 +216,18 @@ def test_jacobian_suite_with_a_krylov_truth(small_model_dir: Path, tmp_path: Pat
         assert results[name]["reference"]["reached"]
 
 
+def test_jacobian_suite_runs_the_chosen_maps_only(small_model_dir: Path, tmp_path: Path, capsys) -> None:
+    written = run_quick(small_model_dir, tmp_path / "j1.json", "jacobian", "--maps", "J1", "--sweep-sizes", "3")
+    results = written["results"]["jacobian"]
+    assert written["config"]["jacobian"]["maps"] == ["J1"] and "J2" not in results
+    assert results["J1"]["reference"]["reached"] and [row["k"] for row in results["J1"]["sweep"]] == [3]
+    table = capsys.readouterr().out
+    assert "accuracy against: J1 explicit_svd" in table and "power_iteration" not in table
+    for bad in (("J3",), (), ("J1", "J1")):
+        with pytest.raises(ConfigError, match="jacobian maps"):
+            JacobianBenchConfig(maps=bad)
+
+
 def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Path) -> None:
     (tmp_path / "tiny.json").write_text(json.dumps(TINY_ARCHITECTURE))
     first = build_main([str(tmp_path / "tiny.json"), str(tmp_path / "first")])
