@@ -238,7 +238,7 @@ def _run_suites(
         results = {"throughput": sampling_suite.throughput(model, sampling_cfg, fast_model, baseline_model)}
         if args.profile:
             _log(f"[sampling] profile of one {'ours_capture_fast' if fast_model else 'ours_capture'} call")
-            results["profile"] = sampling_suite.kernel_profile(fast_model or model, sampling_cfg, args.profile)
+            results["profile"] = sampling_suite.operator_profile(fast_model or model, sampling_cfg, args.profile)
         if not args.no_memory:
             _log(f"[sampling] peak memory of generate + hstats at N = {list(sampling_cfg.memory_samples)}")
             with tempfile.TemporaryDirectory(prefix="bench-stores-") as folder:

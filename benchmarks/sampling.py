@@ -144,7 +144,7 @@ def throughput(
     return results
 
 
-def kernel_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) -> dict[str, Any]:
+def operator_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) -> dict[str, Any]:
     """Where one :func:`pipeline.sampling.sample` call with capture spends its time: ``torch.profiler`` over a
     call of ``cfg.batch_size`` images and ``cfg.steps`` steps (after one untimed call), the ``top`` operators
     (aten::convolution, aten::native_group_norm, ...) by self time on the device (CUDA: the kernels each one
