@@ -389,8 +389,15 @@ def build_maps(model: DiffusionModel, cfg: JacobianBenchConfig) -> tuple[dict[st
     return maps, where
 
 
-def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole ``jacobian`` suite on ``model``; returns the JSON-ready results (see benchmarks/README.md)."""
+def run_jacobian(
+    model: DiffusionModel,
+    cfg: JacobianBenchConfig,
+    log: Callable[[str], None] = print,
+    on_map: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole ``jacobian`` suite on ``model``; returns the JSON-ready results (see benchmarks/README.md).
+    ``on_map`` is called with the results so far after each map, so that a run stopped by a time limit keeps
+    the maps it finished."""
     results: dict[str, Any] = {}
     with frozen(model.unet):
         maps, where = build_maps(model, cfg)
@@ -423,6 +430,8 @@ def run_jacobian(model: DiffusionModel, cfg: JacobianBenchConfig, log: Callable[
                 "sweep": _sweep(jmap, truth, name, cfg, log),
             }
             jmap.release()
+            if on_map is not None:
+                on_map(results)
     return results
 
 

@@ -7,7 +7,6 @@ benchmarks/README.md for every key and how to read the ratios).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import torch
 
 from benchmarks import jacobian as jacobian_suite
 from benchmarks import sampling as sampling_suite
+from pipeline.checkpoint import write_json
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models import load_model, resolve_device
 
@@ -220,8 +220,13 @@ def _run_suites(
         "results": {},
     }
     started = time.perf_counter()
+
+    def save_partial(results: dict[str, Any]) -> None:  # what a run stopped by a time limit keeps
+        if args.json is not None:
+            write_json(args.json, {**report, "results": {**report["results"], "jacobian": results}, "complete": False})
+
     if args.suite in ("jacobian", "all"):
-        results = jacobian_suite.run_jacobian(model, jacobian_cfg, log=_log)
+        results = jacobian_suite.run_jacobian(model, jacobian_cfg, log=_log, on_map=save_partial)
         report["results"]["jacobian"] = results
         print(jacobian_tables(results))
     if args.suite in ("sampling", "all"):
@@ -248,9 +253,9 @@ def _run_suites(
         report["results"]["sampling"] = results
         print(sampling_tables(results, sampling_cfg))
     report["environment"]["total_seconds"] = time.perf_counter() - started
+    report["complete"] = True
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
         _log(f"wrote {args.json}")
     return report
 

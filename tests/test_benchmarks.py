@@ -16,7 +16,15 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from benchmarks.build_model import build_model, load_architecture
 from benchmarks.build_model import main as build_main
-from benchmarks.jacobian import JacobianBenchConfig, accuracy, build_maps, exact_spectrum, krylov_truth, truth_method
+from benchmarks.jacobian import (
+    JacobianBenchConfig,
+    accuracy,
+    build_maps,
+    exact_spectrum,
+    krylov_truth,
+    run_jacobian,
+    truth_method,
+)
 from benchmarks.reference import sequential_power_iteration, subspace_iteration
 from benchmarks.run import main
 from pipeline.errors import ConfigError
@@ -57,7 +65,7 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_quick(model: Path, out: Path, suite: str, *extra: str) -> dict:
     report = main(["--suite", suite, "--model", str(model), "--device", "cpu", "--quick", "--json", str(out), *extra])
     written = json.loads(out.read_text())
-    assert set(written) == {"config", "environment", "results"}
+    assert set(written) == {"config", "environment", "results", "complete"} and written["complete"] is True
     assert written["results"].keys() == report["results"].keys() == {suite}
     for key in ("torch", "device_name", "threads"):
         assert key in written["environment"]
@@ -226,6 +234,12 @@ def test_jacobian_suite_runs_the_chosen_maps_only(small_model_dir: Path, tmp_pat
     for bad in (("J3",), (), ("J1", "J1")):
         with pytest.raises(ConfigError, match="jacobian maps"):
             JacobianBenchConfig(maps=bad)
+    # After each map the results so far are handed on (the CLI writes them with "complete": false).
+    model = load_model(str(small_model_dir), device="cpu")
+    cfg = JacobianBenchConfig(maps=("J1", "J2"), subspace_n=8, sweep_sizes=(3,), sweep_references=False)
+    seen: list[list[str]] = []
+    run_jacobian(model, cfg, log=lambda message: None, on_map=lambda results: seen.append(sorted(results)))
+    assert seen == [["J1", "point"], ["J1", "J2", "point"]]
 
 
 def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Path) -> None:
