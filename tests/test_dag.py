@@ -23,8 +23,17 @@ OUTPUT_NEUTRAL_MODULES = {
 OUTPUT_NEUTRAL_NAMES = {("pipeline/models.py", "resolve_device")}  # the device, which is a param
 
 
+def _paths(entries: list) -> set[str]:
+    return {entry if isinstance(entry, str) else next(iter(entry)) for entry in entries}
+
+
 def _dependencies(stage: dict) -> set[str]:
-    return {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])}
+    return _paths(stage.get("deps", []))
+
+
+PRODUCED = {
+    path for stage in STAGES.values() for key in ("outs", "metrics", "plots") for path in _paths(stage.get(key, []))
+}  # written by a stage: absent from a fresh clone until `dvc repro`
 
 
 def _imported_library_files(script: Path) -> set[tuple[str, str]]:
@@ -52,8 +61,8 @@ def test_stage_runs_its_own_script(name: str) -> None:
     stage = STAGES[name]
     assert stage["cmd"] == f"python -m stages.{name}"
     assert f"stages/{name}.py" in _dependencies(stage)
-    missing = [dep for dep in _dependencies(stage) if not (ROOT / dep).exists()]
-    assert not missing, f"stage {name}: dependencies that do not exist: {missing}"
+    missing = [dep for dep in _dependencies(stage) if dep not in PRODUCED and not (ROOT / dep).exists()]
+    assert not missing, f"stage {name}: dependencies that no stage writes and that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
