@@ -414,7 +414,8 @@ def block_krylov_svd(
     below it (celebahq-256 architecture's d eps / d h at 64 px, 16 triplets, tolerance 1e-6: the left step
     stalled at sines of 1.2-1.5e-6 from the 11th iteration to the 19th, when it was stopped, the ordinary one
     reached 8e-7 at the 12th; on an H200 at 256 px the left step alone needed 94 iterations). Both are formed
-    at every iteration (small eigenproblems), and iteration stops when either one has settled: between consecutive
+    at every iteration (small eigenproblems; compared through their coordinates in the nested basis, so no
+    d-dimensional vector is formed before the end), and iteration stops when either one has settled: between consecutive
     iterations every one of its top-k singular values moved by less than ``tolerance`` relative to itself
     and the largest principal-angle sine between its two top-k subspaces is below ``tolerance`` (signs never
     enter the test); the settled one is returned (the left one when both are). It also stops when the space
@@ -463,7 +464,7 @@ def block_krylov_svd(
     image = gram(basis)
     ritz_matrix = basis.mT @ image  # T = Q^T G Q
     products, iterations, converged = 2 * block, 0, False
-    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the last iteration's estimates
     while True:
         if basis.shape[1] >= columns:  # Q spans the whole space: the ordinary Rayleigh-Ritz step is exact
             singular_values, coordinates = _right_ritz(ritz_matrix, k)
@@ -475,24 +476,25 @@ def block_krylov_svd(
         below = torch.zeros(next_block.shape[1], basis.shape[1], dtype=basis.dtype, device=basis.device)
         below[:, -image.shape[1] :] = next_block.mT @ image
         hessenberg = torch.cat([ritz_matrix, below])
-        left_values, left_coordinates = _left_ritz(ritz_matrix, hessenberg, k)
+        # Both estimates as orthonormal coordinates [n + b, k] in [Q, Q_next] (the ordinary one has none on
+        # Q_next). The bases are nested (this Q is the last Q plus the last next block), so the last estimates
+        # are in the same coordinates, zero beyond their rows: no d-dimensional vectors until the end.
         right_values, right_coordinates = _right_ritz(ritz_matrix, k)
         estimates = {
-            "left": (left_values, torch.cat([basis, next_block], dim=1) @ left_coordinates),
-            "right": (right_values, basis @ right_coordinates),
+            "left": _left_ritz(ritz_matrix, hessenberg, k),
+            "right": (right_values, torch.nn.functional.pad(right_coordinates, (0, 0, 0, next_block.shape[1]))),
         }
         settled = [
             name
-            for name, (values, vectors) in estimates.items()
-            if name in previous and _krylov_settled(values, vectors, *previous[name], tolerance)
+            for name, (values, coordinates) in estimates.items()
+            if name in previous and _krylov_settled(values, coordinates, *previous[name], tolerance)
         ]
-        singular_values, right = estimates[settled[0] if settled else "left"]
-        if settled:
-            converged = True
+        converged = bool(settled)
+        if converged or iterations >= max_iterations:
+            singular_values, coordinates = estimates[settled[0] if settled else "left"]
+            right = basis @ coordinates[: basis.shape[1]] + next_block @ coordinates[basis.shape[1] :]
             break
-        if iterations >= max_iterations:
-            break
-        previous = {name: pair for name, pair in estimates.items() if pair[0].shape[0] == k}
+        previous = {name: estimate for name, estimate in estimates.items() if len(estimate[0]) == k}
         new_image = gram(next_block)
         products += 2 * next_block.shape[1]
         cross = basis.mT @ new_image
@@ -568,10 +570,12 @@ def _krylov_settled(
     previous_vectors: torch.Tensor,
     tolerance: float,
 ) -> bool:
-    """Whether singular values [k] and subspace [d, k] moved by less than ``tolerance`` since the last step."""
+    """Whether singular values [k] and the subspace of orthonormal columns [n, k] (vectors, or coordinates in an
+    orthonormal basis) moved by less than ``tolerance`` since the last step. The previous columns may have fewer
+    rows n' <= n: coordinates in a nested basis (the first n' basis vectors), zero beyond."""
     floor = values[0].clamp(min=torch.finfo(values.dtype).tiny) * 1e-12
     value_change = ((values - previous_values).abs() / values.clamp(min=floor)).max()
-    cosines = torch.linalg.svdvals(previous_vectors.mT @ vectors).clamp(max=1)
+    cosines = torch.linalg.svdvals(previous_vectors.mT @ vectors[: previous_vectors.shape[0]]).clamp(max=1)
     largest_sine = (1 - cosines.min() ** 2).clamp(min=0).sqrt()
     return bool(value_change < tolerance) and bool(largest_sine < tolerance)
 
