@@ -401,26 +401,25 @@ def block_krylov_svd(
 ) -> SVDResult:
     """Top-``k`` singular triplets of one operator by block Lanczos (block Krylov) on A^T A, in float64.
 
-    The search space is the block Krylov space span{Q_0, G Q_0, G^2 Q_0, ...} of G = A^T A from a Gaussian
-    start Q_0 [d, b] (seeded, CPU generator), kept orthonormal by full re-orthogonalisation (two passes of
-    block Gram-Schmidt). After each block the estimates come from the Rayleigh-Ritz step of A A^T on the left
-    space A Q, which the products have already computed: with T = Q^T G Q and the Lanczos relation
-    G Q = Q' H (Q' = Q plus the next block, no products), sigma^2 are the eigenvalues of
-    T^-1/2 H^T H T^-1/2 and v = Q' H T^-1/2 y / sigma. Measured on the ToyFaces J2 (d eps / d h, block 1), it
-    gives 2.5-4x smaller subspace sines and 2-5x smaller singular-value errors than the Rayleigh-Ritz step on Q
-    at every product count: about one Lanczos step for free. But its vectors are built from the computed
-    products G Q, so they carry the products' rounding, and in float32 their change between iterations can
-    stall above a tight tolerance where the ordinary Rayleigh-Ritz step on Q (vectors Q y, from T alone) gets
-    below it (celebahq-256 architecture's d eps / d h at 64 px, 16 triplets, tolerance 1e-6: the left step
-    stalled at sines of 1.2-1.5e-6 from the 11th iteration to the 19th, when it was stopped, the ordinary one
-    reached 8e-7 at the 12th; on an H200 at 256 px the left step alone needed 94 iterations). Both are formed
-    at every iteration (small eigenproblems; compared through their coordinates in the nested basis, so no
-    d-dimensional vector is formed before the end), and iteration stops when either one has settled: between consecutive
-    iterations every one of its top-k singular values moved by less than ``tolerance`` relative to itself
-    and the largest principal-angle sine between its two top-k subspaces is below ``tolerance`` (signs never
-    enter the test); the settled one is returned (the left one when both are). It also stops when the space
-    reaches dimension d (then the result is exact). For the same accuracy this needs several times fewer products
-    than subspace iteration (ALGORITHMS 8). Memory: the basis, d x (b x iterations) float64.
+    The search space is the block Krylov space span{Q_0, G Q_0, G^2 Q_0, ...} of G = A^T A from a Gaussian start Q_0
+    [d, b] (seeded, CPU generator), kept orthonormal by full re-orthogonalisation (two passes of block
+    Gram-Schmidt). After each block the estimates come from the Rayleigh-Ritz step of A A^T on the left space A Q,
+    which the products have already computed: with T = Q^T G Q and the Lanczos relation G Q = Q' H (Q' = Q plus the
+    next block, no products), sigma^2 are the eigenvalues of T^-1/2 H^T H T^-1/2 and v = Q' H T^-1/2 y / sigma.
+    Measured on the ToyFaces J2 (d eps / d h, block 1), it gives 2.5-4x smaller subspace sines and 2-5x smaller
+    singular-value errors than the Rayleigh-Ritz step on Q at every product count: about one Lanczos step for free.
+    But its vectors are built from the computed products G Q, so they carry the products' rounding, and in float32
+    their change between iterations can stall above a tight tolerance where the ordinary Rayleigh-Ritz step on Q
+    (vectors Q y, from T alone) gets below it (celebahq-256 architecture's d eps / d h at 64 px, 16 triplets,
+    tolerance 1e-6: the left step stalled at sines of 1.2-1.5e-6 from the 11th iteration to the 19th, when it was
+    stopped, the ordinary one reached 8e-7 at the 12th; on an H200 at 256 px the left step alone needed 94
+    iterations). Both are formed at every iteration (small eigenproblems; compared through their coordinates in the
+    nested basis, so no d-dimensional vector is formed before the end), and iteration stops when either one has
+    settled: between consecutive iterations every one of its top-k singular values moved by less than ``tolerance``
+    relative to itself and the largest principal-angle sine between its two top-k subspaces is below ``tolerance``
+    (signs never enter the test); the settled one is returned (the left one when both are). It also stops when the
+    space reaches dimension d (then the result is exact). For the same accuracy this needs several times fewer
+    products than subspace iteration (ALGORITHMS 8). Memory: the basis, d x (b x iterations) float64.
 
     Args:
         op: one operator (batch_shape ()), float64 products.
