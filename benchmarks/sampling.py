@@ -62,6 +62,14 @@ class SamplingBenchConfig:
             raise ConfigError(f"sampling memory_samples {self.memory_samples!r}: each N must be >= 8")
 
 
+def ours_sampler(model: DiffusionModel, cfg: SamplingBenchConfig, capture: bool) -> Callable[[], Any]:
+    """One call of :func:`pipeline.sampling.sample`: seeds 0..batch-1, ``cfg.steps`` DDIM steps (eta 0), one
+    batch, h of every step recorded when ``capture``."""
+    seeds = list(range(cfg.batch_size))
+    steps = "all" if capture else None
+    return lambda: sample(model, seeds, steps=cfg.steps, eta=0.0, capture_steps=steps, batch_size=cfg.batch_size)
+
+
 def throughput(
     model: DiffusionModel,
     cfg: SamplingBenchConfig,
@@ -84,7 +92,6 @@ def throughput(
     fast model ``ours_capture_fast / diffusers_ddim`` (> 1: ours is faster); with a baseline model the same
     two ratios (``ratio_capture_vs_baseline``, ``ratio_fast_capture_vs_baseline``) against it.
     """
-    seeds = list(range(cfg.batch_size))
 
     def diffusers_run(unet_model: DiffusionModel) -> Callable[[], Any]:
         pipe = DDIMPipeline(unet=unet_model.unet, scheduler=DDIMScheduler.from_config(unet_model.scheduler.config))
@@ -101,20 +108,14 @@ def throughput(
         return run
 
     runs: dict[str, Callable[[], Any]] = {
-        "ours_capture": lambda: sample(
-            model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size
-        ),
-        "ours_no_capture": lambda: sample(
-            model, seeds, steps=cfg.steps, eta=0.0, capture_steps=None, batch_size=cfg.batch_size
-        ),
+        "ours_capture": ours_sampler(model, cfg, capture=True),
+        "ours_no_capture": ours_sampler(model, cfg, capture=False),
         "diffusers_ddim": diffusers_run(model),
     }
     if baseline_model is not None:
         runs["diffusers_ddim_baseline"] = diffusers_run(baseline_model)
     if fast_model is not None:
-        runs["ours_capture_fast"] = lambda: sample(
-            fast_model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size
-        )
+        runs["ours_capture_fast"] = ours_sampler(fast_model, cfg, capture=True)
     for run in runs.values():
         for _ in range(cfg.warmup):
             run()
@@ -156,11 +157,7 @@ def operator_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) 
     """
     from torch.profiler import ProfilerActivity, profile
 
-    seeds = list(range(cfg.batch_size))
-
-    def run() -> Any:
-        return sample(model, seeds, steps=cfg.steps, eta=0.0, capture_steps="all", batch_size=cfg.batch_size)
-
+    run = ours_sampler(model, cfg, capture=True)
     run()
     on_cuda = model.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]
