@@ -63,6 +63,13 @@ class JacobianBenchConfig:
         chunk_size: vectors per batched UNet call in the project's operator.
         exact_chunk: vectors per batched call when forming the exact Jacobian (None: ``chunk_size``).
         mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
+        reference_mode: how the reference schemes compute J v. None: ``mode``, the project's own product engine,
+            so that the comparison isolates the algorithm. "forward": as the papers' code does (ALGORITHMS 2.2
+            and 3.2), by forward-mode AD with a fresh forward pass per call and torch's own convolution
+            derivatives (J^T u goes through the retained graph either way); the ratios then also contain the
+            product engine. Forward mode needs every layer's forward-AD formula (CPU GroupNorm lacks one in
+            the encoder, NOTES 5.2: J1 fails there, with an error naming this setting).
+        product_repeats: timed calls per entry of the product-cost table (``products``, the median is kept).
         truth: what accuracy is measured against. "exact": the explicitly formed Jacobian's SVD (min(m, d)
             products and an eigendecomposition of a min(m, d)-square Gram matrix); "krylov": a block Krylov
             solve of ``truth_extra`` more triplets than needed, at ``truth_tolerance``, from another start block
@@ -99,6 +106,8 @@ class JacobianBenchConfig:
     chunk_size: int = 16
     exact_chunk: int | None = None
     mode: str = "auto"
+    reference_mode: str | None = None
+    product_repeats: int = 3
     truth: str = "auto"
     exact_limit: int = 8192
     truth_tolerance: float = 1e-6
@@ -118,7 +127,7 @@ class JacobianBenchConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "power_k", "power_max_iters", "subspace_n", "subspace_max_iter", "subspace_chunk",
                      "chunk_size", "krylov_max_iterations", "max_reference_products", "exact_limit",
-                     "truth_max_iterations", "truth_extra"):  # fmt: skip
+                     "truth_max_iterations", "truth_extra", "product_repeats"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"jacobian {name} {value!r}: must be a positive integer")
@@ -134,6 +143,12 @@ class JacobianBenchConfig:
             raise ConfigError(f"jacobian truth_tolerance {self.truth_tolerance!r}: must be positive")
         if self.mode not in JACOBIAN_MODES:
             raise ConfigError(f"jacobian mode {self.mode!r}: expected one of {', '.join(JACOBIAN_MODES)}")
+        if self.reference_mode is None:
+            self.reference_mode = self.mode
+        if self.reference_mode not in JACOBIAN_MODES:
+            raise ConfigError(
+                f"jacobian reference_mode {self.reference_mode!r}: expected one of {', '.join(JACOBIAN_MODES)}"
+            )
         if not self.tolerances or any(not t > 0 for t in self.tolerances):
             raise ConfigError(f"jacobian tolerances {self.tolerances!r}: must be a non-empty list of positive numbers")
         if not self.krylov_block_sizes or any(size is not None and size < 1 for size in self.krylov_block_sizes):
@@ -169,14 +184,26 @@ class JacobianMap:
     description: str
     function: Callable[[torch.Tensor], torch.Tensor]
     point: torch.Tensor
-    operators: dict[int, LinearOperator] = field(default_factory=dict)
+    operators: dict[tuple[int, str, bool], LinearOperator] = field(default_factory=dict)
 
-    def operator(self, chunk: int, mode: str) -> LinearOperator:
-        """The Jacobian as an operator batching ``chunk`` vectors per call (built once per chunk size, so its
-        autograd graphs are reused by every later run)."""
-        if chunk not in self.operators:
-            self.operators[chunk] = jacobian_operator(self.function, self.point, chunk_size=chunk, mode=mode)
-        return self.operators[chunk]
+    def operator(self, chunk: int, mode: str, transposed_conv_gradients: bool = True) -> LinearOperator:
+        """The Jacobian as an operator batching ``chunk`` vectors per call, J v by ``mode`` (built once per
+        setting, so its autograd graphs are reused by every later run; see pipeline.linalg.jacobian_operator)."""
+        key = (chunk, mode, transposed_conv_gradients)
+        if key not in self.operators:
+            self.operators[key] = jacobian_operator(
+                self.function, self.point, chunk_size=chunk, mode=mode,
+                transposed_conv_gradients=transposed_conv_gradients,
+            )  # fmt: skip
+        return self.operators[key]
+
+    def reference_operator(self, chunk: int, cfg: JacobianBenchConfig) -> LinearOperator:
+        """The operator the reference schemes run on: the project's (``cfg.mode``) or, with
+        ``cfg.reference_mode`` "forward", the papers' products (fresh forward-mode passes, torch's derivatives)."""
+        assert cfg.reference_mode is not None  # resolved by JacobianBenchConfig
+        if cfg.reference_mode == cfg.mode:
+            return self.operator(chunk, cfg.mode)
+        return self.operator(chunk, cfg.reference_mode, transposed_conv_gradients=cfg.reference_mode != "forward")
 
     def release(self) -> None:
         """Drop the operators and their autograd graphs (on a 256 px UNet, a few GiB of GPU memory per
@@ -368,6 +395,62 @@ def comparison(reference: dict[str, Any], ladder: dict[str, Any]) -> dict[str, A
     }
 
 
+PRODUCT_ENGINES = (
+    ("jvp_reverse_torch", "reverse", False),
+    ("jvp_reverse_transposed", "reverse", True),
+    ("jvp_forward", "forward", False),
+)
+"""The J v engines of the product-cost table: (name, mode, transposed_conv_gradients). The project's default is
+``jvp_reverse_transposed``; ``jvp_forward`` is how the papers' code computes J v."""
+
+
+def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]:
+    """Milliseconds per call of J^T u and of J v by each engine of :data:`PRODUCT_ENGINES`, at batch sizes 1 and
+    ``cfg.chunk_size``, side by side on one map: the median of ``cfg.product_repeats`` timed calls after one
+    untimed call (which builds the graphs). An engine that fails (forward mode without a layer's forward-AD
+    formula) is recorded with its error. Operators are built here and dropped, not cached on the map.
+
+    Returns ``{"batches": {str(b): {"vjp_ms": .., "<engine>_ms": .. or None, "<engine>_error": ..}},
+    "jvp_speedup_transposed": {str(b): jvp_reverse_torch_ms / jvp_reverse_transposed_ms}}``.
+    """
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    batches: dict[str, dict[str, Any]] = {}
+    for batch in dict.fromkeys([1, cfg.chunk_size]):
+        row: dict[str, Any] = {}
+        for name, mode, transposed in PRODUCT_ENGINES:
+            op = jacobian_operator(
+                jmap.function, jmap.point, chunk_size=batch, mode=mode, transposed_conv_gradients=transposed
+            )
+            rows, columns = op.shape
+            tangents = torch.randn(columns, batch, generator=generator, dtype=torch.float64).to(op.device)
+            try:
+                row[f"{name}_ms"] = _median_ms(op.matmat, tangents, cfg.product_repeats)
+            except RuntimeError as error:
+                row[f"{name}_ms"], row[f"{name}_error"] = None, str(error).splitlines()[0]
+            if "vjp_ms" not in row:
+                cotangents = torch.randn(rows, batch, generator=generator, dtype=torch.float64).to(op.device)
+                row["vjp_ms"] = _median_ms(op.rmatmat, cotangents, cfg.product_repeats)
+        batches[str(batch)] = row
+    if jmap.point.device.type == "cuda":
+        torch.cuda.empty_cache()
+    speedup = {
+        batch: row["jvp_reverse_torch_ms"] / row["jvp_reverse_transposed_ms"] for batch, row in batches.items()
+    }
+    return {"batches": batches, "jvp_speedup_transposed": speedup}
+
+
+def _median_ms(product: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, repeats: int) -> float:
+    product(vectors)
+    times = []
+    for _ in range(repeats):
+        synchronize(vectors.device)
+        start = time.perf_counter()
+        product(vectors)
+        synchronize(vectors.device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return float(torch.tensor(times).median())
+
+
 def build_maps(model: DiffusionModel, cfg: JacobianBenchConfig) -> tuple[dict[str, JacobianMap], dict[str, Any]]:
     """x_t of sample ``cfg.seed`` at the chosen grid step (DDIM, eta 0) and the two maps J1 and J2 there."""
     grid = ddim_grid(model.scheduler, cfg.steps)
@@ -406,6 +489,11 @@ def run_jacobian(
         for name in cfg.maps:  # one map at a time: its graphs are freed before the next
             scheme, size = schemes[name]
             jmap = maps[name]
+            log(f"[jacobian] {name} product costs: J^T u, and J v by {', '.join(e[0] for e in PRODUCT_ENGINES)}")
+            costs = product_costs(jmap, cfg)  # before this map's cached graphs exist: one engine's graphs at a time
+            log(f"[jacobian] {name} ms per call: {costs['batches']}")
+            if cfg.reference_mode != cfg.mode:
+                _prime(jmap, scheme, size, cfg)  # fail before the truth's cost if the papers' products cannot run
             op = jmap.operator(cfg.chunk_size, cfg.mode)
             rows, columns = op.shape
             top = min(min(rows, columns), max(size, *cfg.sweep_sizes))
@@ -419,6 +507,7 @@ def run_jacobian(
             results[name] = {
                 "description": jmap.description,
                 "shape": [rows, columns],
+                "products": costs,
                 "truth": {
                     "method": truth.method,
                     "converged": truth.converged,
@@ -437,11 +526,11 @@ def run_jacobian(
 
 def _run_reference(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) -> ReferenceResult:
     if scheme.startswith("power"):
-        op = jmap.operator(cfg.chunk_size, cfg.mode)
+        op = jmap.reference_operator(cfg.chunk_size, cfg)
         return sequential_power_iteration(
             op, size, tolerance=cfg.power_tolerance, max_iters=cfg.power_max_iters, seed=cfg.seed
         )
-    op = jmap.operator(cfg.subspace_chunk, cfg.mode)
+    op = jmap.reference_operator(cfg.subspace_chunk, cfg)
     return subspace_iteration(
         op,
         size,
@@ -454,16 +543,26 @@ def _run_reference(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBench
 
 
 def _prime(jmap: JacobianMap, scheme: str, size: int, cfg: JacobianBenchConfig) -> None:
-    """Build the autograd graphs a reference run needs (batch sizes 1 and its chunk) before timing it."""
+    """Build the autograd graphs a reference run needs (J^T u: one vector; J v: the batch sizes it uses) before
+    timing it; a forward-mode failure of ``cfg.reference_mode`` "forward" is a ConfigError naming the setting."""
     chunk = cfg.chunk_size if scheme.startswith("power") else cfg.subspace_chunk
-    op = jmap.operator(chunk, cfg.mode)
+    op = jmap.reference_operator(chunk, cfg)
     rows, columns = op.shape
     op.rmatmat(torch.zeros(rows, 1, dtype=torch.float64, device=op.device))
-    op.matmat(torch.zeros(columns, 1, dtype=torch.float64, device=op.device))
-    width = min(chunk, size)
-    op.matmat(torch.zeros(columns, width, dtype=torch.float64, device=op.device))
-    if size % chunk and size > chunk:
-        op.matmat(torch.zeros(columns, size % chunk, dtype=torch.float64, device=op.device))
+    if scheme.startswith("power"):
+        widths = [1]  # single-vector products only
+    else:
+        widths = list(dict.fromkeys([min(chunk, size), *([size % chunk] if size % chunk and size > chunk else [])]))
+    for width in widths:
+        try:
+            op.matmat(torch.zeros(columns, width, dtype=torch.float64, device=op.device))
+        except RuntimeError as error:  # a layer without a forward-AD formula on this device
+            if cfg.reference_mode != "forward":
+                raise
+            raise ConfigError(
+                f"jacobian reference_mode 'forward': forward-mode AD fails on {jmap.name} on {op.device.type} "
+                f"({str(error).splitlines()[0]}); use the project's products (reference_mode unset)"
+            ) from error
 
 
 def _reference_and_ladder(

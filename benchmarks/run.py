@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("jacobian suite")
     group.add_argument("--maps", default="J2,J1", help="comma-separated Jacobians to benchmark (default J2,J1)")
     group.add_argument("--mode", default="auto", help="J v by auto | forward | reverse mode (default auto)")
+    group.add_argument(
+        "--reference-mode", default=None,
+        help="J v of the paper schemes (default: --mode, the project's engine; forward: as the papers' code)",
+    )  # fmt: skip
+    group.add_argument("--product-repeats", type=int, default=3, help="timed calls per product-cost entry")
     group.add_argument("--chunk-size", type=int, default=16, help="vectors per UNet call, project solver")
     group.add_argument(
         "--reference-warmup", type=int, default=None,
@@ -107,6 +112,8 @@ def configs(args: argparse.Namespace) -> tuple[jacobian_suite.JacobianBenchConfi
         subspace_n=_given(args.subspace_n, 8 if quick else 50),
         chunk_size=args.chunk_size,
         mode=args.mode,
+        reference_mode=args.reference_mode,
+        product_repeats=args.product_repeats,
         truth=args.truth,
         exact_limit=args.exact_limit,
         truth_tolerance=args.truth_tolerance,
@@ -355,6 +362,15 @@ def jacobian_tables(results: dict[str, Any]) -> str:
         "ref sine",
     ]
     lines.append(format_table(headers, sweep_rows))
+    engines = [engine for engine, _, _ in jacobian_suite.PRODUCT_ENGINES]
+    product_rows = [
+        [name, batch, _ms(row["vjp_ms"]), *[_ms(row[f"{engine}_ms"]) for engine in engines]]
+        for name in names
+        for batch, row in results[name]["products"]["batches"].items()
+    ]
+    lines.append("milliseconds per product call (median): J^T u, and J v by each engine ('-': the engine failed)")
+    headers = ["map", "vectors", "J^T u", *[f"J v {engine.removeprefix('jvp_')}" for engine in engines]]
+    lines.append(format_table(headers, product_rows))
     return "\n".join(lines)
 
 
@@ -454,6 +470,10 @@ def _s(seconds: float) -> str:
 
 def _e(value: float) -> str:
     return f"{value:.1e}"
+
+
+def _ms(milliseconds: float | None) -> str:
+    return "-" if milliseconds is None else f"{milliseconds:.1f}"
 
 
 def _x(ratio: float | None) -> str:

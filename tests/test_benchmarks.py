@@ -103,6 +103,16 @@ def test_jacobian_suite_references_match_the_exact_svd(small_model_dir: Path, tm
             assert row["project"]["reached"], row
             assert row["project"]["matched"]["sv_rel_error"] <= 1e-3
             assert row["project"]["matched"]["max_sine"] <= 1e-2
+        # Product costs side by side: J^T u and J v by every engine, at one vector and at the chunk size.
+        costs = entry["products"]
+        assert list(costs["batches"]) == ["1", "16"]
+        for row in costs["batches"].values():
+            assert row["vjp_ms"] > 0 and row["jvp_reverse_torch_ms"] > 0 and row["jvp_reverse_transposed_ms"] > 0
+            assert (row["jvp_forward_ms"] or 0) > 0 or row["jvp_forward_error"]  # CPU GroupNorm lacks forward AD
+        speedup = costs["jvp_speedup_transposed"]["16"]
+        assert speedup == pytest.approx(
+            costs["batches"]["16"]["jvp_reverse_torch_ms"] / costs["batches"]["16"]["jvp_reverse_transposed_ms"]
+        )
     # Paper A's scheme: one single-vector J^T w and one J g per iteration, at most 50 iterations per vector.
     power = results["J2"]["reference"]["reference"]
     assert power["jvps"] == power["vjps"] == sum(power["iterations"]) <= 3 * 50
@@ -240,6 +250,44 @@ def test_jacobian_suite_runs_the_chosen_maps_only(small_model_dir: Path, tmp_pat
     seen: list[list[str]] = []
     run_jacobian(model, cfg, log=lambda message: None, on_map=lambda results: seen.append(sorted(results)))
     assert seen == [["J1", "point"], ["J1", "J2", "point"]]
+
+
+def test_references_on_the_papers_products(small_model_dir: Path, tmp_path: Path) -> None:
+    """--reference-mode forward: the same schemes on forward-mode J v with a fresh forward per call, as the
+    papers' code computes them; the same answers, only the product engine differs."""
+    options = ("--maps", "J2", "--sweep-sizes", "3", "--dtype", "float64")
+    engine = run_quick(small_model_dir, tmp_path / "engine.json", "jacobian", *options)
+    papers = run_quick(small_model_dir, tmp_path / "papers.json", "jacobian", *options, "--reference-mode", "forward")
+    assert engine["config"]["jacobian"]["reference_mode"] == "auto"
+    assert papers["config"]["jacobian"]["reference_mode"] == "forward"
+    ours, theirs = (run["results"]["jacobian"]["J2"]["reference"]["reference"] for run in (engine, papers))
+    assert theirs["iterations"] == ours["iterations"] and theirs["products"] == ours["products"]
+    assert torch.allclose(torch.tensor(theirs["singular_values"]), torch.tensor(ours["singular_values"]), rtol=1e-10)
+    with pytest.raises(ConfigError, match="jacobian reference_mode 'sideways'"):
+        JacobianBenchConfig(reference_mode="sideways")
+
+
+class NoForwardMode(torch.autograd.Function):
+    """The identity with a backward but no jvp: forward-mode AD through it raises, like CPU GroupNorm in J1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def test_papers_products_that_cannot_run_are_a_clear_error(small_model_dir: Path) -> None:
+    from benchmarks.jacobian import JacobianMap, _prime
+
+    point = torch.randn(6, dtype=torch.float64)
+    jmap = JacobianMap("J1", "no forward AD", lambda x: torch.tanh(NoForwardMode.apply(x)), point)
+    cfg = JacobianBenchConfig(reference_mode="forward", subspace_n=4)
+    with pytest.raises(ConfigError, match=r"reference_mode 'forward': forward-mode AD fails on J1 on cpu"):
+        _prime(jmap, "subspace_iteration_3.2", 4, cfg)
+    _prime(jmap, "subspace_iteration_3.2", 4, JacobianBenchConfig(subspace_n=4))  # the project's products run
 
 
 def test_build_model_writes_a_loadable_pipeline_of_the_architecture(tmp_path: Path) -> None:

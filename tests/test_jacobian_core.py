@@ -53,6 +53,66 @@ def test_products_equal_the_explicit_jacobian_of_an_mlp(mlp: torch.nn.Module, mo
     assert torch.allclose(op.rmatmat(torch.eye(30, dtype=torch.float64)), reference.mT, atol=1e-6)
 
 
+class ConvNet(torch.nn.Module):
+    """Convolutions of every geometry the transposed-gradient form must reproduce: a stride-2 layer (whose
+    transpose needs output_padding on even sizes), padding 0 and 1, dilation 2, groups 2, a bias-free layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            [
+                torch.nn.Conv2d(2, 4, 3, stride=2, padding=1),
+                torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2),
+                torch.nn.Conv2d(4, 3, 2, padding=0, bias=False),
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_transposed_conv_gradients_give_torch_s_products(mode: str) -> None:
+    torch.manual_seed(0)
+    net = ConvNet().double().requires_grad_(False)
+    point = torch.randn(2, 10, 7, dtype=torch.float64)  # stride 2 maps 10 x 7 to 5 x 4; 5 x 4 transposes to 9 x 7
+    reference = torch.func.jacrev(net)(point).reshape(-1, point.numel())
+    for flag in (True, False):
+        op = jacobian_operator(net, point, chunk_size=5, mode=mode, transposed_conv_gradients=flag)
+        assert torch.allclose(op.matmat(torch.eye(point.numel(), dtype=torch.float64)), reference, atol=1e-12)
+        assert torch.allclose(op.rmatmat(torch.eye(len(reference), dtype=torch.float64)), reference.mT, atol=1e-12)
+
+
+def test_transposed_conv_gradients_replace_frozen_convolutions_only() -> None:
+    from pipeline.linalg import _TransposedConvGradients
+
+    torch.manual_seed(1)
+    net = ConvNet().double()
+    x = torch.randn(1, 2, 10, 7, dtype=torch.float64, requires_grad=True)
+    trained = net.layers[0]
+    with _TransposedConvGradients():
+        assert type(trained(x).grad_fn).__name__ == "ConvolutionBackward0"  # its weight takes a gradient
+        trained.requires_grad_(False)
+        assert "FrozenWeightConv2d" in type(trained(x).grad_fn).__name__
+        same = torch.nn.functional.conv2d(x, trained.weight, None, 1, "same")  # string padding: left to torch
+        assert type(same.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_transposed_conv_gradients_are_exact_on_the_unet(tiny_model: DiffusionModel, single_thread: None) -> None:
+    x_t = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(6))
+    generator = torch.Generator().manual_seed(7)
+    with frozen(tiny_model.unet):
+        for function, point in [(h_of_x(tiny_model, TIMESTEP), x_t), eps_of_h(tiny_model, x_t, TIMESTEP)]:
+            ops = [jacobian_operator(function, point, chunk_size=3, transposed_conv_gradients=f) for f in (True, False)]
+            v = torch.randn(ops[0].shape[1], 3, dtype=torch.float64, generator=generator)
+            u = torch.randn(ops[0].shape[0], 3, dtype=torch.float64, generator=generator)
+            # The same convolution kernels run in both forms, only fewer of them: products agree to rounding.
+            assert torch.allclose(ops[0].matmat(v), ops[1].matmat(v), rtol=1e-6, atol=1e-7)
+            assert torch.allclose(ops[0].rmatmat(u), ops[1].rmatmat(u), rtol=1e-6, atol=1e-7)
+
+
 def test_krylov_on_dense_matrix_matches_svd_and_exhausting_the_space_is_exact() -> None:
     generator = torch.Generator().manual_seed(0)
     matrix = torch.randn(40, 12, generator=generator, dtype=torch.float64)
