@@ -6,8 +6,9 @@
 # alone runs for minutes), sampling at fp16 against DDIMPipeline at fp16 and at float32 with a profile of
 # where our sampler's time goes, sampling with channels_last and torch.compile (the profile's case: in eager
 # mode GroupNorm and elementwise kernels take most of the time, and NHWC convolutions are faster but
-# GroupNorm copies NHWC tensors), then the jacobian suite again with J v by forward-mode AD (as the papers
-# compute it; the default double-vjp costs about 2 backward passes per J v). Optional step
+# GroupNorm copies NHWC tensors), then the jacobian suite again with the paper schemes on the papers' own
+# products (--reference-mode forward: J v by forward-mode AD with a fresh forward per call), so that the ratios
+# also contain the product engine; each jacobian step also times J v and J^T u by every engine. Optional step
 # `sampling_fp16_cudnn`: cuDNN's algorithm search with channels_last, eager. JSON reports and logs go to OUT.
 # Env: STEPS (names to run), CAP_* (seconds per step), MAPS (the jacobian step's maps, default J2,J1), DEVICE,
 # MODEL_DIR, PYTHON.
@@ -17,7 +18,7 @@ architecture=${2:-ddpm-ema-celebahq-256}
 model=${MODEL_DIR:-/tmp/bench-model}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-steps=" ${STEPS:-jacobian_fp32 sampling_fp16 sampling_fp16_compile jacobian_fp32_forward} "  # which steps to run, in this order
+steps=" ${STEPS:-jacobian_fp32 sampling_fp16 sampling_fp16_compile jacobian_fp32_papers} "  # which steps to run, in this order
 step() {  # step NAME SECONDS ARGS...: one benchmark run, capped, logged to OUT/NAME.log
   local name=$1 seconds=$2; shift 2
   [[ $steps == *" $name "* ]] || return 0
@@ -36,5 +37,5 @@ step sampling_fp16_cudnn ${CAP_CUDNN:-120} --suite sampling --dtype float16 --cu
   --no-memory --repeats 6 --profile 15
 step sampling_fp16_compile ${CAP_COMPILE:-300} --suite sampling --dtype float16 --channels-last --compile default \
   --baseline-dtype float32 --no-memory --repeats 6 --profile 15
-step jacobian_fp32_forward ${CAP_FORWARD:-240} --suite jacobian --dtype float32 --chunk-size 8 --mode forward \
-  --no-sweep-references --sweep-sizes 3 --reference-warmup 0
+step jacobian_fp32_papers ${CAP_PAPERS:-300} --suite jacobian --dtype float32 --chunk-size 8 --reference-mode forward \
+  --no-sweep-references --sweep-sizes 3 --reference-warmup 0 --maps "${MAPS:-J2,J1}"

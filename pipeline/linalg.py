@@ -634,8 +634,8 @@ def jacobian_operator(
       is recorded as :class:`_FrozenWeightConv2d`, whose input gradient is a transposed convolution. Torch's
       own double backward of a convolution also computes a weight-shaped term, one more convolution per
       layer for every J v, even when the weight is frozen; the transposed form needs only the one J v is
-      made of. Same products to rounding (float64: equal to 1e-15); False keeps torch's derivatives
-      (side by side in ``benchmarks`` suite ``jacobian``, ``products``).
+      made of. The same kernels run, fewer of them: the products are equal to the last bit on ToyFaces.
+      False keeps torch's derivatives (timed side by side: ``benchmarks`` suite ``jacobian``, ``products``).
 
     Parameters of modules inside ``function`` should not require grad (see :func:`frozen`).
     """
@@ -646,7 +646,7 @@ def jacobian_operator(
     if not point.is_floating_point():
         raise ConfigError(f"point dtype {point.dtype}: must be floating point")
     products = _ReplicatedJacobian(
-        function, point.detach(), chunk_size, forward_mode=mode == "forward", conv_mode=transposed_conv_gradients
+        function, point.detach(), chunk_size, mode == "forward", transposed_conv_gradients
     )
     return LinearOperator(
         shape=(products.out_size, products.in_size),
@@ -669,13 +669,13 @@ class _ReplicatedJacobian:
         point: torch.Tensor,
         chunk_size: int,
         forward_mode: bool,
-        conv_mode: bool,
+        transposed_conv_gradients: bool,
     ) -> None:
         self.function = function
         self.point = point
         self.chunk = chunk_size
         self.forward_mode = forward_mode
-        self.conv_mode = conv_mode
+        self.transposed_conv_gradients = transposed_conv_gradients
         self.in_shape = tuple(point.shape)
         self.in_size = point.numel()
         self._graphs: dict[int, _Graph] = {}
@@ -691,7 +691,7 @@ class _ReplicatedJacobian:
 
     def _graph(self, batch: int) -> _Graph:
         if batch not in self._graphs:
-            convolutions = _TransposedConvGradients() if self.conv_mode else contextlib.nullcontext()
+            convolutions = _TransposedConvGradients() if self.transposed_conv_gradients else contextlib.nullcontext()
             with _exact_kernels(), convolutions:
                 inputs = self.point.unsqueeze(0).expand(batch, *self.in_shape).clone().requires_grad_(True)
                 outputs = self.function(inputs)
@@ -791,8 +791,9 @@ class _FrozenWeightConv2d(torch.autograd.Function):
 
 
 class _TransposedConvGradients(TorchFunctionMode):
-    """Within the block, ``F.conv2d`` calls whose weight and bias take no gradient and whose padding is numeric
-    run as :class:`_FrozenWeightConv2d` (see :func:`jacobian_operator`); every other call is unchanged."""
+    """Within the block, ``F.conv2d`` calls on a batched input that takes a gradient, with a weight and bias that
+    take none and a numeric padding, run as :class:`_FrozenWeightConv2d` (see :func:`jacobian_operator`); every
+    other call is unchanged."""
 
     _PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     _DEFAULTS = (None, None, None, 1, 0, 1, 1)
@@ -804,10 +805,11 @@ class _TransposedConvGradients(TorchFunctionMode):
             call.update(zip(self._PARAMETERS, args, strict=False))
             call.update(kwargs)
             weight, bias, padding = call["weight"], call["bias"], call["padding"]
+            inputs = call["input"]
             frozen_weights = not weight.requires_grad and (bias is None or not bias.requires_grad)
-            if frozen_weights and call["input"].dim() == 4 and not isinstance(padding, str):
+            if frozen_weights and inputs.requires_grad and inputs.dim() == 4 and not isinstance(padding, str):
                 pairs = [_pair(call[name]) for name in ("stride", "padding", "dilation")]
-                return _FrozenWeightConv2d.apply(call["input"], weight, bias, *pairs, call["groups"])
+                return _FrozenWeightConv2d.apply(inputs, weight, bias, *pairs, call["groups"])
         return func(*args, **kwargs)
 
 
