@@ -408,10 +408,11 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
     """Milliseconds per call of J^T u and of J v by each engine of :data:`PRODUCT_ENGINES`, at batch sizes 1 and
     ``cfg.chunk_size``, side by side on one map: the median of ``cfg.product_repeats`` timed calls after one
     untimed call (which builds the graphs). An engine that fails (forward mode without a layer's forward-AD
-    formula) is recorded with its error. Operators are built here and dropped, not cached on the map.
+    formula, or out of memory) is recorded with its error. Operators are built here and dropped, not cached on
+    the map.
 
     Returns ``{"batches": {str(b): {"vjp_ms": .., "<engine>_ms": .. or None, "<engine>_error": ..}},
-    "jvp_speedup_transposed": {str(b): jvp_reverse_torch_ms / jvp_reverse_transposed_ms}}``.
+    "jvp_speedup_transposed": {str(b): jvp_reverse_torch_ms / jvp_reverse_transposed_ms, or None}}``.
     """
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     batches: dict[str, dict[str, Any]] = {}
@@ -434,7 +435,10 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
     if jmap.point.device.type == "cuda":
         torch.cuda.empty_cache()
     speedup = {
-        batch: row["jvp_reverse_torch_ms"] / row["jvp_reverse_transposed_ms"] for batch, row in batches.items()
+        batch: row["jvp_reverse_torch_ms"] / row["jvp_reverse_transposed_ms"]
+        if row["jvp_reverse_torch_ms"] and row["jvp_reverse_transposed_ms"]
+        else None
+        for batch, row in batches.items()
     }
     return {"batches": batches, "jvp_speedup_transposed": speedup}
 
