@@ -73,16 +73,23 @@ class ConvNet(torch.nn.Module):
         return x
 
 
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-def test_transposed_conv_gradients_give_torch_s_products(mode: str) -> None:
+def test_transposed_conv_gradients_give_torch_s_products(mode: str, device: str) -> None:
     torch.manual_seed(0)
-    net = ConvNet().double().requires_grad_(False)
-    point = torch.randn(2, 10, 7, dtype=torch.float64)  # stride 2 maps 10 x 7 to 5 x 4; 5 x 4 transposes to 9 x 7
+    net = ConvNet().double().requires_grad_(False).to(device)
+    point = torch.randn(2, 10, 7, dtype=torch.float64, device=device)  # stride 2: 10 x 7 -> 5 x 4 -> back 9 x 7
     reference = torch.func.jacrev(net)(point).reshape(-1, point.numel())
+    identity = torch.eye(max(reference.shape), dtype=torch.float64, device=device)
     for flag in (True, False):
         op = jacobian_operator(net, point, chunk_size=5, mode=mode, transposed_conv_gradients=flag)
-        assert torch.allclose(op.matmat(torch.eye(point.numel(), dtype=torch.float64)), reference, atol=1e-12)
-        assert torch.allclose(op.rmatmat(torch.eye(len(reference), dtype=torch.float64)), reference.mT, atol=1e-12)
+        assert torch.allclose(op.matmat(identity[: point.numel(), : point.numel()]), reference, atol=1e-12)
+        assert torch.allclose(op.rmatmat(identity[: len(reference), : len(reference)]), reference.mT, atol=1e-12)
 
 
 def test_transposed_conv_gradients_replace_frozen_convolutions_only() -> None:
