@@ -67,8 +67,8 @@ class JacobianBenchConfig:
             so that the comparison isolates the algorithm. "forward": as the papers' code does (ALGORITHMS 2.2
             and 3.2), by forward-mode AD with a fresh forward pass per call and torch's own convolution
             derivatives (J^T u goes through the retained graph either way); the ratios then also contain the
-            product engine. Forward mode needs every layer's forward-AD formula (CPU GroupNorm lacks one in
-            the encoder, NOTES 5.2: J1 fails there, with an error naming this setting).
+            product engine. Forward mode needs every layer's forward-AD formula; where one is missing the run
+            stops with an error naming this setting.
         product_repeats: timed calls per entry of the product-cost table (``products``, the median is kept).
         truth: what accuracy is measured against. "exact": the explicitly formed Jacobian's SVD (min(m, d)
             products and an eigendecomposition of a min(m, d)-square Gram matrix); "krylov": a block Krylov
@@ -407,9 +407,9 @@ PRODUCT_ENGINES = (
 def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]:
     """Milliseconds per call of J^T u and of J v by each engine of :data:`PRODUCT_ENGINES`, at batch sizes 1 and
     ``cfg.chunk_size``, side by side on one map: the median of ``cfg.product_repeats`` timed calls after one
-    untimed call (which builds the graphs). An engine that fails (forward mode without a layer's forward-AD
-    formula, or out of memory) is recorded with its error. Operators are built here and dropped, not cached on
-    the map.
+    untimed call (which builds the graphs). An engine that fails (forward mode through a layer without a
+    forward-AD formula, or out of memory) is recorded with its error. Operators are built here and dropped,
+    not cached on the map.
 
     Returns ``{"batches": {str(b): {"vjp_ms": .., "<engine>_ms": .. or None, "<engine>_error": ..}},
     "jvp_speedup_transposed": {str(b): jvp_reverse_torch_ms / jvp_reverse_transposed_ms, or None}}``.

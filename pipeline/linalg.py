@@ -627,9 +627,9 @@ def jacobian_operator(
     * J v (``matmat``): ``mode="reverse"`` (and ``"auto"``) uses the double-vjp identity
       J v = d/dw (J^T w)^T v through the same reused graph; ``"forward"`` uses forward-mode AD
       (``torch.func.jvp``, a fresh forward per chunk). Reverse is the default because reusing the graph
-      made it 4-5x faster per product than forward mode on CPU (tiny UNet, 16 vectors), and it works where
-      forward mode does not (GroupNorm on CPU, NOTES 5.2). Attention runs on the SDPA math backend, the
-      one with derivatives of every order.
+      made it 4-5x faster per product than forward mode on CPU (tiny UNet, 16 vectors). Attention runs on the
+      SDPA math backend, the one with derivatives of every order; in forward mode GroupNorm gets contiguous
+      inputs (:class:`_ContiguousGroupNorm`).
     * ``transposed_conv_gradients``: while the graph is built, every 2-D convolution with a frozen weight
       is recorded as :class:`_FrozenWeightConv2d`, whose input gradient is a transposed convolution. Torch's
       own double backward of a convolution also computes a weight-shaped term, one more convolution per
@@ -726,7 +726,8 @@ class _ReplicatedJacobian:
     def _jvp_chunk(self, graph: _Graph, tangents: torch.Tensor) -> torch.Tensor:
         tangents = tangents.reshape(graph.inputs.shape).contiguous()
         if self.forward_mode:
-            _, output_tangents = torch.func.jvp(self.function, (graph.inputs.detach(),), (tangents,))
+            with _ContiguousGroupNorm():
+                _, output_tangents = torch.func.jvp(self.function, (graph.inputs.detach(),), (tangents,))
             return output_tangents
         if graph.input_gradient is None:
             # g(w) = J^T w is linear in w; differentiating <g(w), v> in w gives J v (double-vjp identity).
@@ -810,6 +811,19 @@ class _TransposedConvGradients(TorchFunctionMode):
             if frozen_weights and inputs.requires_grad and inputs.dim() == 4 and not isinstance(padding, str):
                 pairs = [_pair(call[name]) for name in ("stride", "padding", "dilation")]
                 return _FrozenWeightConv2d.apply(inputs, weight, bias, *pairs, call["groups"])
+        return func(*args, **kwargs)
+
+
+class _ContiguousGroupNorm(TorchFunctionMode):
+    """Within the block, ``F.group_norm`` gets a contiguous input. Its forward-AD formula views the input, which
+    fails on a strided one ("view size is not compatible"): the math-backend attention of a UNet hands the next
+    resnet's GroupNorm a [b, C, H, W] tensor in NHWC order, so forward mode failed through every UNet with
+    attention on the CPU (NOTES 5.2). The copy is made only for inputs that are not contiguous."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is F.group_norm and args:
+            args = (args[0].contiguous(), *args[1:])
         return func(*args, **kwargs)
 
 

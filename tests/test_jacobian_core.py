@@ -120,6 +120,19 @@ def test_transposed_conv_gradients_are_exact_on_the_unet(tiny_model: DiffusionMo
             assert torch.allclose(ops[0].rmatmat(u), ops[1].rmatmat(u), rtol=1e-6, atol=1e-7)
 
 
+def test_forward_mode_runs_through_the_unet_and_agrees_with_reverse_mode(
+    tiny_model: DiffusionModel, single_thread: None
+) -> None:
+    """The attention block hands GroupNorm a strided tensor, whose forward-AD formula failed on the CPU."""
+    x_t = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(8))
+    generator = torch.Generator().manual_seed(9)
+    with frozen(tiny_model.unet):
+        for function, point in [(h_of_x(tiny_model, TIMESTEP), x_t), eps_of_h(tiny_model, x_t, TIMESTEP)]:
+            forward, reverse = (jacobian_operator(function, point, chunk_size=3, mode=m) for m in ("forward", "auto"))
+            v = torch.randn(forward.shape[1], 5, dtype=torch.float64, generator=generator)  # chunks of 3 and 2
+            assert torch.allclose(forward.matmat(v), reverse.matmat(v), rtol=1e-4, atol=1e-6)
+
+
 def test_krylov_on_dense_matrix_matches_svd_and_exhausting_the_space_is_exact() -> None:
     generator = torch.Generator().manual_seed(0)
     matrix = torch.randn(40, 12, generator=generator, dtype=torch.float64)
