@@ -824,6 +824,8 @@ class _ContiguousGroupNorm(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.group_norm and args:
             args = (args[0].contiguous(), *args[1:])
+        elif func is F.group_norm and "input" in kwargs:
+            kwargs = {**kwargs, "input": kwargs["input"].contiguous()}
         return func(*args, **kwargs)
 
 
