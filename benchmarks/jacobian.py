@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -444,15 +445,9 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
 
 
 def _median_ms(product: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, repeats: int) -> float:
-    product(vectors)
-    times = []
-    for _ in range(repeats):
-        synchronize(vectors.device)
-        start = time.perf_counter()
-        product(vectors)
-        synchronize(vectors.device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return float(torch.tensor(times).median())
+    run = functools.partial(product, vectors)
+    seconds = [timed(run, vectors.device, warmup=1 if repeat == 0 else 0)[1] for repeat in range(repeats)]
+    return 1e3 * statistics.median(seconds)
 
 
 def build_maps(model: DiffusionModel, cfg: JacobianBenchConfig) -> tuple[dict[str, JacobianMap], dict[str, Any]]:
