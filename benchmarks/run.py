@@ -371,6 +371,13 @@ def jacobian_tables(results: dict[str, Any]) -> str:
     lines.append("milliseconds per product call (median): J^T u, and J v by each engine ('-': the engine failed)")
     headers = ["map", "vectors", "J^T u", *[f"J v {engine.removeprefix('jvp_')}" for engine in engines]]
     lines.append(format_table(headers, product_rows))
+    lines.append("the same products one vector at a time and batched: largest relative difference (project's engine)")
+    consistency = [results[name]["products"]["batch_consistency"] for name in names]
+    consistency_rows = [
+        [name, row["vectors"], f"{row['jvp_rel_diff']:.1e}", f"{row['vjp_rel_diff']:.1e}"]
+        for name, row in zip(names, consistency, strict=True)
+    ]
+    lines.append(format_table(["map", "vectors", "J v", "J^T u"], consistency_rows))
     return "\n".join(lines)
 
 
