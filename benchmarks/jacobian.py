@@ -403,6 +403,8 @@ PRODUCT_ENGINES = (
 )
 """The J v engines of the product-cost table: (name, mode, transposed_conv_gradients). The project's default is
 ``jvp_reverse_transposed``; ``jvp_forward`` is how the papers' code computes J v."""
+PROJECT_ENGINE = "jvp_reverse_transposed"
+"""The project's default J v engine (:func:`pipeline.linalg.jacobian_operator`'s defaults)."""
 
 
 def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]:
@@ -418,12 +420,15 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
     """
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     batches: dict[str, dict[str, Any]] = {}
+    project_operators: dict[int, LinearOperator] = {}
     for batch in dict.fromkeys([1, cfg.chunk_size]):
         row: dict[str, Any] = {}
         for name, mode, transposed in PRODUCT_ENGINES:
             op = jacobian_operator(
                 jmap.function, jmap.point, chunk_size=batch, mode=mode, transposed_conv_gradients=transposed
             )
+            if name == PROJECT_ENGINE:
+                project_operators[batch] = op
             rows, columns = op.shape
             tangents = torch.randn(columns, batch, generator=generator, dtype=torch.float64).to(op.device)
             try:
@@ -434,6 +439,8 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
                 cotangents = torch.randn(rows, batch, generator=generator, dtype=torch.float64).to(op.device)
                 row["vjp_ms"] = _median_ms(op.rmatmat, cotangents, cfg.product_repeats)
         batches[str(batch)] = row
+    consistency = batch_consistency(project_operators[1], project_operators[cfg.chunk_size], cfg.chunk_size, cfg.seed)
+    project_operators.clear()
     if jmap.point.device.type == "cuda":
         torch.cuda.empty_cache()
     speedup = {
@@ -442,32 +449,32 @@ def product_costs(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]
         else None
         for batch, row in batches.items()
     }
-    return {"batches": batches, "jvp_speedup_transposed": speedup, "batch_consistency": batch_consistency(jmap, cfg)}
+    return {"batches": batches, "jvp_speedup_transposed": speedup, "batch_consistency": consistency}
 
 
-def batch_consistency(jmap: JacobianMap, cfg: JacobianBenchConfig) -> dict[str, Any]:
-    """How far the same products differ between batch sizes: ``cfg.chunk_size`` random vectors multiplied by
-    the project's engine one at a time and in one batch. Convolution libraries pick their algorithm by batch
-    size, so in float32 on a GPU the two differ by far more than float32's rounding (an H100, celebahq-256 J2:
-    5.6e-5 for J v, 7.5e-5 for J^T u), and so do the singular values of solvers that batch differently: that is
-    the accuracy below which no comparison of solvers on this map means anything.
+def batch_consistency(single: LinearOperator, batched: LinearOperator, vectors: int, seed: int) -> dict[str, Any]:
+    """How far the same products differ between batch sizes: ``vectors`` random vectors (seeded by ``seed``)
+    multiplied by one operator one at a time (``single``) and by one in one batch (``batched``). Convolution
+    libraries pick their algorithm by batch size, so in float32 on a GPU the two differ by far more than
+    float32's rounding (an H100, celebahq-256 J2: 5.6e-5 for J v, 7.5e-5 for J^T u), and so do the singular
+    values of solvers that batch differently: that is the accuracy below which no comparison of solvers on
+    this map means anything.
 
-    Returns ``{"vectors": chunk_size, "jvp_rel_diff": .., "vjp_rel_diff": ..}``: the largest relative 2-norm
-    difference over the vectors (0 when ``chunk_size`` is 1).
+    Returns ``{"vectors": vectors, "jvp_rel_diff": .., "vjp_rel_diff": ..}``: the largest relative 2-norm
+    difference over the vectors (0 when ``batched`` is ``single``).
     """
-    generator = torch.Generator("cpu").manual_seed(cfg.seed + 2)
-    single, batched = (jacobian_operator(jmap.function, jmap.point, chunk_size=c) for c in (1, cfg.chunk_size))
+    generator = torch.Generator("cpu").manual_seed(seed)
     rows, columns = single.shape
     differences = {}
     for name, size, product, batched_product in (
         ("jvp_rel_diff", columns, single.matmat, batched.matmat),
         ("vjp_rel_diff", rows, single.rmatmat, batched.rmatmat),
     ):
-        vectors = torch.randn(size, cfg.chunk_size, generator=generator, dtype=torch.float64).to(single.device)
-        one_by_one = torch.cat([product(vectors[:, [column]]) for column in range(cfg.chunk_size)], dim=1)
-        together = batched_product(vectors)
+        block = torch.randn(size, vectors, generator=generator, dtype=torch.float64).to(single.device)
+        one_by_one = torch.cat([product(block[:, [column]]) for column in range(vectors)], dim=1)
+        together = batched_product(block)
         differences[name] = ((one_by_one - together).norm(dim=0) / together.norm(dim=0)).max().item()
-    return {"vectors": cfg.chunk_size, **differences}
+    return {"vectors": vectors, **differences}
 
 
 def _median_ms(product: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, repeats: int) -> float:
