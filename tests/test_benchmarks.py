@@ -112,7 +112,7 @@ def test_jacobian_suite_references_match_the_exact_svd(small_model_dir: Path, tm
         # float32 on the CPU: batching changes the products at float32 rounding level (float64: see below).
         consistency = costs["batch_consistency"]
         assert consistency["vectors"] == 16
-        assert 0 < consistency["jvp_rel_diff"] < 1e-4 and 0 < consistency["vjp_rel_diff"] < 1e-4
+        assert 0 <= consistency["jvp_rel_diff"] < 1e-4 and 0 <= consistency["vjp_rel_diff"] < 1e-4
         speedup = costs["jvp_speedup_transposed"]["16"]
         assert speedup == pytest.approx(
             costs["batches"]["16"]["jvp_reverse_torch_ms"] / costs["batches"]["16"]["jvp_reverse_transposed_ms"]
