@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.io.errors import ConfigError, PipelineError
 
 ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
 

@@ -1,8 +1,8 @@
 """Suite ``jacobian``: the project's block Krylov solver against the papers' schemes, on one sample's Jacobians.
 
-Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A, :func:`pipeline.hspace.eps_of_h`)
+Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A, :func:`pipeline.diffusion.hspace.eps_of_h`)
 against sequential power iteration (:func:`benchmarks.reference.sequential_power_iteration`), and J1 = d h / d x_t
-(paper B's pullback, :func:`pipeline.hspace.h_of_x`) against subspace iteration
+(paper B's pullback, :func:`pipeline.diffusion.hspace.h_of_x`) against subspace iteration
 (:func:`benchmarks.reference.subspace_iteration`). Both are compared with the exact SVD of the explicitly formed
 Jacobian (or, for maps too large to form, a tightly converged block Krylov solve, see ``truth``); the project's
 :func:`pipeline.linalg.block_krylov_svd` is tightened until it is at least as accurate as the reference on both
@@ -35,11 +35,11 @@ from benchmarks.reference import (
     subspace_iteration,
     synchronize,
 )
-from pipeline.errors import ConfigError
-from pipeline.hspace import eps_of_h, h_of_x
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import eps_of_h, h_of_x
 from pipeline.linalg import JACOBIAN_MODES, LinearOperator, block_krylov_svd, frozen, jacobian_operator
-from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, denoise_steps, initial_noise
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, denoise_steps, initial_noise
 
 TOLERANCE_LADDER = (3e-1, 2e-1, 1e-1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 """Tolerances tried for the project's solver, loosest first, until it is accurate enough (steps of about 1.5-2x
@@ -315,7 +315,7 @@ def timed(run: Callable[[], Any], device: torch.device, warmup: int) -> tuple[An
 @contextlib.contextmanager
 def quiet_solver() -> Iterator[None]:
     """Silence block_krylov_svd's not-converged warnings (the ladder records ``converged`` itself)."""
-    solver_logger = logging.getLogger("pipeline.linalg")
+    solver_logger = logging.getLogger("pipeline.linalg.solvers")
     level = solver_logger.level
     solver_logger.setLevel(logging.ERROR)
     try:

@@ -20,9 +20,9 @@ from typing import Any
 import diffusers
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.models import load_model
-from pipeline.store import open_store
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.models import load_model
+from pipeline.data.store import open_store
 from pipeline.study import GenerateConfig, HStatsConfig, ModelConfig, SamplerConfig, generate, hstats
 
 ATTRIBUTES = ("attribute_a", "attribute_b")

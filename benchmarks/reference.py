@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import LinearOperator
 
 POWER_K = 3

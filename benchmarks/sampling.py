@@ -1,4 +1,4 @@
-"""Suite ``sampling``: throughput of :func:`pipeline.sampling.sample` against diffusers' ``DDIMPipeline``, and the
+"""Suite ``sampling``: throughput of :func:`pipeline.diffusion.sampling.sample` against diffusers' ``DDIMPipeline``, and the
 peak memory of generate + hstats at two sample counts (each in a fresh subprocess, :mod:`benchmarks.memory_probe`).
 """
 
@@ -19,9 +19,9 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 from benchmarks.reference import synchronize
-from pipeline.errors import ConfigError
-from pipeline.models import DiffusionModel
-from pipeline.sampling import sample
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import sample
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ class SamplingBenchConfig:
 
 
 def ours_sampler(model: DiffusionModel, cfg: SamplingBenchConfig, capture: bool) -> Callable[[], Any]:
-    """One call of :func:`pipeline.sampling.sample`: seeds 0..batch-1, ``cfg.steps`` DDIM steps (eta 0), one
+    """One call of :func:`pipeline.diffusion.sampling.sample`: seeds 0..batch-1, ``cfg.steps`` DDIM steps (eta 0), one
     batch, h of every step recorded when ``capture``."""
     seeds = list(range(cfg.batch_size))
     steps = "all" if capture else None
@@ -78,7 +78,7 @@ def throughput(
 ) -> dict[str, Any]:
     """Images per second of three (or four) samplers on the same model, batch, steps (eta 0) and dtype.
 
-    ``ours_capture``: :func:`pipeline.sampling.sample` recording h at every step; ``ours_no_capture``: the
+    ``ours_capture``: :func:`pipeline.diffusion.sampling.sample` recording h at every step; ``ours_no_capture``: the
     same without capture; ``diffusers_ddim``: ``DDIMPipeline`` with ``DDIMScheduler.from_config`` of the model's
     scheduler (output_type "np", progress bar off). ``fast_model``, the same weights loaded with performance
     options (autocast, channels_last, compile), adds ``ours_capture_fast``; ``baseline_model``, the same weights
@@ -146,7 +146,7 @@ def throughput(
 
 
 def operator_profile(model: DiffusionModel, cfg: SamplingBenchConfig, top: int) -> dict[str, Any]:
-    """Where one :func:`pipeline.sampling.sample` call with capture spends its time: ``torch.profiler`` over a
+    """Where one :func:`pipeline.diffusion.sampling.sample` call with capture spends its time: ``torch.profiler`` over a
     call of ``cfg.batch_size`` images and ``cfg.steps`` steps (after one untimed call), the ``top`` operators
     (aten::convolution, aten::native_group_norm, ...) by self time on the device (CUDA: the kernels each one
     launched itself) or the CPU.

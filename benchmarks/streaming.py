@@ -3,7 +3,7 @@
     python -m benchmarks.streaming [--sizes 500,5000] [--h-shape 512,8,8] [--steps 10] [--json out.json]
 
 For each N a store of N random samples with h of ``--h-shape`` at ``--steps`` steps (float16; celebahq-256's
-bottleneck is 512x8x8) is written by :func:`pipeline.store.synthetic_store` in one subprocess, then a fresh
+bottleneck is 512x8x8) is written by :func:`pipeline.data.store.synthetic_store` in one subprocess, then a fresh
 subprocess runs :func:`pipeline.study.hstats`, :func:`pipeline.study.pca` and
 :func:`pipeline.study.supervised_methods` on it (random scores for two attributes) and reports its peak
 resident memory. ``relative_difference`` = (peak at the largest N - peak at the smallest) / peak at the
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks.memory_probe import peak_rss_mib, probe_top_k
-from pipeline.store import open_store, synthetic_store
+from pipeline.data.store import open_store, synthetic_store
 from pipeline.study import HStatsConfig, PCAConfig, SupervisedConfig, hstats, pca, supervised_methods
 
 ATTRIBUTES = ("attribute_a", "attribute_b")

@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.errors import ConfigError, ModelNotFoundError, PipelineError
-from pipeline.toy_classifier import ToyFacesClassifier
+from pipeline.io.errors import ConfigError, ModelNotFoundError, PipelineError
+from pipeline.toyfaces.classifier import ToyFacesClassifier
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -163,3 +163,18 @@ def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -
             ) from error
         return model.to(device).eval().requires_grad_(False)
     raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
+@torch.no_grad()
+def classify_logits(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Attribute logits [N, A] of images [N, 3, H, W] in [0, 1].
+
+    Edit effects are measured on raw logits: the logit of a sigmoid probability saturates in float32
+    (p rounds to 1 near logit 17), which would hide the change of an already confident attribute.
+    """
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
+
+
+def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Attribute probabilities [N, A] of images [N, 3, H, W] in [0, 1] (sigmoid of the classifier's logits)."""
+    return torch.sigmoid(classify_logits(classifier, images, batch_size))
+

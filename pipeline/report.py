@@ -26,8 +26,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.checkpoint import atomic_path
-from pipeline.tracking import flatten
+from pipeline.io.files import atomic_path
+from pipeline.io.tracking import flatten
 
 EVALUATE_METRICS = "metrics/evaluate.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"

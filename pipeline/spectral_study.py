@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline import geometry
-from pipeline.checkpoint import WorkCache
+from pipeline.directions import geometry
+from pipeline.io.files import WorkCache
 from pipeline.directions import Directions, Origin
 from pipeline.directions.jacobian import (
     JacobianSpectra,
@@ -35,14 +35,14 @@ from pipeline.directions.pullback import (
     states_at,
     step_for_fraction,
 )
-from pipeline.errors import ConfigError
-from pipeline.hspace import h_of_x
-from pipeline.images import make_grid
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import h_of_x
+from pipeline.io.images import make_grid
 from pipeline.linalg import frozen
-from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid
 from pipeline.study import HeldOut, JacobianConfig, PullbackConfig, SamplerConfig, decode_images, edit, held_out
-from pipeline.toyfaces import REGIONS, ToyFacesConfig
+from pipeline.toyfaces.world import REGIONS, ToyFacesConfig
 
 
 @dataclass
@@ -66,7 +66,7 @@ def sample_masks(
     if mask is None:
         return [None] * count, [None] * count
     if isinstance(mask, str) and mask in REGIONS:
-        from pipeline.toy_classifier import ToyFacesClassifier, locate_regions
+        from pipeline.toyfaces.classifier import ToyFacesClassifier, locate_regions
 
         if not isinstance(classifier, ToyFacesClassifier) or world is None:
             raise ConfigError(f"directions.jacobian.mask '{mask}': ToyFaces regions need the toyfaces classifier")
@@ -330,7 +330,7 @@ def _curvedness(
     work: WorkCache,
 ) -> dict[str, float]:
     """Curvedness of the straight segment between two x_t: of its image in h, and the turning of the
-    tangent spaces along it (see :func:`pipeline.geometry.segment_curvedness` / ``tangent_turning``)."""
+    tangent spaces along it (see :func:`pipeline.directions.geometry.segment_curvedness` / ``tangent_turning``)."""
     fractions = torch.linspace(0, 1, cfg.curvedness_points)
     points = torch.stack([(1 - s) * start + s * end for s in fractions])
     with torch.no_grad(), frozen(model.unet):

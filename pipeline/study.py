@@ -16,24 +16,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checkpoint import atomic_path
+from pipeline.io.files import atomic_path
 from pipeline.directions import Directions, Origin, supervised
 from pipeline.directions.pca import PCAResult, pca_directions_streaming
-from pipeline.errors import ConfigError
-from pipeline.hspace import DEFAULT_LOCATION
-from pipeline.hstats import HStats, centered_batches, compute_hstats, select_extremes, threshold_groups
-from pipeline.images import make_grid
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import DEFAULT_LOCATION
+from pipeline.data.hstats import HStats, centered_batches, compute_hstats, select_extremes, threshold_groups
+from pipeline.io.images import make_grid
 from pipeline.linalg import JACOBIAN_MODES, SolverConfig
-from pipeline.models import DiffusionModel, TextPrompts, load_model
-from pipeline.sampling import decode, initial_noise
-from pipeline.store import Store, StoreIndex, StoreSpec, generate_store
+from pipeline.diffusion.models import DiffusionModel, TextPrompts, load_model
+from pipeline.diffusion.sampling import decode, initial_noise
+from pipeline.data.store import Store, StoreIndex, StoreSpec, generate_store
 
 
 @dataclass
 class ModelConfig:
     """The ``model`` params section: which diffusion model, its dtype, the h-space site, whether sampling
-    clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.models.load_model`), and for a text-conditioned
-    model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.models.TextPrompts`;
+    clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.diffusion.models.load_model`), and for a text-conditioned
+    model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.diffusion.models.TextPrompts`;
     absent for unconditional models). Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs
     sampling and edit decodes in mixed precision (Jacobians and spectra stay in ``dtype``), ``channels_last``
     the NHWC memory format, ``compile`` ("none" | "default" | "reduce-overhead" | "max-autotune") compiles
@@ -278,7 +278,7 @@ def generate(
 
     Resumable: shards already written for the same settings are kept. ``partition`` (i, n): only the shards
     s with s % n == i (one of n shard jobs); ``sample=False``: the merge after the jobs, which checks that
-    every shard is there and writes the index (see :func:`pipeline.store.generate_store`).
+    every shard is there and writes the index (see :func:`pipeline.data.store.generate_store`).
     """
     if cfg.num_samples < 2:
         raise ConfigError(f"generate.num_samples={cfg.num_samples}: must be >= 2")

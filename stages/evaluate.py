@@ -1,15 +1,15 @@
-"""DVC stage ``evaluate``: every directions file scored by one protocol on held-out seeds (pipeline/evaluation.py)."""
+"""DVC stage ``evaluate``: every directions file scored by one protocol on held-out seeds (pipeline/evaluation/protocol.py)."""
 
 from pipeline import study
-from pipeline.checkpoint import stage_work
+from pipeline.io.files import stage_work
 from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.directions import Expected, load_directions
-from pipeline.evaluation import EvaluateConfig, evaluate
-from pipeline.images import save_png
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.toyfaces import ToyFacesConfig
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.evaluation.protocol import EvaluateConfig, evaluate
+from pipeline.io.images import save_png
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.toyfaces.world import ToyFacesConfig
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 DIRECTIONS = "directions/{method}.safetensors"
 GRID = "plots/evaluate/{method}.png"

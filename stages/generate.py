@@ -1,17 +1,17 @@
 """DVC stage ``generate``: sample the configured model into the sharded store data/samples (resumable).
 
-With ``launch.shards > 1`` the shards are sampled by shard jobs (:mod:`pipeline.launch`), then merged here.
+With ``launch.shards > 1`` the shards are sampled by shard jobs (:mod:`pipeline.io.launch`), then merged here.
 """
 
 from omegaconf import DictConfig
 
 from pipeline import study
-from pipeline.images import make_grid
-from pipeline.launch import LaunchConfig, ShardJob, run_shard_jobs
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.store import open_store
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.io.images import make_grid
+from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.data.store import open_store
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 SAMPLES = "data/samples"
 METRICS = "metrics/generate.json"

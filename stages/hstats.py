@@ -1,9 +1,9 @@
 """DVC stage ``hstats``: streaming h statistics (means, top/bottom-k and label-conditioned group means)."""
 
 from pipeline import study
-from pipeline.hstats import save_hstats
-from pipeline.params import load_params, load_section
-from pipeline.store import open_store
+from pipeline.data.hstats import save_hstats
+from pipeline.io.params import load_params, load_section
+from pipeline.data.store import open_store
 
 SAMPLES = "data/samples"
 LABELS = "data/labels.csv"

@@ -1,15 +1,15 @@
 """DVC stage ``jacobian``: image-specific Jacobian directions of held-out samples (directions/jacobian.safetensors)."""
 
 from pipeline import study
-from pipeline.checkpoint import stage_work
+from pipeline.io.files import stage_work
 from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.directions import save_directions
-from pipeline.images import save_png
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
+from pipeline.io.images import save_png
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
 from pipeline.spectral_study import run_jacobian
-from pipeline.toyfaces import ToyFacesConfig
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.toyfaces.world import ToyFacesConfig
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 OUTPUT = "directions/{method}.safetensors"
 PLOT = "plots/{name}.csv"

@@ -1,19 +1,19 @@
 """DVC stage ``label``: score every stored sample with the configured attribute classifier (data/labels.csv).
 
-With ``launch.shards > 1`` shard jobs label parts of the store (:mod:`pipeline.launch`), merged here.
+With ``launch.shards > 1`` shard jobs label parts of the store (:mod:`pipeline.io.launch`), merged here.
 """
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline import study
-from pipeline.checkpoint import WORK_ROOT, stage_work
+from pipeline.io.files import WORK_ROOT, stage_work
 from pipeline.classifiers import ClassifierConfig, load_classifier
-from pipeline.launch import LaunchConfig, ShardJob, job_shards, label_part_path, merge_label_parts, run_shard_jobs
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.store import INDEX_FILE, open_store
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.io.launch import LaunchConfig, ShardJob, job_shards, label_part_path, merge_label_parts, run_shard_jobs
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.data.store import INDEX_FILE, open_store
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 SAMPLES = "data/samples"
 LABELS = "data/labels.csv"

@@ -2,10 +2,10 @@
 
 from pipeline import study
 from pipeline.directions import save_directions
-from pipeline.hstats import load_hstats
-from pipeline.params import load_params, load_section
-from pipeline.store import open_store
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.data.hstats import load_hstats
+from pipeline.io.params import load_params, load_section
+from pipeline.data.store import open_store
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 SAMPLES = "data/samples"
 HSTATS = "data/hstats.safetensors"

@@ -3,10 +3,10 @@
 from pipeline import study
 from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.directions import Expected, load_directions
-from pipeline.images import save_png
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.io.images import save_png
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 METHODS = ("pca_per_step", "pca_all_steps", "supervised", "supervised_conditional", "noise_supervised")
 DIRECTIONS = "directions/{method}.safetensors"

@@ -1,13 +1,13 @@
 """DVC stage ``pullback``: local pullback bases in x_t, transport, global directions and their analyses."""
 
 from pipeline import study
-from pipeline.checkpoint import stage_work
+from pipeline.io.files import stage_work
 from pipeline.directions import save_directions
-from pipeline.images import save_png
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
+from pipeline.io.images import save_png
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
 from pipeline.spectral_study import run_pullback
-from pipeline.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import LoggingConfig, Tracker
 
 OUTPUT = "directions/{method}.safetensors"
 PLOT = "plots/{name}.csv"

@@ -1,6 +1,6 @@
 """One shard job of ``generate`` or ``label``: a Hydra app whose primary config is params.yaml.
 
-Started by those stages when ``launch.shards > 1`` (see :mod:`pipeline.launch`), for example::
+Started by those stages when ``launch.shards > 1`` (see :mod:`pipeline.io.launch`), for example::
 
     python -m stages.shard --config-dir . --config-name params -m hydra/launcher=joblib \
         +shard.stage=generate +shard.count=3 '+shard.index=range(0,3)'
@@ -9,8 +9,8 @@ Started by those stages when ``launch.shards > 1`` (see :mod:`pipeline.launch`),
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.launch import check_job_config, job_device
-from pipeline.params import load_params, load_value
+from pipeline.io.launch import check_job_config, job_device
+from pipeline.io.params import load_params, load_value
 from stages import generate, label
 
 

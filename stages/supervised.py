@@ -1,11 +1,11 @@
 """DVC stage ``supervised``: top-k minus bottom-k mean directions in h and x_T, and conditional ones."""
 
 from pipeline import study
-from pipeline.checkpoint import write_json
+from pipeline.io.files import write_json
 from pipeline.directions import save_directions
-from pipeline.hstats import load_hstats
-from pipeline.params import load_params, load_section
-from pipeline.store import open_store
+from pipeline.data.hstats import load_hstats
+from pipeline.io.params import load_params, load_section
+from pipeline.data.store import open_store
 
 SAMPLES = "data/samples"
 LABELS = "data/labels.csv"

@@ -1,12 +1,12 @@
 """DVC stage ``toy_quality``: judge the trained ToyFaces DDPM with the ToyFaces classifier."""
 
-from pipeline.checkpoint import write_json
-from pipeline.images import save_png
-from pipeline.models import load_model, resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.toy_classifier import ToyFacesClassifier
-from pipeline.toy_quality import ToyQualityConfig, assess_toy_model
-from pipeline.toyfaces import ToyFacesConfig
+from pipeline.io.files import write_json
+from pipeline.io.images import save_png
+from pipeline.diffusion.models import load_model, resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.toyfaces.classifier import ToyFacesClassifier
+from pipeline.toyfaces.quality import ToyQualityConfig, assess_toy_model
+from pipeline.toyfaces.world import ToyFacesConfig
 
 MODEL = "models/toyfaces/ddpm"
 CLASSIFIER = "models/toyfaces/classifier"

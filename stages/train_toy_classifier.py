@@ -1,10 +1,10 @@
 """DVC stage ``train_toy_classifier``: train the ToyFaces attribute classifier; writes models/toyfaces/classifier."""
 
-from pipeline.checkpoint import write_json
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.toy_training import TrainToyClassifierConfig, train_toy_classifier
-from pipeline.toyfaces import ToyFacesConfig
+from pipeline.io.files import write_json
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.toyfaces.training import TrainToyClassifierConfig, train_toy_classifier
+from pipeline.toyfaces.world import ToyFacesConfig
 
 OUTPUT = "models/toyfaces/classifier"
 CHECKPOINTS = "checkpoints/train_toy_classifier"

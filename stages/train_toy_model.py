@@ -1,10 +1,10 @@
 """DVC stage ``train_toy_model``: train the ToyFaces DDPM; writes models/toyfaces/ddpm (committed)."""
 
-from pipeline.checkpoint import write_json
-from pipeline.models import resolve_device
-from pipeline.params import load_params, load_section, load_value
-from pipeline.toy_training import TrainToyModelConfig, train_toy_model
-from pipeline.toyfaces import ToyFacesConfig
+from pipeline.io.files import write_json
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.params import load_params, load_section, load_value
+from pipeline.toyfaces.training import TrainToyModelConfig, train_toy_model
+from pipeline.toyfaces.world import ToyFacesConfig
 
 OUTPUT = "models/toyfaces/ddpm"
 CHECKPOINTS = "checkpoints/train_toy_model"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from pipeline.models import DiffusionModel, load_model
+from pipeline.diffusion.models import DiffusionModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -53,7 +53,7 @@ def tiny_model_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path) -> DiffusionModel:
-    """``tiny_model_dir`` loaded on the CPU in float32 through :func:`pipeline.models.load_model`."""
+    """``tiny_model_dir`` loaded on the CPU in float32 through :func:`pipeline.diffusion.models.load_model`."""
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
@@ -224,7 +224,7 @@ EVERY_METHOD_STUDY: dict[str, object] = {
 def run_study(folder: Path, overrides: list[str], stages: Sequence[ModuleType]) -> Iterator[Path]:
     """Compose ``params.yaml`` in ``folder`` from the real conf/ with ``overrides``, run each stage's ``main()``
     there in order and yield the folder; the working directory is ``folder`` until the block ends."""
-    from pipeline.params import compose
+    from pipeline.io.params import compose
 
     (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
     previous = Path.cwd()

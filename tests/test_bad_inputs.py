@@ -1,7 +1,7 @@
 """The bad-input catalogue (issue 9, item 3): every bad input stops with a one-line error naming its cause.
 
 One parametrized case per row of :data:`CASES`. Each case asserts that the call raises the row's
-``pipeline.errors`` class, that the message is one line (no newline, at most :data:`MAX_MESSAGE` characters)
+``pipeline.io.errors`` class, that the message is one line (no newline, at most :data:`MAX_MESSAGE` characters)
 containing every fragment of the row (the key, value or file at fault), and, where the call would write,
 that nothing is left under the output's name (the path is absent or an empty folder: no partial file and no
 temporary). Stage rows run the real entry points (``stages.generate``, ``stages.label``) in a temporary
@@ -26,7 +26,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
-import pipeline.checkpoint as checkpoint_module
+import pipeline.io.files as checkpoint_module
 from pipeline import study
 from pipeline.classifiers import read_state_dict
 from pipeline.directions import Directions, Origin, load_directions, save_directions
@@ -34,13 +34,13 @@ from pipeline.directions.format import Expected
 from pipeline.directions.jacobian import jacobian_spectra, rectangle_mask
 from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
-from pipeline.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
-from pipeline.hstats import select_extremes, threshold_groups
+from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
+from pipeline.data.hstats import select_extremes, threshold_groups
 from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
-from pipeline.models import DiffusionModel, load_model
-from pipeline.params import compose, load_params, load_section
-from pipeline.sampling import ddim_grid, invert_ddim, invert_edit_friendly, sample
-from pipeline.store import StoreError, StoreSpec, generate_store
+from pipeline.diffusion.models import DiffusionModel, load_model
+from pipeline.io.params import compose, load_params, load_section
+from pipeline.diffusion.sampling import ddim_grid, invert_ddim, invert_edit_friendly, sample
+from pipeline.data.store import StoreError, StoreSpec, generate_store
 from stages import generate, label
 
 pytestmark = pytest.mark.usefixtures("single_thread")

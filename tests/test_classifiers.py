@@ -13,8 +13,8 @@ from pipeline.classifiers import (
     load_classifier,
     read_state_dict,
 )
-from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.toyfaces import ToyFacesConfig, make_batch
+from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.toyfaces.world import ToyFacesConfig, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None

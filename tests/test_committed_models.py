@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models import load_model
-from pipeline.sampling import sample, to_image_range
+from pipeline.diffusion.models import load_model
+from pipeline.diffusion.sampling import sample, to_image_range
 
 ROOT = Path(__file__).resolve().parents[1]
 

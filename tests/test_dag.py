@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 OUTPUT_NEUTRAL_MODULES = {
-    "pipeline/errors.py",  # exception types and their messages
-    "pipeline/tracking.py",  # W&B and console logging; metrics files are written by the stages themselves
-    "pipeline/params.py",  # reads and validates params.yaml, whose sections are the stages' params deps
-    "pipeline/launch.py",  # shard orchestration; the merged outputs equal an unsharded run's (test_launch.py)
-    "pipeline/checkpoint.py",  # atomic writes of bytes computed elsewhere
+    "pipeline/io/errors.py",  # exception types and their messages
+    "pipeline/io/tracking.py",  # W&B and console logging; metrics files are written by the stages themselves
+    "pipeline/io/params.py",  # reads and validates params.yaml, whose sections are the stages' params deps
+    "pipeline/io/launch.py",  # shard orchestration; the merged outputs equal an unsharded run's (test_launch.py)
+    "pipeline/io/files.py",  # atomic writes of bytes computed elsewhere
 }
-OUTPUT_NEUTRAL_NAMES = {("pipeline/models.py", "resolve_device")}  # the device, which is a param
+OUTPUT_NEUTRAL_NAMES = {("pipeline/diffusion/models.py", "resolve_device")}  # the device, which is a param
 
 
 def _paths(entries: list) -> set[str]:

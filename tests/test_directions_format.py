@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.directions import Directions, Expected, Origin, load_directions, save_directions
-from pipeline.errors import ConfigError
-from pipeline.hspace import hspace_shape
-from pipeline.models import DiffusionModel
-from pipeline.sampling import decode, initial_noise
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import hspace_shape
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import decode, initial_noise
 
 
 def h_directions(steps: int = 4, h_shape: tuple[int, ...] = (2, 3, 3), **overrides: object) -> Directions:

@@ -12,8 +12,8 @@ from torch import nn
 
 from pipeline.directions import Directions, Origin
 from pipeline.directions.pullback import guidance_edit, guidance_rows
-from pipeline.errors import ConfigError
-from pipeline.evaluation import (
+from pipeline.io.errors import ConfigError
+from pipeline.evaluation.protocol import (
     PSNR_CAP,
     ClassifierFeatures,
     Editor,
@@ -29,9 +29,9 @@ from pipeline.evaluation import (
     selectivity,
     ssim_per_image,
 )
-from pipeline.params import load_params, load_section
+from pipeline.io.params import load_params, load_section
 from pipeline.study import SamplerConfig, decode_images, held_out
-from pipeline.toy_classifier import ToyFacesClassifier
+from pipeline.toyfaces.classifier import ToyFacesClassifier
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, report, supervised
 from tests.conftest import run_study, tiny_study_overrides
 
@@ -166,7 +166,7 @@ def test_batched_guidance_equals_guidance_edit(tiny_model, single_thread):
 @needs_classifier
 @pytest.mark.parametrize("space", ["h", "x_T", "x_t"])
 def test_a_scale_zero_edit_is_the_baseline(tiny_model, single_thread, space):
-    from pipeline.hspace import hspace_shape
+    from pipeline.diffusion.hspace import hspace_shape
 
     sampler = SamplerConfig(steps=3, eta=0.0, batch_size=8)
     samples = held_out(tiny_model, sampler, seed_offset=95_000_000, count=3)
@@ -277,7 +277,7 @@ def test_report_is_written(workspace):
 
 
 def test_central_difference_cancels_what_both_signs_do_alike():
-    from pipeline.evaluation import central_difference
+    from pipeline.evaluation.protocol import central_difference
 
     linear = torch.tensor([[2.0, -1.0, 0.0], [4.0, -3.0, 0.0]])  # the direction's own effect at +s
     artifact = torch.tensor([[1.0, 1.0, 5.0], [3.0, 0.0, -2.0]])  # what any edit of that size does

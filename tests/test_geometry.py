@@ -1,12 +1,12 @@
-"""Tests for pipeline.geometry: principal angles, transport, projection, chordal mean, spectra and curvedness."""
+"""Tests for pipeline.directions.geometry: principal angles, transport, projection, chordal mean, spectra and curvedness."""
 
 import math
 
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.geometry import (
+from pipeline.io.errors import ConfigError
+from pipeline.directions.geometry import (
     chordal_mean,
     grassmann_distance,
     mean_frequency,

@@ -1,11 +1,11 @@
-"""Tests for pipeline.hspace: capture and injection hooks on pixel and text-conditioned UNets."""
+"""Tests for pipeline.diffusion.hspace: capture and injection hooks on pixel and text-conditioned UNets."""
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from pipeline.errors import ConfigError
-from pipeline.hspace import HSpaceHook, check_location, hspace_locations, hspace_shape
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import HSpaceHook, check_location, hspace_locations, hspace_shape
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

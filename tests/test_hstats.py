@@ -1,4 +1,4 @@
-"""Tests for pipeline.hstats: streaming means against in-memory ones, extremes, PCA passes, files, memory."""
+"""Tests for pipeline.data.hstats: streaming means against in-memory ones, extremes, PCA passes, files, memory."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pipeline.errors import ConfigError
-from pipeline.hstats import (
+from pipeline.io.errors import ConfigError
+from pipeline.data.hstats import (
     HStatsFileError,
     centered_batches,
     compute_hstats,
@@ -22,8 +22,8 @@ from pipeline.hstats import (
     select_extremes,
     threshold_groups,
 )
-from pipeline.models import DiffusionModel
-from pipeline.store import Store, StoreSpec, generate_store, open_store
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.data.store import Store, StoreSpec, generate_store, open_store
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

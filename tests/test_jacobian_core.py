@@ -7,8 +7,8 @@ conftest, for both maps the methods need (d h / d x_t for pullback, d eps / d h 
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.hspace import eps_of_h, h_of_x
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import eps_of_h, h_of_x
 from pipeline.linalg import (
     LinearOperator,
     block_krylov_svd,
@@ -16,7 +16,7 @@ from pipeline.linalg import (
     frozen,
     jacobian_operator,
 )
-from pipeline.models import DiffusionModel
+from pipeline.diffusion.models import DiffusionModel
 
 TIMESTEP = 500
 
@@ -93,7 +93,7 @@ def test_transposed_conv_gradients_give_torch_s_products(mode: str, device: str)
 
 
 def test_transposed_conv_gradients_replace_frozen_convolutions_only() -> None:
-    from pipeline.linalg import _TransposedConvGradients
+    from pipeline.linalg.solvers import _TransposedConvGradients
 
     torch.manual_seed(1)
     net = ConvNet().double()
@@ -205,7 +205,7 @@ def test_frozen_restores_requires_grad_and_mode(mlp: torch.nn.Module) -> None:
 def test_h_of_x_stops_at_h_and_equals_the_captured_activation(
     tiny_model: DiffusionModel, single_thread: None
 ) -> None:
-    from pipeline.hspace import HSpaceHook
+    from pipeline.diffusion.hspace import HSpaceHook
 
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), HSpaceHook(tiny_model.unet, "after") as hook:

@@ -18,11 +18,11 @@ from pipeline.directions.pullback import (
     states_at,
     step_for_fraction,
 )
-from pipeline.errors import ConfigError
-from pipeline.hspace import eps_of_h, h_of_x
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import eps_of_h, h_of_x
 from pipeline.linalg import SolverConfig, frozen, jacobian_operator
-from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, decode, initial_noise
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, decode, initial_noise
 
 STEPS = 5
 SOLVER = SolverConfig(tolerance=1e-6, max_iterations=60, chunk_size=16)

@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load as parse_safetensors
 
-import pipeline.store as store_module
-from pipeline.params import compose
+import pipeline.data.store as store_module
+from pipeline.io.params import compose
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
 from tests.conftest import tiny_study_overrides
 

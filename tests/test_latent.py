@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models import load_model
-from pipeline.store import open_store
+from pipeline.diffusion.models import load_model
+from pipeline.data.store import open_store
 from tests.conftest import assert_every_method_evaluated, every_method_study
 
 

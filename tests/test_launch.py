@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.errors import ConfigError
-from pipeline.launch import (
+from pipeline.io.errors import ConfigError
+from pipeline.io.launch import (
     LaunchConfig,
     ShardJob,
     ShardJobError,
@@ -22,8 +22,8 @@ from pipeline.launch import (
     merge_label_parts,
     shard_command,
 )
-from pipeline.params import compose, validate
-from pipeline.store import StoreError, open_store
+from pipeline.io.params import compose, validate
+from pipeline.data.store import StoreError, open_store
 from stages import generate, label
 from tests.conftest import run_study, tiny_study_overrides
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import (
     LinearOperator,
     StreamedRows,
@@ -216,7 +216,7 @@ def test_block_krylov_handles_operators_of_rank_below_k() -> None:
 def test_block_krylov_stops_on_the_ordinary_ritz_step_when_the_left_one_stalls(monkeypatch) -> None:
     """The left Rayleigh-Ritz vectors carry the products' rounding and can stall above a tight tolerance (float32
     products); the ordinary step's estimates settle then, and the solver returns them, converged and exact."""
-    import pipeline.linalg as linalg
+    import pipeline.linalg.solvers as linalg
 
     matrix = low_rank_plus_noise(300, 200, rank=4, noise=1e-2)  # 30 blocks of 4 never fill the 200 columns
     op = dense_operator(matrix, fused_gram=False)

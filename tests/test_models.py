@@ -1,4 +1,4 @@
-"""Tests for pipeline.models: local pipeline and bare folders, hub-id errors, device and dtype names."""
+"""Tests for pipeline.diffusion.models: local pipeline and bare folders, hub-id errors, device and dtype names."""
 
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.models import DEFAULT_TRAIN_SCHEDULE, load_model, resolve_device, resolve_dtype
+from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.diffusion.models import DEFAULT_TRAIN_SCHEDULE, load_model, resolve_device, resolve_dtype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.classifiers import ClassifierConfig
-from pipeline.errors import ConfigError
-from pipeline.params import compose, load_params, load_section, load_value
+from pipeline.io.errors import ConfigError
+from pipeline.io.params import compose, load_params, load_section, load_value
 from pipeline.study import (
     DirectionsConfig,
     GenerateConfig,
@@ -16,10 +16,10 @@ from pipeline.study import (
     PreviewConfig,
     SamplerConfig,
 )
-from pipeline.toy_quality import ToyQualityConfig
-from pipeline.toy_training import TrainToyClassifierConfig, TrainToyModelConfig
-from pipeline.toyfaces import ToyFacesConfig
-from pipeline.tracking import LoggingConfig
+from pipeline.toyfaces.quality import ToyQualityConfig
+from pipeline.toyfaces.training import TrainToyClassifierConfig, TrainToyModelConfig
+from pipeline.toyfaces.world import ToyFacesConfig
+from pipeline.io.tracking import LoggingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {
@@ -40,7 +40,7 @@ SCHEMAS = {
 
 def test_committed_params_equal_what_conf_composes():
     committed = (ROOT / "params.yaml").read_text()
-    assert compose(ROOT / "conf") == committed, "params.yaml is stale: run `python -m pipeline.params`"
+    assert compose(ROOT / "conf") == committed, "params.yaml is stale: run `python -m pipeline.io.params`"
 
 
 @pytest.mark.parametrize("section", sorted(SCHEMAS))

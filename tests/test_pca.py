@@ -8,7 +8,7 @@ from sklearn.decomposition import PCA
 
 from pipeline.directions import Origin, load_directions, save_directions
 from pipeline.directions.pca import PCAResult, pca_directions, pca_directions_streaming
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import canonical_signs
 
 SAMPLES, STEPS, H_SHAPE = 40, 3, (2, 3, 4)

@@ -16,8 +16,8 @@ from diffusers import UNet2DModel
 
 from pipeline import params as params_module
 from pipeline.classifiers import read_state_dict
-from pipeline.errors import ModelNotFoundError
-from pipeline.models import load_model
+from pipeline.io.errors import ModelNotFoundError
+from pipeline.diffusion.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py")])
@@ -49,7 +49,7 @@ def _is_true(node: ast.AST | None) -> bool:
 
 def test_the_scan_covers_the_library_and_the_stages() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in SOURCES}
-    assert {"pipeline/models.py", "pipeline/classifiers.py", "pipeline/checkpoint.py", "stages/generate.py"} <= names
+    assert {"pipeline/diffusion/models.py", "pipeline/classifiers.py", "pipeline/io/files.py", "stages/generate.py"} <= names
 
 
 def test_no_trust_remote_code_in_pipeline_stages_or_config() -> None:
@@ -166,7 +166,7 @@ def test_the_wandb_api_key_is_written_to_no_params_log_metrics_or_run_file(
     workspace = tmp_path / "workspace"
     workspace.mkdir()
 
-    # params.yaml composed from conf/ by `python -m pipeline.params` (W&B mode auto, as committed).
+    # params.yaml composed from conf/ by `python -m pipeline.io.params` (W&B mode auto, as committed).
     overrides = [
         f"model.source={tiny_model_dir}",
         "sampler.steps=2",
@@ -176,7 +176,7 @@ def test_the_wandb_api_key_is_written_to_no_params_log_metrics_or_run_file(
         f"logging.wandb.dir={tmp_path / 'runs'}",
         "device=cpu",
     ]
-    command = ["pipeline.params", *overrides, "--conf-dir", str(ROOT / "conf"), "--out", str(workspace / "params.yaml")]
+    command = ["pipeline.io.params", *overrides, "--conf-dir", str(ROOT / "conf"), "--out", str(workspace / "params.yaml")]
     monkeypatch.setattr(sys, "argv", command)
     params_module.main()
     assert "mode: auto" in (workspace / "params.yaml").read_text()

@@ -1,4 +1,4 @@
-"""Tests for pipeline.sampling: seeding, exact re-decoding, h editing, Asyrp, inversion and validation."""
+"""Tests for pipeline.diffusion.sampling: seeding, exact re-decoding, h editing, Asyrp, inversion and validation."""
 
 import copy
 from collections.abc import Callable
@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pipeline.errors import ConfigError, NumericalError
-from pipeline.models import DiffusionModel
-from pipeline.sampling import (
+from pipeline.io.errors import ConfigError, NumericalError
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import (
     SampleBatch,
     asyrp_equivalent_scales,
     ddim_grid,
@@ -349,7 +349,7 @@ def test_bad_inputs_raise_one_line_config_errors(tiny_model: DiffusionModel, sto
 
 
 def test_clip_sample_keeps_the_predicted_x0_in_range(tiny_model_dir, single_thread):
-    from pipeline.models import load_model
+    from pipeline.diffusion.models import load_model
 
     clipped = load_model(str(tiny_model_dir), device="cpu", clip_sample=True)
     assert clipped.scheduler.config.clip_sample

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.hspace import HSpaceHook, eps_of_h, h_of_x
-from pipeline.models import DiffusionModel, TextPrompts, load_model
-from pipeline.sampling import decode, initial_noise, sample
-from pipeline.store import model_fingerprint, open_store
+from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
+from pipeline.diffusion.models import DiffusionModel, TextPrompts, load_model
+from pipeline.diffusion.sampling import decode, initial_noise, sample
+from pipeline.data.store import model_fingerprint, open_store
 from tests.conftest import assert_every_method_evaluated, every_method_study
 
 GUIDED = TextPrompts(prompt="a smiling face", negative_prompt="blurry", guidance_scale=3.0, edit_prompt="glasses")
@@ -166,7 +166,7 @@ def test_a_stable_diffusion_hub_id_loads_from_the_local_cache_offline(
 
 
 def test_real_images_encode_to_latents_and_invert_exactly_under_guidance(guided: DiffusionModel) -> None:
-    from pipeline.sampling import invert_edit_friendly
+    from pipeline.diffusion.sampling import invert_edit_friendly
 
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     latents = guided.encode_images(images)

@@ -1,4 +1,4 @@
-"""Tests for pipeline.store: format, resumable generation, spec checks, validation on open, streaming reads."""
+"""Tests for pipeline.data.store: format, resumable generation, spec checks, validation on open, streaming reads."""
 
 import hashlib
 import json
@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import pipeline.store as store_module
-from pipeline.checkpoint import WorkCache, input_signature
-from pipeline.errors import ConfigError
-from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, initial_noise, sample, to_image_range
-from pipeline.store import (
+import pipeline.data.store as store_module
+from pipeline.io.files import WorkCache, input_signature
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, initial_noise, sample, to_image_range
+from pipeline.data.store import (
     Store,
     StoreError,
     StoreMismatchError,
@@ -335,7 +335,7 @@ def test_spec_and_arguments_are_validated(tiny_model: DiffusionModel, tmp_path: 
 
 
 def test_a_folder_replaced_by_a_crashed_writer_comes_back(tmp_path):
-    from pipeline.checkpoint import atomic_path
+    from pipeline.io.files import atomic_path
 
     target = tmp_path / "model"
     target.mkdir()
@@ -356,7 +356,7 @@ def test_safetensors_outputs_are_byte_identical_across_processes(tmp_path):
     import sys
 
     script = (
-        "import sys, torch; from pipeline.checkpoint import save_tensors; "
+        "import sys, torch; from pipeline.io.files import save_tensors; "
         "save_tensors(sys.argv[1], {'b': torch.ones(3), 'a': torch.zeros(2)}, "
         "{key: str(i) for i, key in enumerate('qwertyuiopasdfghjkl')})"
     )

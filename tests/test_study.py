@@ -88,8 +88,8 @@ def test_preview_metrics_report_every_supervised_attribute(workspace):
 @pytest.mark.parametrize("injection", ["symmetric", "asyrp"])
 def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection):
     from pipeline.directions import Directions, Origin
-    from pipeline.hspace import hspace_shape
-    from pipeline.sampling import decode, to_image_range
+    from pipeline.diffusion.hspace import hspace_shape
+    from pipeline.diffusion.sampling import decode, to_image_range
     from pipeline.study import SamplerConfig, edit, held_out
 
     sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4, injection=injection)
@@ -150,9 +150,9 @@ def test_pullback_stage_writes_bases_global_directions_and_analyses(workspace):
 
 
 def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
-    from pipeline.errors import ConfigError
-    from pipeline.hstats import load_hstats
-    from pipeline.store import open_store
+    from pipeline.io.errors import ConfigError
+    from pipeline.data.hstats import load_hstats
+    from pipeline.data.store import open_store
     from pipeline.study import SupervisedConfig, supervised_methods
 
     store, stats = open_store(workspace / "data/samples"), load_hstats(workspace / "data/hstats.safetensors")
@@ -170,8 +170,8 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
 
 
 def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace):
-    from pipeline.errors import ConfigError
-    from pipeline.store import open_store
+    from pipeline.io.errors import ConfigError
+    from pipeline.data.store import open_store
     from pipeline.study import HStatsConfig
     from pipeline.study import hstats as compute_stats
 

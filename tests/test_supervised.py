@@ -13,7 +13,7 @@ from pipeline.directions.supervised import (
     project_out,
     supervised_directions,
 )
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 
 STEPS, H_SHAPE = 4, (3, 2, 2)
 ORIGIN = Origin(model_id="toy/ddpm", hspace_location="after", sampler_steps=STEPS, eta=0.0)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.errors import ConfigError
-from pipeline.toy_classifier import ToyClassifierConfig, ToyFacesClassifier
-from pipeline.toy_training import (
+from pipeline.io.errors import ConfigError
+from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.toyfaces.training import (
     OptimConfig,
     ToyUNetConfig,
     TrainToyClassifierConfig,
@@ -17,7 +17,7 @@ from pipeline.toy_training import (
     train_toy_classifier,
     train_toy_model,
 )
-from pipeline.toyfaces import ToyFacesConfig
+from pipeline.toyfaces.world import ToyFacesConfig
 
 WORLD = ToyFacesConfig(resolution=16)
 

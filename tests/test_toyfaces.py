@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.toyfaces import (
+from pipeline.io.errors import ConfigError
+from pipeline.toyfaces.world import (
     BINARY_ATTRIBUTES,
     CONTINUOUS_FACTORS,
     CorrelatedPair,

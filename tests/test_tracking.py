@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.tracking import LoggingConfig, Tracker, WandbConfig, resolve_wandb_mode, write_plot_csv
+from pipeline.io.errors import ConfigError
+from pipeline.io.tracking import LoggingConfig, Tracker, WandbConfig, resolve_wandb_mode, write_plot_csv
 
 
 def test_disabled_mode_writes_only_the_dvc_files(tmp_path, monkeypatch):

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from pipeline.checkpoint import save_tensors
-from pipeline.errors import ConfigError
+from pipeline.io.files import save_tensors
+from pipeline.io.errors import ConfigError
 
 FORMAT = "hspace-directions"
 FORMAT_VERSION = 1
@@ -56,8 +56,8 @@ class Origin:
     """Where the directions were computed: the model, the h-space site and the sampler grid.
 
     Attributes:
-        model_id: the model's hub id or folder (as :class:`pipeline.models.DiffusionModel` reports it).
-        hspace_location: h-space site (see :mod:`pipeline.hspace`); None for x-space directions.
+        model_id: the model's hub id or folder (as :class:`pipeline.diffusion.models.DiffusionModel` reports it).
+        hspace_location: h-space site (see :mod:`pipeline.diffusion.hspace`); None for x-space directions.
         sampler_steps: T of the DDIM grid the data was sampled on; None when unknown.
         eta: DDIM stochasticity of that sampling; None when unknown.
         timesteps: [T'] int64 scheduler timesteps of the directions' step axis; None when unknown.
@@ -156,7 +156,7 @@ class Directions:
         """``scale`` natural units of direction ``k``: scale * scales[k] * direction(k), in its dtype.
 
         For space "h" the result is [sampler_steps, *h_shape], ready as ``delta_h`` for
-        :func:`pipeline.sampling.decode`; steps the directions do not cover (``origin.steps``) are zero.
+        :func:`pipeline.diffusion.sampling.decode`; steps the directions do not cover (``origin.steps``) are zero.
         Per-step scales [K, T] scale each step; [K] scales every step alike.
         """
         position = self._position(k)

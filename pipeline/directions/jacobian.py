@@ -23,11 +23,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.directions.format import Directions, Origin
-from pipeline.errors import ConfigError
-from pipeline.hspace import eps_of_h
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import eps_of_h
 from pipeline.linalg import SolverConfig, frozen, jacobian_svd
-from pipeline.models import DiffusionModel
-from pipeline.sampling import ddim_grid, denoise_steps
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, denoise_steps
 
 APPLY_MODES = ("global", "per_step")
 
@@ -53,7 +53,7 @@ class JacobianSpectra:
     converged: bool
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """The spectra as a dict of tensors (for :class:`pipeline.checkpoint.WorkCache`)."""
+        """The spectra as a dict of tensors (for :class:`pipeline.io.files.WorkCache`)."""
         counts = torch.tensor([self.products, int(self.converged)], dtype=torch.int64)
         return {"singular_values": self.singular_values, "vectors": self.vectors, "steps": self.steps,
                 "timesteps": self.timesteps, "counts": counts}  # fmt: skip

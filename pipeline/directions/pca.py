@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.directions.format import Directions, Origin
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import (
     DEFAULT_OVERSAMPLING,
     DEFAULT_POWER_ITERATIONS,

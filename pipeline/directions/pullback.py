@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.hspace import h_of_x
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.hspace import h_of_x
 from pipeline.linalg import SolverConfig, frozen, jacobian_svd
-from pipeline.models import DiffusionModel
-from pipeline.sampling import DDIMGrid, ddim_grid, denoise_steps, initial_noise
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import DDIMGrid, ddim_grid, denoise_steps, initial_noise
 
 
 @dataclass
@@ -46,7 +46,7 @@ class LocalBasis:
     converged: bool
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """The basis as a dict of tensors (for :class:`pipeline.checkpoint.WorkCache`)."""
+        """The basis as a dict of tensors (for :class:`pipeline.io.files.WorkCache`)."""
         counts = torch.tensor([self.step, self.timestep, self.products, int(self.converged)], dtype=torch.int64)
         return {"v": self.v, "u": self.u, "singular_values": self.singular_values, "counts": counts}
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from pipeline.directions.format import Directions, Origin
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 
 DEFAULT_DEPENDENCE_TOLERANCE = 1e-6
 

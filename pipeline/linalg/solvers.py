@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from pipeline.errors import ConfigError
+from pipeline.io.validation import as_int
+from pipeline.io.errors import ConfigError
 
 BatchFactory = Callable[[], Iterable[torch.Tensor]]
 """A zero-argument callable returning a fresh iterable of row batches (one full pass over the data)."""
@@ -127,15 +128,15 @@ def randomized_svd(
         (A v and A^T u each count one; a ``gram`` application counts two).
     """
     rows, columns = op.shape
-    if _as_int(k) is None or not 1 <= k <= min(rows, columns):
+    if as_int(k) is None or not 1 <= k <= min(rows, columns):
         raise ConfigError(
             f"k {k!r}: must be an integer in [1, min(m, d)] = [1, {min(rows, columns)}] "
             f"for an operator of shape {rows} x {columns}"
         )
     for name, value in (("oversampling", oversampling), ("power_iterations", power_iterations)):
-        if _as_int(value) is None or value < 0:
+        if as_int(value) is None or value < 0:
             raise ConfigError(f"{name} {value!r}: must be a non-negative integer")
-    if _as_int(seed) is None:
+    if as_int(seed) is None:
         raise ConfigError(f"seed {seed!r}: must be an integer")
     width = min(k + oversampling, rows, columns)
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -226,7 +227,7 @@ class StreamedRows:
     ) -> None:
         """Wrap ``batches``; ``mean`` [d] or [B, d] is subtracted from every row; ``num_rows`` N is counted
         by a first pass when None (one extra pass over the stream; pass it when known)."""
-        if num_rows is not None and (_as_int(num_rows) is None or num_rows < 1):
+        if num_rows is not None and (as_int(num_rows) is None or num_rows < 1):
             raise ConfigError(f"num_rows {num_rows!r}: must be a positive integer")
         self.batches = batches
         self.device = torch.device("cpu") if device is None else torch.device(device)
@@ -377,15 +378,6 @@ class StreamedRows:
         self.squared_norms = squared_norms if self.stacked else squared_norms[0]
 
 
-def _as_int(value: object) -> int | None:
-    """``value`` as an int if it is an integer (int, NumPy or 0-d integer tensor; not bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return _operator.index(value)
-    except TypeError:
-        return None
-
 
 DEFAULT_KRYLOV_TOLERANCE = 1e-4
 DEFAULT_KRYLOV_ITERATIONS = 30
@@ -441,19 +433,19 @@ def block_krylov_svd(
     rows, columns = op.shape
     if op.batch_shape:
         raise ConfigError(f"block_krylov_svd: takes one operator, got a batch of shape {op.batch_shape}")
-    if _as_int(k) is None or not 1 <= k <= min(rows, columns):
+    if as_int(k) is None or not 1 <= k <= min(rows, columns):
         raise ConfigError(
             f"k {k!r}: must be an integer in [1, min(m, d)] = [1, {min(rows, columns)}] "
             f"for an operator of shape {rows} x {columns}"
         )
     block = k if block_size is None else block_size
-    if _as_int(block) is None or block < 1:
+    if as_int(block) is None or block < 1:
         raise ConfigError(f"block_size {block_size!r}: must be a positive integer")
-    if _as_int(max_iterations) is None or max_iterations < 0:
+    if as_int(max_iterations) is None or max_iterations < 0:
         raise ConfigError(f"max_iterations {max_iterations!r}: must be a non-negative integer")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ConfigError(f"tolerance {tolerance!r}: must be a positive number")
-    if _as_int(seed) is None:
+    if as_int(seed) is None:
         raise ConfigError(f"seed {seed!r}: must be an integer")
     generator = torch.Generator("cpu").manual_seed(seed)
     block = min(block, columns)
@@ -641,7 +633,7 @@ def jacobian_operator(
     """
     if mode not in JACOBIAN_MODES:
         raise ConfigError(f"mode {mode!r}: expected one of {', '.join(JACOBIAN_MODES)}")
-    if _as_int(chunk_size) is None or chunk_size < 1:
+    if as_int(chunk_size) is None or chunk_size < 1:
         raise ConfigError(f"chunk_size {chunk_size!r}: must be a positive integer")
     if not point.is_floating_point():
         raise ConfigError(f"point dtype {point.dtype}: must be floating point")

@@ -1,7 +1,7 @@
 """Reading and validating ``params.yaml`` sections against dataclass schemas; composing it from ``conf/``.
 
 Stages read only ``params.yaml`` (what DVC tracks); ``conf/`` is the Hydra tree it is composed from
-(``dvc exp run`` does that, or ``python -m pipeline.params``).
+(``dvc exp run`` does that, or ``python -m pipeline.io.params``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> DictConfig:
     """Load the whole params file; a missing or unparsable file is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file '{path}' not found (compose it with: python -m pipeline.params)")
+        raise ConfigError(f"params file '{path}' not found (compose it with: python -m pipeline.io.params)")
     try:
         params = OmegaConf.load(path)
     except Exception as error:  # yaml errors carry multi-line context
@@ -81,13 +81,13 @@ def compose(
 
 
 def main() -> None:
-    """``python -m pipeline.params [overrides...]``: rewrite params.yaml from conf/ (what dvc exp run does)."""
+    """``python -m pipeline.io.params [overrides...]``: rewrite params.yaml from conf/ (what dvc exp run does)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sampler.steps=20")
     parser.add_argument("--conf-dir", default="conf")
     parser.add_argument("--out", default=str(DEFAULT_PARAMS))
     args = parser.parse_args()
-    from pipeline.checkpoint import atomic_path
+    from pipeline.io.files import atomic_path
 
     with atomic_path(args.out, ".yaml") as tmp:
         tmp.write_text(compose(args.conf_dir, overrides=args.overrides))

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import atomic_path
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.store import Store
+from pipeline.io.files import atomic_path
+from pipeline.io.validation import first_difference
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.data.labels import read_labels, write_labels
+from pipeline.data.store import Store
 
 LAUNCHER_PLUGINS = {
     "basic": None,  # Hydra's own sequential launcher
@@ -127,7 +129,7 @@ class ShardJob:
 
     @property
     def partition(self) -> tuple[int, int]:
-        """(index, count), as :func:`pipeline.store.generate_store` takes it."""
+        """(index, count), as :func:`pipeline.data.store.generate_store` takes it."""
         return self.index, self.count
 
 
@@ -141,11 +143,11 @@ def check_job_config(job_config: Mapping[str, Any], params: Mapping[str, Any]) -
     if not isinstance(shard, Mapping) or set(shard) != {"stage", "index", "count"}:
         raise ConfigError(f"shard job: expected +{SHARD_KEY}.stage, +{SHARD_KEY}.index and +{SHARD_KEY}.count")
     rest = {key: value for key, value in job_config.items() if key != SHARD_KEY}
-    difference = _first_difference(rest, dict(params))
+    difference = first_difference(rest, dict(params))
     if difference is not None:
         raise ConfigError(
             f"shard job: '{difference}' differs from params.yaml; change params with dvc exp run -S or "
-            "python -m pipeline.params, not on the shard command line"
+            "python -m pipeline.io.params, not on the shard command line"
         )
     stage, index, count = shard["stage"], shard["index"], shard["count"]
     if stage not in SHARDED_STAGES:
@@ -153,19 +155,6 @@ def check_job_config(job_config: Mapping[str, Any], params: Mapping[str, Any]) -
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
         raise ConfigError(f"shard job: {SHARD_KEY}.index={index!r}, count={count!r}: need 0 <= index < count")
     return ShardJob(stage, index, count)
-
-
-def _first_difference(found: Any, expected: Any, prefix: str = "") -> str | None:
-    if isinstance(found, Mapping) and isinstance(expected, Mapping):
-        for key in sorted(set(found) | set(expected), key=str):
-            name = f"{prefix}{key}"
-            if key not in found or key not in expected:
-                return name
-            difference = _first_difference(found[key], expected[key], f"{name}.")
-            if difference is not None:
-                return difference
-        return None
-    return None if found == expected else prefix.rstrip(".") or "<root>"
 
 
 def job_device(device: str, index: int) -> str:
@@ -190,32 +179,29 @@ def merge_label_parts(folder: str | Path, store: Store, count: int, output: str 
     """Assemble the ``count`` label parts in ``folder`` into the table ``output`` (store order, atomic write).
 
     Checks that every part is present, that all have the same attribute columns, and that part i holds
-    exactly the seeds of the store shards s with s % count == i, in order. Rows are copied as written, so the
+    exactly the seeds of the store shards s with s % count == i, in order. Every part is read and the merge
+    written through :mod:`pipeline.data.labels`, whose 6-decimal rows survive that round trip exactly, so the
     merged table is byte-identical to the unsharded one.
     """
     parts = [ShardJob("label", index, count) for index in range(count)]
     missing = [label_part_path(folder, job).name for job in parts if not label_part_path(folder, job).is_file()]
     if missing:
         raise ShardJobError(f"label: {len(missing)} of {count} parts missing in '{folder}' ({', '.join(missing[:3])})")
-    header: list[str] | None = None
-    rows_by_shard: dict[int, list[list[str]]] = {}
+    names: list[str] | None = None
+    by_shard: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for job in parts:
         path = label_part_path(folder, job)
-        with path.open(newline="") as handle:
-            columns, *rows = list(csv.reader(handle))
-        if columns[:1] != ["seed"] or (header is not None and columns != header):
+        seeds, columns, scores = read_labels(path, allow_empty=True)
+        if names is not None and columns != names:
             raise ShardJobError(f"label part '{path}': its columns differ from the other parts'")
-        header = columns
+        names = columns
         for shard in job_shards(store, job):
-            entry = store.shards[shard]
-            rows_by_shard[shard], rows = rows[: entry.count], rows[entry.count :]
-        if rows:
-            raise ShardJobError(f"label part '{path}': {len(rows)} rows more than its store shards hold")
-    ordered = [row for shard in range(len(store.shards)) for row in rows_by_shard[shard]]
-    seeds = torch.tensor([int(row[0]) for row in ordered], dtype=torch.int64)
+            size = store.shards[shard].count
+            by_shard[shard], seeds, scores = (seeds[:size], scores[:size]), seeds[size:], scores[size:]
+        if len(seeds):
+            raise ShardJobError(f"label part '{path}': {len(seeds)} rows more than its store shards hold")
+    ordered = [by_shard[shard] for shard in range(len(store.shards))]
+    seeds = torch.cat([part[0] for part in ordered])
     if not torch.equal(seeds, store.seeds):
         raise ShardJobError(f"label parts in '{folder}': seeds differ from the samples store's; rerun the label jobs")
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *ordered])
-    with atomic_path(output, ".csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_labels(output, seeds, names or [], torch.cat([part[1] for part in ordered]))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 
 BINARY_ATTRIBUTES: tuple[str, ...] = (
     "smiling",

@@ -24,7 +24,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pipeline.errors import ConfigError, ModelNotFoundError
+from pipeline.io.errors import ConfigError, ModelNotFoundError
 
 KNOWN_HUB_MODELS: dict[str, str] = {
     "google/ddpm-ema-celebahq-256": "pixel",
@@ -39,6 +39,9 @@ KNOWN_HUB_MODELS: dict[str, str] = {
 """Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM;
 "latent": unconditional latent DM with a VQ autoencoder; "text": Stable Diffusion 1.x/2.x). Other ids
 'owner/name' are loaded the same way."""
+
+DEFAULT_LOCATION = "after"
+"""Default h-space site: the output of the UNet's middle block (see :mod:`pipeline.diffusion.hspace`)."""
 
 TEXT_SUBFOLDERS = ("text_encoder", "tokenizer")
 """Pipeline subfolders of a text-conditioned model's CLIP text encoder and tokenizer."""
@@ -209,7 +212,7 @@ class DiffusionModel:
 
     def branches(self, edit: bool = False) -> int:
         """Batch copies per sample in the UNet calls of :meth:`eps` (2 under classifier-free guidance, else 1);
-        an h-space hook on those calls needs it (:meth:`pipeline.hspace.HSpaceHook.for_model`)."""
+        an h-space hook on those calls needs it (:meth:`pipeline.diffusion.hspace.HSpaceHook.for_model`)."""
         conditioning = self._conditioning(edit)
         return 1 if conditioning is None else conditioning.branches
 
@@ -566,3 +569,32 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _hub_offline() -> bool:
     """True when HF_HUB_OFFLINE is set now; huggingface_hub itself only reads it at import time."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` params section: which diffusion model, its dtype, the h-space site, whether sampling
+    clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.diffusion.models.load_model`), and for a text-conditioned
+    model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.diffusion.models.TextPrompts`;
+    absent for unconditional models). Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs
+    sampling and edit decodes in mixed precision (Jacobians and spectra stay in ``dtype``), ``channels_last``
+    the NHWC memory format, ``compile`` ("none" | "default" | "reduce-overhead" | "max-autotune") compiles
+    the UNet's layers for those calls (Jacobians and spectra run eagerly)."""
+
+    source: str = "models/toyfaces/ddpm"
+    dtype: str = "float32"
+    hspace_location: str = DEFAULT_LOCATION
+    clip_sample: bool = True
+    text: TextPrompts | None = None
+    autocast: str = "none"
+    channels_last: bool = False
+    compile: str = "none"
+
+
+def open_model(cfg: ModelConfig, device: str) -> DiffusionModel:
+    """Load the configured diffusion model on ``device``."""
+    return load_model(
+        cfg.source, device=device, dtype=cfg.dtype, clip_sample=cfg.clip_sample, text=cfg.text,
+        autocast=cfg.autocast, channels_last=cfg.channels_last, compile=cfg.compile,
+    )  # fmt: skip
+

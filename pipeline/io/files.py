@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import PipelineError
+from pipeline.io.errors import PipelineError
 
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 """errno values that mean the disk refused the write (full, over quota, file too large, read-only, failing)."""

@@ -12,7 +12,7 @@ Every shard is self-describing. Its tensors (n samples in the shard, T steps, K 
 * ``seeds`` [n] int64, in the order of the seed list;
 * ``x_T`` [n, C, H, W] float32 starting noise; ``x_0`` [n, C, H, W] float32 final sample (model space, unclipped);
 * ``noise`` [n, T, C, H, W] float32 variance noise z, only when eta > 0 and ``StoreSpec.store_noise``
-  (readers otherwise redraw it from the seeds with :func:`pipeline.sampling.initial_noise`);
+  (readers otherwise redraw it from the seeds with :func:`pipeline.diffusion.sampling.initial_noise`);
 * ``images`` [n, 3, H', W'] uint8, only for a latent model: x_0 decoded by its autoencoder (so that labelling and
   previews need no autoencoder);
 * ``h`` [n, K, *h_shape] clean h (float16 or float32, ``StoreSpec.h_dtype``); ``h_steps`` [K] int64 step
@@ -25,7 +25,7 @@ total count and a SHA-256 fingerprint of the seed list. ``index.json`` holds
 ``{"spec": header, "shards": [{file, start, count, bytes, sha256}]}``. Shard bytes are a deterministic
 function of the contents, so a resumed store is byte-identical to an uninterrupted one.
 
-Sample i is a pure function of (model, spec, seed i) (:mod:`pipeline.sampling`), so generation is resumable:
+Sample i is a pure function of (model, spec, seed i) (:mod:`pipeline.diffusion.sampling`), so generation is resumable:
 a rerun keeps every shard whose header and seeds match, regenerates missing or unreadable ones, and ends with
 the same files as an uninterrupted run (bit for bit on the same machine, thread count and batch size).
 """
@@ -50,11 +50,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as serialize_tensors
 from tqdm.auto import tqdm
 
-from pipeline.checkpoint import atomic_path, write_json
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.hspace import DEFAULT_LOCATION, hspace_shape
-from pipeline.models import DiffusionModel
-from pipeline.sampling import DEFAULT_BATCH_SIZE, ddim_grid, initial_noise, sample, to_image_range
+from pipeline.io.files import atomic_path, write_json
+from pipeline.io.validation import as_int
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.diffusion.hspace import DEFAULT_LOCATION, hspace_shape
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import DEFAULT_BATCH_SIZE, ddim_grid, initial_noise, sample, to_image_range
 
 FORMAT = "hspace-samples"
 FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ class StoreSpec:
     Attributes:
         steps: T, the number of DDIM steps.
         eta: DDIM stochasticity in [0, 1].
-        hspace_location: where h is captured (see :mod:`pipeline.hspace`).
+        hspace_location: where h is captured (see :mod:`pipeline.diffusion.hspace`).
         capture_steps: step indices (0 = noisiest) whose h is stored; None means every step. Normalised on
             construction to an ascending tuple of unique indices.
         h_dtype: storage dtype of h, "float16" (half the disk) or "float32".
@@ -112,7 +113,7 @@ class StoreSpec:
     store_noise: bool = True
 
     def __post_init__(self) -> None:
-        steps = _as_int(self.steps)
+        steps = as_int(self.steps)
         if steps is None or steps < 1:
             raise ConfigError(f"steps {self.steps!r}: must be a positive integer")
         if isinstance(self.eta, bool) or not isinstance(self.eta, numbers.Real) or not 0.0 <= self.eta <= 1.0:
@@ -125,9 +126,9 @@ class StoreSpec:
             raise ConfigError(f"hspace_location {self.hspace_location!r}: must be a location name")
         capture = range(steps) if self.capture_steps is None else list(self.capture_steps)
         for step in capture:
-            if _as_int(step) is None or not 0 <= step < steps:
+            if as_int(step) is None or not 0 <= step < steps:
                 raise ConfigError(f"capture_steps index {step!r}: outside [0, {steps}) for steps={steps}")
-        normalised = tuple(sorted({_as_int(step) for step in capture}))
+        normalised = tuple(sorted({as_int(step) for step in capture}))
         if not normalised:
             raise ConfigError("capture_steps: empty; a store needs h of at least one step")
         if len(normalised) != len(capture):
@@ -573,7 +574,7 @@ class Store:
         captured = list(self.spec.capture_steps)
         positions = []
         for step in h_steps:
-            if _as_int(step) is None or step not in captured:
+            if as_int(step) is None or step not in captured:
                 raise ConfigError(
                     f"h step {step!r}: not captured in store '{self.folder}' (captured: {_short(captured, 60)})"
                 )
@@ -903,7 +904,7 @@ def _partition_shards(partition: tuple[int, int] | None, num_shards: int) -> lis
     if partition is None:
         return list(range(num_shards))
     try:
-        part, parts = (_as_int(value) for value in partition)
+        part, parts = (as_int(value) for value in partition)
     except (TypeError, ValueError):
         part = parts = None
     if part is None or parts is None or parts < 1 or not 0 <= part < parts:
@@ -918,13 +919,13 @@ def _check_seed_list(seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
         raise ConfigError("seeds: empty; expected at least one integer seed")
     seen: set[int] = set()
     for seed in raw:
-        value = _as_int(seed)
+        value = as_int(seed)
         if value is None or not 0 <= value < 2**63:
             raise ConfigError(f"seed {seed!r}: must be an integer in [0, 2**63)")
         if value in seen:
             raise ConfigError(f"seed {value}: appears more than once; a store needs distinct seeds")
         seen.add(value)
-    return torch.tensor([_as_int(seed) for seed in raw], dtype=torch.int64)
+    return torch.tensor([as_int(seed) for seed in raw], dtype=torch.int64)
 
 
 def _check_store_indices(indices: Sequence[int] | torch.Tensor, count: int) -> list[int]:
@@ -932,22 +933,13 @@ def _check_store_indices(indices: Sequence[int] | torch.Tensor, count: int) -> l
     if not raw:
         raise ConfigError("indices: empty; expected at least one store position")
     for index in raw:
-        if _as_int(index) is None or not 0 <= index < count:
+        if as_int(index) is None or not 0 <= index < count:
             raise ConfigError(f"index {index!r}: outside [0, {count}) for a store of {count} samples")
-    return [_as_int(index) for index in raw]
+    return [as_int(index) for index in raw]
 
 
 def _check_positive(name: str, value: int) -> int:
-    if _as_int(value) is None or value < 1:
+    if as_int(value) is None or value < 1:
         raise ConfigError(f"{name} {value!r}: must be a positive integer")
-    return _as_int(value)
+    return as_int(value)
 
-
-def _as_int(value: object) -> int | None:
-    """``value`` as an int if it is an integer (int, NumPy or 0-d integer tensor; not bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.images import make_grid, side_by_side
-from pipeline.models import DiffusionModel
-from pipeline.sampling import sample
-from pipeline.toy_classifier import ToyFacesClassifier
-from pipeline.toyfaces import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch
+from pipeline.io.errors import ConfigError
+from pipeline.io.images import make_grid, side_by_side
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import sample
+from pipeline.toyfaces.classifier import ToyFacesClassifier
+from pipeline.toyfaces.world import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch
 
 
 @dataclass

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.checkpoint import atomic_path
-from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.toyfaces import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS, Factors, ToyFacesConfig, region_masks
+from pipeline.io.files import atomic_path
+from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.toyfaces.world import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS, Factors, ToyFacesConfig, region_masks
 
 
 @dataclass
@@ -112,7 +112,7 @@ def locate_regions(
     classifier: ToyFacesClassifier, images: torch.Tensor, world: ToyFacesConfig
 ) -> dict[str, torch.Tensor]:
     """Face-parsing for ToyFaces images (the role BiSeNet plays for CelebA-HQ in paper A): masks of the
-    regions of :data:`pipeline.toyfaces.REGIONS`, [N, 1, R, R] in {0, 1}, drawn from the factors and
+    regions of :data:`pipeline.toyfaces.world.REGIONS`, [N, 1, R, R] in {0, 1}, drawn from the factors and
     attributes the classifier reads off ``images`` [N, 3, R, R] in [0, 1] (for generated samples, whose
     true factors are unknown)."""
     device = next(classifier.parameters()).device

@@ -27,11 +27,8 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from pipeline.errors import ConfigError
-from pipeline.models import DiffusionModel
-
-DEFAULT_LOCATION = "after"
-
+from pipeline.io.errors import ConfigError
+from pipeline.diffusion.models import DEFAULT_LOCATION, DiffusionModel
 
 def hspace_locations(unet: UNet2DModel | UNet2DConditionModel) -> list[str]:
     """All valid location names for this UNet, in forward order of the blocks they name."""
@@ -85,7 +82,7 @@ class HSpaceHook:
       [1, *h_shape] or [B, *h_shape] and may require grad; it is cast to h's dtype and device.
 
     ``branches`` is the number of conditioning copies stacked in the batch (2 under classifier-free guidance,
-    :meth:`pipeline.models.DiffusionModel.branches`): h is then that of the first (unconditional) copy, B
+    :meth:`pipeline.diffusion.models.DiffusionModel.branches`): h is then that of the first (unconditional) copy, B
     samples, and the delta (shaped for B) is added to every copy.
 
     Both attributes may be changed between forward passes. With ``stop=True`` the forward pass ends

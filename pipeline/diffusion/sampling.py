@@ -14,9 +14,9 @@ Conventions shared by every function here:
 * h tensors have layout [B, K, *h_shape] where K indexes the captured step indices listed in ``h_steps``.
 * ``delta_h`` has shape [T, *h_shape] (the same edit for every sample) or [B, T, *h_shape]; it is added
   only at the step indices of ``edit_steps`` (default: all steps).
-* Every UNet call goes through :meth:`pipeline.models.DiffusionModel.eps`: a text-conditioned model sees its
+* Every UNet call goes through :meth:`pipeline.diffusion.models.DiffusionModel.eps`: a text-conditioned model sees its
   generation prompt, classifier-free guided when configured (h is that of the unconditional branch and
-  delta_h edits both, see :mod:`pipeline.hspace`). Inversions use the same prediction as decoding, so
+  delta_h edits both, see :mod:`pipeline.diffusion.hspace`). Inversions use the same prediction as decoding, so
   edit-friendly inversion stays exact; DDIM inversion under strong guidance reconstructs less well.
 
 All returned tensors are on the CPU.
@@ -36,15 +36,39 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from pipeline.errors import ConfigError, NumericalError
-from pipeline.hspace import DEFAULT_LOCATION, HSpaceHook, check_location, hspace_shape
-from pipeline.models import DiffusionModel
+from pipeline.io.validation import as_int
+from pipeline.io.errors import ConfigError, NumericalError
+from pipeline.io.validation import require
+from pipeline.diffusion.hspace import DEFAULT_LOCATION, HSpaceHook, check_location, hspace_shape
+from pipeline.diffusion.models import DiffusionModel
 
 CaptureSteps = Literal["all"] | Sequence[int] | None
 
 DEFAULT_STEPS = 50
 DEFAULT_BATCH_SIZE = 16
 _MAX_SEED = 2**63
+
+
+@dataclass
+class SamplerConfig:
+    """The ``sampler`` params section: the DDIM grid used to generate and to decode edits.
+
+    ``injection`` is how an h edit enters each DDIM step (ALGORITHMS 1.5): "symmetric" (the edited eps in
+    both terms of the step, paper A) or "asyrp" (the unedited eps in the direction term: one more UNet pass
+    per edited step; to first order the symmetric edit scaled by c_t = b_t / a_t per step).
+    """
+
+    steps: int = 20
+    eta: float = 0.0
+    batch_size: int = 64
+    injection: str = "asyrp"
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "sampler.steps", self.steps, "must be >= 1")
+        require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1]")
+        require(self.batch_size >= 1, "sampler.batch_size", self.batch_size, "must be >= 1")
+        injection = self.injection
+        require(injection in ("symmetric", "asyrp"), "sampler.injection", injection, "must be symmetric or asyrp")
 
 
 @dataclass
@@ -106,9 +130,9 @@ class DDIMGrid:
 def ddim_grid(scheduler: DDIMScheduler, steps: int) -> DDIMGrid:
     """The T-step DDIM grid of ``scheduler`` (its ``set_timesteps``; see the module conventions)."""
     num_train = int(scheduler.config.num_train_timesteps)
-    if _as_int(steps) is None or not 1 <= _as_int(steps) <= num_train:
+    if as_int(steps) is None or not 1 <= as_int(steps) <= num_train:
         raise ConfigError(f"steps {steps!r}: must be an integer in [1, {num_train}] (num_train_timesteps)")
-    steps = _as_int(steps)
+    steps = as_int(steps)
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps.to(device="cpu", dtype=torch.int64)
     all_alphas = scheduler.alphas_cumprod.to(device="cpu", dtype=torch.float64)
@@ -268,7 +292,7 @@ def decode(
             same z is reused in edited and unedited decodes.
         steps: T, the number of DDIM steps of the grid.
         eta: stochasticity in [0, 1]; sigma_i = eta * sqrt(v_i).
-        hspace_location: where h is captured and edited (see :mod:`pipeline.hspace`).
+        hspace_location: where h is captured and edited (see :mod:`pipeline.diffusion.hspace`).
         capture_steps: "all", None (capture nothing) or step indices whose clean h is recorded.
         h_dtype: storage dtype of the recorded h (e.g. torch.float16 to halve memory).
         delta_h: [T, *h_shape] or [B, T, *h_shape] shift added to h at each edited step.
@@ -498,7 +522,7 @@ def denoise_steps(
     grid = ddim_grid(model.scheduler, steps)
     x = _check_images("x", x, model.sample_shape)
     stop = grid.num_steps if stop_step is None else stop_step
-    if _as_int(start_step) is None or _as_int(stop) is None or not 0 <= start_step <= stop <= grid.num_steps:
+    if as_int(start_step) is None or as_int(stop) is None or not 0 <= start_step <= stop <= grid.num_steps:
         raise ConfigError(
             f"start_step {start_step!r} / stop_step {stop_step!r}: need 0 <= start <= stop <= {grid.num_steps}"
         )
@@ -585,9 +609,9 @@ def _settings(
     num_steps = grid.num_steps
     _check_eta(eta)
     check_location(model.unet, location)
-    if _as_int(batch_size) is None or batch_size < 1:
+    if as_int(batch_size) is None or batch_size < 1:
         raise ConfigError(f"batch_size {batch_size!r}: must be a positive integer")
-    if _as_int(start_step) is None or not 0 <= start_step < num_steps:
+    if as_int(start_step) is None or not 0 <= start_step < num_steps:
         raise ConfigError(f"start_step {start_step!r}: outside [0, {num_steps}) for steps={num_steps}")
     if capture_steps is None:
         capture: tuple[int, ...] = ()
@@ -722,15 +746,6 @@ def _progress_bar(enabled: bool, batch: int, batch_size: int, steps_per_chunk: i
     return tqdm(total=chunks * steps_per_chunk, desc=description, unit="step", disable=not enabled)
 
 
-def _as_int(value: object) -> int | None:
-    """``value`` as an int if it is an integer (int, NumPy or 0-d integer tensor; not bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
 
 def _check_eta(eta: float) -> None:
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
@@ -742,17 +757,17 @@ def _check_seeds(seeds: Sequence[int] | torch.Tensor) -> list[int]:
     if not raw:
         raise ConfigError("seeds: empty; expected at least one integer seed")
     for seed in raw:
-        if _as_int(seed) is None or not 0 <= seed < _MAX_SEED:
+        if as_int(seed) is None or not 0 <= seed < _MAX_SEED:
             raise ConfigError(f"seed {seed!r}: must be an integer in [0, 2**63)")
-    return [_as_int(seed) for seed in raw]
+    return [as_int(seed) for seed in raw]
 
 
 def _check_indices(name: str, indices: Sequence[int], low: int, high: int) -> list[int]:
     index_list = list(indices)
     for index in index_list:
-        if _as_int(index) is None or not low <= index < high:
+        if as_int(index) is None or not low <= index < high:
             raise ConfigError(f"{name} index {index!r}: outside [{low}, {high}) for steps={high}")
-    return [_as_int(index) for index in index_list]
+    return [as_int(index) for index in index_list]
 
 
 def _check_images(name: str, x: torch.Tensor, sample_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Streaming statistics over a samples store: means of h (and x_T, x_0, noise), group means, PCA inputs.
 
-Every statistic is computed in one pass over the store, shard by shard (:meth:`pipeline.store.Store.iter_batches`),
+Every statistic is computed in one pass over the store, shard by shard (:meth:`pipeline.data.store.Store.iter_batches`),
 with float64 accumulators. Memory depends on the batch size and on the number of statistics kept (each one
 [K, *h_shape] float64 for h), never on the number of samples N.
 
@@ -22,9 +22,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from pipeline.checkpoint import save_tensors
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.store import Store
+from pipeline.io.files import save_tensors
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.data.store import Store
 
 DEFAULT_BATCH_SIZE = 16
 HSTATS_FORMAT = "hspace-hstats"

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from pipeline.checkpoint import TrainingCheckpoint, save_with
-from pipeline.errors import ConfigError
-from pipeline.toy_classifier import ToyClassifierConfig, ToyFacesClassifier
-from pipeline.toyfaces import ToyFacesConfig, make_batch
+from pipeline.io.files import TrainingCheckpoint, save_with
+from pipeline.io.errors import ConfigError
+from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.toyfaces.world import ToyFacesConfig, make_batch
 
 
 @dataclass

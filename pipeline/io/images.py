@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.checkpoint import atomic_path
+from pipeline.io.files import atomic_path
 
 
 def make_grid(images: torch.Tensor, columns: int, padding: int = 1, pad_value: float = 1.0) -> torch.Tensor:

@@ -8,7 +8,7 @@ Conventions shared by every function here:
 * A function that returns a single vector returns it in the shape of one row of the basis it lies in
   (for a basis [n, C, H, W], a vector [C, H, W]); bases are returned flattened, [n, d].
 * Angles are in radians, frequencies in cycles per pixel.
-* Bad input raises :class:`~pipeline.errors.ConfigError` with a one-line message naming the argument.
+* Bad input raises :class:`~pipeline.io.errors.ConfigError` with a one-line message naming the argument.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from itertools import pairwise
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import canonical_signs
 
 RANK_TOLERANCE = 1e-10
