@@ -1,7 +1,8 @@
 """Suite ``jacobian``: the project's block Krylov solver against the papers' schemes, on one sample's Jacobians.
 
-Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A, :func:`pipeline.diffusion.hspace.eps_of_h`)
-against sequential power iteration (:func:`benchmarks.reference.sequential_power_iteration`), and J1 = d h / d x_t
+Two maps at one x_t (a mid step of the DDIM grid): J2 = d eps / d h (paper A,
+:func:`pipeline.diffusion.hspace.eps_of_h`) against sequential power iteration
+(:func:`benchmarks.reference.sequential_power_iteration`), and J1 = d h / d x_t
 (paper B's pullback, :func:`pipeline.diffusion.hspace.h_of_x`) against subspace iteration
 (:func:`benchmarks.reference.subspace_iteration`). Both are compared with the exact SVD of the explicitly formed
 Jacobian (or, for maps too large to form, a tightly converged block Krylov solve, see ``truth``); the project's
@@ -35,11 +36,11 @@ from benchmarks.reference import (
     subspace_iteration,
     synchronize,
 )
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import eps_of_h, h_of_x
-from pipeline.linalg import JACOBIAN_MODES, LinearOperator, block_krylov_svd, frozen, jacobian_operator
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import ddim_grid, denoise_steps, initial_noise
+from pipeline.io.errors import ConfigError
+from pipeline.linalg import JACOBIAN_MODES, LinearOperator, block_krylov_svd, frozen, jacobian_operator
 
 TOLERANCE_LADDER = (3e-1, 2e-1, 1e-1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 """Tolerances tried for the project's solver, loosest first, until it is accurate enough (steps of about 1.5-2x
@@ -65,7 +66,7 @@ class JacobianBenchConfig:
         exact_chunk: vectors per batched call when forming the exact Jacobian (None: ``chunk_size``).
         mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
         reference_mode: how the reference schemes compute J v. None: ``mode``, the project's own product engine,
-            so that the comparison isolates the algorithm. "forward": as the papers' code does (ALGORITHMS 2.2
+            so that the comparison isolates the algorithm. "forward": as the papers' code does (docs/methods.md, "Jacobian directions"
             and 3.2), by forward-mode AD with a fresh forward pass per call and torch's own convolution
             derivatives (J^T u goes through the retained graph either way); the ratios then also contain the
             product engine. Forward mode needs every layer's forward-AD formula; where one is missing the run

@@ -1,4 +1,5 @@
-"""The papers' own Jacobian spectral schemes, written from ALGORITHMS.md 2.2 and 3.2, for benchmarking.
+"""The papers' own Jacobian spectral schemes, written from the papers (Haas et al. 2024; Park et al. 2023),
+for benchmarking.
 
 Both run on a :class:`pipeline.linalg.LinearOperator` J: R^d -> R^m (float64 products), so that they use the
 same product engine as the project's solver and a comparison isolates the algorithms. Products are counted
@@ -80,7 +81,7 @@ def sequential_power_iteration(
     max_iters: int = POWER_MAX_ITERS,
     seed: int = 0,
 ) -> ReferenceResult:
-    """Paper A's sequential power iteration with deflation (ALGORITHMS 2.2), one vector at a time.
+    """Paper A's sequential power iteration with deflation (Haas et al. 2024), one vector at a time.
 
     For each of the ``k`` vectors: draw w ~ N(0, I_m) orthogonalised against the output vectors W already found
     (the [R] fix; the reference reuses the previous vector) and normalise it; then up to ``max_iters`` times:
@@ -161,7 +162,7 @@ def subspace_iteration(
     chunk: int = SUBSPACE_CHUNK,
     seed: int = 0,
 ) -> ReferenceResult:
-    """Paper B's Jacobian subspace iteration as coded (ALGORITHMS 3.2).
+    """Paper B's Jacobian subspace iteration as coded (Park et al. 2023).
 
     V = Q of the QR of randn(d, n); each iteration i: U = J V (``matmat`` on ``chunk``-column pieces, one
     batched forward-mode call each), M = U^T J [n, d] with one single-column ``rmatmat`` per row (n reverse

@@ -21,9 +21,9 @@ import torch
 
 from benchmarks import jacobian as jacobian_suite
 from benchmarks import sampling as sampling_suite
-from pipeline.io.files import write_json
-from pipeline.io.errors import ConfigError, PipelineError
 from pipeline.diffusion.models import load_model, resolve_device
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.io.files import write_json
 
 DEFAULT_MODEL = "models/toyfaces/ddpm"
 SUITES = ("jacobian", "sampling", "all")

@@ -1,5 +1,6 @@
-"""Suite ``sampling``: throughput of :func:`pipeline.diffusion.sampling.sample` against diffusers' ``DDIMPipeline``, and the
-peak memory of generate + hstats at two sample counts (each in a fresh subprocess, :mod:`benchmarks.memory_probe`).
+"""Suite ``sampling``: throughput of :func:`pipeline.diffusion.sampling.sample` against diffusers'
+``DDIMPipeline``, and the peak memory of generate + hstats at two sample counts (each in a fresh subprocess,
+:mod:`benchmarks.memory_probe`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 from benchmarks.reference import synchronize
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import sample
+from pipeline.io.errors import ConfigError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@
 
 For each N a store of N random samples with h of ``--h-shape`` at ``--steps`` steps (float16; celebahq-256's
 bottleneck is 512x8x8) is written by :func:`pipeline.data.store.synthetic_store` in one subprocess, then a fresh
-subprocess runs :func:`pipeline.study.hstats`, :func:`pipeline.study.pca` and
-:func:`pipeline.study.supervised_methods` on it (random scores for two attributes) and reports its peak
+subprocess runs the steps :func:`pipeline.steps.hstats.run`, :func:`pipeline.steps.pca.run` and
+:func:`pipeline.steps.supervised.run` on it (random scores for two attributes) and reports its peak
 resident memory. ``relative_difference`` = (peak at the largest N - peak at the smallest) / peak at the
 smallest: streaming keeps it near 0, while holding all h would add N x steps x prod(h_shape) x 4 bytes.
 """
@@ -26,8 +26,12 @@ from typing import Any
 import torch
 
 from benchmarks.memory_probe import peak_rss_mib, probe_top_k
-from pipeline.data.store import open_store, synthetic_store
-from pipeline.study import HStatsConfig, PCAConfig, SupervisedConfig, hstats, pca, supervised_methods
+from pipeline.data.store import open_store
+from pipeline.data.store_writing import synthetic_store
+from pipeline.steps import hstats, pca, supervised
+from pipeline.steps.hstats import HStatsConfig
+from pipeline.steps.pca import PCAConfig
+from pipeline.steps.supervised import SupervisedConfig
 
 ATTRIBUTES = ("attribute_a", "attribute_b")
 
@@ -42,13 +46,13 @@ def probe(folder: Path, batch_size: int = 64) -> dict[str, Any]:
     seconds = {}
     begin = time.perf_counter()
     cfg = HStatsConfig(top_k=probe_top_k(len(store)), batch_size=batch_size)
-    stats = hstats(store, ATTRIBUTES, scores, cfg, progress=False)
+    stats = hstats.run(store, ATTRIBUTES, scores, cfg, progress=False)
     seconds["hstats"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    pca(store, stats, PCAConfig(), batch_size=batch_size)
+    pca.run(store, stats, PCAConfig(), batch_size=batch_size)
     seconds["pca"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    supervised_methods(store, stats, ATTRIBUTES, SupervisedConfig(conditional={"attribute_a": ["attribute_b"]}))
+    supervised.run(store, stats, ATTRIBUTES, SupervisedConfig(conditional={"attribute_a": ["attribute_b"]}))
     seconds["supervised"] = time.perf_counter() - begin
     return {"num_samples": len(store), "rss_after_open_mib": opened, "peak_rss_mib": peak_rss_mib(),
             "seconds": seconds}  # fmt: skip

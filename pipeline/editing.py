@@ -56,7 +56,8 @@ def check_grid(directions: Directions, sampler: SamplerConfig) -> None:
     made_on = directions.origin.sampler_steps
     if made_on is not None and made_on != sampler.steps:
         raise ConfigError(
-            f"directions '{directions.method}': made on a {made_on}-step grid, applied with sampler.steps={sampler.steps}"
+            f"directions '{directions.method}': made on a {made_on}-step grid, "
+            f"applied with sampler.steps={sampler.steps}"
         )
 
 

@@ -1,15 +1,14 @@
 """DVC stage ``pullback``: local pullback bases in x_t, transport, global directions and their analyses."""
 
-from pipeline import study
-from pipeline.io.files import stage_work
+from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import save_directions
+from pipeline.directions.methods import directions_path
+from pipeline.io.files import stage_work
 from pipeline.io.images import save_png
-from pipeline.diffusion.models import resolve_device
-from pipeline.io.params import load_params, load_section, load_value
-from pipeline.spectral_study import run_pullback
 from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.steps import pullback as step
+from pipeline.steps.sections import stage_params
 
-OUTPUT = "directions/{method}.safetensors"
 PLOT = "plots/{name}.csv"
 GRID = "plots/{name}_preview.png"
 METRICS = "metrics/pullback.json"
@@ -22,18 +21,15 @@ PLOT_AXES = {
 
 def main() -> None:
     """Read params.yaml; write both directions files, three plots, the preview grid and the metrics."""
-    params = load_params()
-    model_cfg = load_section("model", study.ModelConfig, params)
-    sampler = load_section("sampler", study.SamplerConfig, params)
-    cfg = load_section("directions", study.DirectionsConfig, params).pullback
-    device = str(resolve_device(load_value("device", str, params)))
-    tracked = {"model": params["model"], "sampler": params["sampler"], "pullback": params["directions"]["pullback"]}
-    with Tracker("pullback", load_section("logging", LoggingConfig, params), tracked) as tracker:
-        work = stage_work("pullback", {**tracked, "device": device}, [model_cfg.source])
-        model = study.open_model(model_cfg, device)
-        result = run_pullback(model, cfg, sampler, model_cfg.hspace_location, work=work)
+    params = stage_params("pullback")
+    model_cfg = params["model"]
+    device = str(resolve_device(params.device))
+    with Tracker("pullback", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+        work = stage_work("pullback", {**params.tracked, "device": device}, [model_cfg.source])
+        model = open_model(model_cfg, device)
+        result = step.run(model, params["directions.pullback"], params["sampler"], model_cfg.hspace_location, work=work)
         for method, directions in result.directions.items():
-            save_directions(OUTPUT.format(method=method), directions)
+            save_directions(directions_path(method), directions)
         for name, rows in result.plots.items():
             x, y, title = PLOT_AXES[name]
             tracker.plot(PLOT.format(name=name), rows, x=x, y=y, title=title)

@@ -1,6 +1,6 @@
-"""DVC stage ``report``: one self-contained HTML page of the study (report/index.html, pipeline/report.py)."""
+"""DVC stage ``report``: one self-contained HTML page of the study (report/index.html, pipeline/steps/report.py)."""
 
-from pipeline.report import build_report, write_report
+from pipeline.steps.report import build_report, write_report
 
 OUTPUT = "report/index.html"
 

@@ -1,10 +1,10 @@
-"""DVC stage ``train_toy_classifier``: train the ToyFaces attribute classifier; writes models/toyfaces/classifier."""
+"""DVC stage ``train_toy_classifier``: train the ToyFaces attribute classifier; writes models/toyfaces/classifier
+(committed)."""
 
-from pipeline.io.files import write_json
 from pipeline.diffusion.models import resolve_device
-from pipeline.io.params import load_params, load_section, load_value
-from pipeline.toyfaces.training import TrainToyClassifierConfig, train_toy_classifier
-from pipeline.toyfaces.world import ToyFacesConfig
+from pipeline.io.files import write_json
+from pipeline.steps import train_toy_classifier as step
+from pipeline.steps.sections import stage_params
 
 OUTPUT = "models/toyfaces/classifier"
 CHECKPOINTS = "checkpoints/train_toy_classifier"
@@ -12,12 +12,10 @@ METRICS = "metrics/train_toy_classifier.json"
 
 
 def main() -> None:
-    """Read params.yaml, train (resuming from CHECKPOINTS if present), write the classifier and held-out accuracy."""
-    params = load_params()
-    world = load_section("toyfaces", ToyFacesConfig, params)
-    cfg = load_section("train_toy_classifier", TrainToyClassifierConfig, params)
-    device = resolve_device(load_value("device", str, params))
-    _, metrics = train_toy_classifier(cfg, world, OUTPUT, CHECKPOINTS, device=device)
+    """Read params.yaml, train (resuming from CHECKPOINTS if present), write the classifier and its metrics."""
+    params = stage_params("train_toy_classifier")
+    device = resolve_device(params.device)
+    _, metrics = step.run(params["train_toy_classifier"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
     write_json(METRICS, metrics)
 
 

@@ -1,21 +1,15 @@
 """Shared pytest fixtures: tiny, randomly initialised models built from config (a pixel UNet, a latent DM and a
 Stable Diffusion stack) saved as pipeline folders, and the params of a tiny study."""
 
-import contextlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from pipeline.diffusion.models import DiffusionModel, load_model
-
-ROOT = Path(__file__).resolve().parents[1]
-CLASSIFIER = ROOT / "models/toyfaces/classifier"
-"""The committed ToyFaces classifier, which labels every tiny study."""
+from tests.helpers import tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -95,22 +89,9 @@ def tiny_ldm_dir(tiny_unet: UNet2DModel, tmp_path_factory: pytest.TempPathFactor
     return folder
 
 
-
-def tiny_clip_tokenizer(max_length: int = 16):
-    """A CLIP tokenizer built in memory (no download): the 256 byte-level characters, each also with the
-    end-of-word mark, plus the start and end tokens (514 tokens, no merges), so every character is a token."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    characters = list(bytes_to_unicode().values())
-    tokens = characters + [f"{character}</w>" for character in characters] + ["<|startoftext|>", "<|endoftext|>"]
-    vocabulary = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=max_length)
-
-
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Stable Diffusion pipeline folder built from config (NOTES 5.4): UNet2DConditionModel on 4x16x16
+    """A Stable Diffusion pipeline folder built from config (no download): UNet2DConditionModel on 4x16x16
     latents (h "after" is 64x8x8), AutoencoderKL decoding them to 32 px images, a 2-layer CLIP text encoder and
     an in-memory tokenizer (16 tokens); SD's DDIM layout (scaled_linear betas, steps_offset 1, no final
     alpha of one) with the mild noise levels of ``tiny_model_dir`` so that random weights stay in range."""
@@ -166,100 +147,3 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     ).save_pretrained(folder)  # fmt: skip
     return folder
-
-TINY_STUDY: dict[str, object] = {
-    "sampler.steps": 4,
-    "sampler.batch_size": 16,
-    "generate.num_samples": 12,
-    "generate.shard_size": 6,
-    "hstats.top_k": 3,
-    "hstats.label_conditioned": "false",
-    "directions.supervised.groups": "extremes",  # a random classifier on 12 samples leaves label groups empty
-    "directions.pca.n_components": 3,
-    "directions.jacobian.num_samples": 1,
-    "directions.jacobian.k": 2,
-    "directions.jacobian.steps": "[0,2]",
-    "directions.jacobian.source_step": 2,
-    "directions.jacobian.mask": "[0.5,0.25,1.0,0.75]",
-    "directions.pullback.num_samples": 2,
-    "directions.pullback.basis_size": 2,
-    "directions.pullback.analysis_t": "[1.0]",
-    "directions.pullback.curvedness_points": 2,
-    "directions.pullback.iterations": 2,
-    "directions.pullback.scales": "[0.0,1.0]",
-    "directions.pullback.preview_directions": 1,
-    "evaluate.num_samples": 4,
-    "evaluate.max_directions": 2,
-    "evaluate.scales": "[-1.0,1.0]",
-    "evaluate.bisection_steps": 2,
-    "evaluate.kid_subset_size": 2,
-    "evaluate.reference_samples": 4,
-    "evaluate.kid_subsets": 5,
-    "evaluate.grid_samples": 1,
-    "logging.wandb.mode": "disabled",
-    "device": "cpu",
-}
-"""Params of a whole study small enough for a test (seconds on one core)."""
-
-
-def tiny_study_overrides(model_dir: Path, classifier: Path, changes: dict[str, object] | None = None) -> list[str]:
-    """Hydra overrides of :data:`TINY_STUDY` for ``model_dir`` and ``classifier``, with ``changes`` applied."""
-    values = {"model.source": model_dir, **TINY_STUDY, "classifier.path": classifier, **(changes or {})}
-    return [f"{key}={value}" for key, value in values.items()]
-
-
-EVERY_METHOD = ("pca_all_steps", "supervised", "jacobian", "pullback_global")
-"""One directions file of each method."""
-EVERY_METHOD_STUDY: dict[str, object] = {
-    "sampler.batch_size": 8,
-    "directions.pca.n_components": 2,
-    "evaluate.methods": f"[{','.join(EVERY_METHOD)}]",
-    "evaluate.scales": "[1.0]",
-    "evaluate.bisection_steps": 1,
-}
-"""Changes to :data:`TINY_STUDY` for a study that evaluates one file of every method, one scale each."""
-
-
-@contextlib.contextmanager
-def run_study(folder: Path, overrides: list[str], stages: Sequence[ModuleType]) -> Iterator[Path]:
-    """Compose ``params.yaml`` in ``folder`` from the real conf/ with ``overrides``, run each stage's ``main()``
-    there in order and yield the folder; the working directory is ``folder`` until the block ends."""
-    from pipeline.io.params import compose
-
-    (folder / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        for stage in stages:
-            stage.main()
-        yield folder
-    finally:
-        os.chdir(previous)
-
-
-@contextlib.contextmanager
-def every_method_study(folder: Path, model_dir: Path, changes: dict[str, object] | None = None) -> Iterator[Path]:
-    """:func:`run_study` of generate -> label -> hstats -> pca -> supervised -> jacobian -> pullback -> evaluate
-    on ``model_dir`` (:data:`TINY_STUDY` with :data:`EVERY_METHOD_STUDY` and ``changes``; the committed ToyFaces
-    classifier labels). Skips the test when the committed classifier is absent."""
-    from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
-
-    if not CLASSIFIER.is_dir():
-        pytest.skip("committed ToyFaces classifier absent")
-    overrides = tiny_study_overrides(model_dir, CLASSIFIER, {**EVERY_METHOD_STUDY, **(changes or {})})
-    stages = (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate)
-    with run_study(folder, overrides, stages) as study:
-        yield study
-
-
-def assert_every_method_evaluated(folder: Path) -> None:
-    """A study of :func:`every_method_study` wrote every method's directions and scored each direction."""
-    import json
-
-    for name in EVERY_METHOD:
-        assert (folder / f"directions/{name}.safetensors").is_file(), name
-    metrics = json.loads((folder / "metrics/evaluate.json").read_text())
-    assert set(metrics["methods"]) == set(EVERY_METHOD)
-    for entry in metrics["methods"].values():
-        for result in entry["directions"].values():
-            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None

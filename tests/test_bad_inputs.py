@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue 9, item 3): every bad input stops with a one-line error naming its cause.
+"""The bad-input catalogue: every bad input stops with a one-line error naming its cause.
 
 One parametrized case per row of :data:`CASES`. Each case asserts that the call raises the row's
 ``pipeline.io.errors`` class, that the message is one line (no newline, at most :data:`MAX_MESSAGE` characters)
@@ -27,8 +27,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 import pipeline.io.files as checkpoint_module
-from pipeline import study
 from pipeline.classifiers import read_state_dict
+from pipeline.data.labels import write_labels
 from pipeline.directions import Directions, Origin, load_directions, save_directions
 from pipeline.directions.format import Expected
 from pipeline.directions.jacobian import jacobian_spectra, rectangle_mask
@@ -40,7 +40,10 @@ from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
 from pipeline.diffusion.models import DiffusionModel, load_model
 from pipeline.io.params import compose, load_params, load_section
 from pipeline.diffusion.sampling import ddim_grid, invert_ddim, invert_edit_friendly, sample
-from pipeline.data.store import StoreError, StoreSpec, generate_store
+from pipeline.data.store import StoreError, StoreSpec
+from pipeline.data.store_writing import generate_store
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.steps.pullback import PullbackConfig
 from stages import generate, label
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -200,7 +203,7 @@ def _disk_full_labels(env: Env) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
     env.monkeypatch.setattr(Path, "write_text", refuse)
-    study.write_labels(env.tmp / "data/labels.csv", torch.arange(3), ["smiling"], torch.full((3, 1), 0.5))
+    write_labels(env.tmp / "data/labels.csv", torch.arange(3), ["smiling"], torch.full((3, 1), 0.5))
 
 
 def _directions_file(env: Env, model_id: str, h_shape: tuple[int, ...]) -> Path:
@@ -287,7 +290,7 @@ CASES = [
     Case("t_edit_step_outside_grid",
          lambda e: local_basis(e.model, _noise((3, 16, 16)), 7, steps=5, n=2, location="after", solver=SOLVER),
          ConfigError, ("step 7", "t_edit outside", "[0, 5)")),
-    Case("t_edit_in_params", lambda e: study.PullbackConfig(edit_t=1.5), ConfigError,
+    Case("t_edit_in_params", lambda e: PullbackConfig(edit_t=1.5), ConfigError,
          ("directions.pullback.edit_t=1.5", "t_edit outside")),
     # eta outside [0, 1]
     Case("eta_above_one", lambda e: sample(e.model, [0], steps=2, eta=1.5), ConfigError, ("eta 1.5", "[0, 1]")),
@@ -326,10 +329,10 @@ CASES = [
     Case("delta_h_of_the_wrong_shape", lambda e: sample(e.model, [0], steps=3, delta_h=torch.zeros(3, 16, 8, 8)),
          ConfigError, ("delta_h shape (3, 16, 8, 8)", "(3, 32, 8, 8)")),
     # params.yaml with an unknown key or a wrong type
-    Case("params_unknown_key", lambda e: _section_from_file(e, "sampler", study.SamplerConfig, **{"sampler.stepz": 3}),
+    Case("params_unknown_key", lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.stepz": 3}),
          ConfigError, ("sampler.stepz", "'stepz'")),
     Case("params_wrong_type",
-         lambda e: _section_from_file(e, "sampler", study.SamplerConfig, **{"sampler.steps": "many"}),
+         lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.steps": "many"}),
          ConfigError, ("sampler.steps", "'many'")),
     Case("params_not_yaml", lambda e: (e.tmp.joinpath("params.yaml").write_text("sampler: [1\n"),
                                        load_params(e.tmp / "params.yaml")),

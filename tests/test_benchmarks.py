@@ -328,7 +328,7 @@ def test_celebahq_architecture_is_the_hub_models() -> None:
 
 
 def test_gpu_suite_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
-    """benchmarks/gpu_suite.sh (the GPU figures of issue 7) builds the architecture and runs the chosen steps;
+    """benchmarks/gpu_suite.sh (the GPU figures) builds the architecture and runs the chosen steps;
     here on the CPU, with a tiny architecture and the jacobian step only."""
     (tmp_path / "tiny.json").write_text(json.dumps(TINY_ARCHITECTURE))
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"

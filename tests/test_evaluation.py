@@ -13,27 +13,25 @@ from torch import nn
 from pipeline.directions import Directions, Origin
 from pipeline.directions.pullback import guidance_edit, guidance_rows
 from pipeline.io.errors import ConfigError
-from pipeline.evaluation.protocol import (
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.editing import Editor, GuidedEditor, decode_images, held_out
+from pipeline.evaluation.bisection import bisect_scale
+from pipeline.evaluation.measures import (
     PSNR_CAP,
     ClassifierFeatures,
-    Editor,
-    EvaluateConfig,
-    GuidedEditor,
-    Judge,
-    Reading,
     auto_label,
-    bisect_scale,
+    central_difference,
     kid,
-    measure,
     psnr_per_image,
     selectivity,
     ssim_per_image,
 )
+from pipeline.evaluation.readout import Judge, Reading, measure
 from pipeline.io.params import load_params, load_section
-from pipeline.study import SamplerConfig, decode_images, held_out
+from pipeline.steps.evaluate import EvaluateConfig
 from pipeline.toyfaces.classifier import ToyFacesClassifier
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, report, supervised
-from tests.conftest import run_study, tiny_study_overrides
+from tests.helpers import run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -192,8 +190,8 @@ def test_a_scale_zero_edit_is_the_baseline(tiny_model, single_thread, space):
 
         editor = GuidedEditor(tiny_model, directions, samples, sampler, states, "test")
     else:
-        editor = Editor(tiny_model, directions, samples, sampler, "after",
-                        decode_images(tiny_model, samples.x_T, samples.noise, sampler, "after"))  # fmt: skip
+        editor = Editor(tiny_model, directions, samples, sampler,
+                        decode_images(tiny_model, samples.x_T, samples.noise, sampler))  # fmt: skip
     baseline = Reading.of(judge, editor.baseline)
     images = editor(1, [0.0, 3.0])
     assert images.shape == (2, 3, 3, 16, 16)
@@ -277,7 +275,6 @@ def test_report_is_written(workspace):
 
 
 def test_central_difference_cancels_what_both_signs_do_alike():
-    from pipeline.evaluation.protocol import central_difference
 
     linear = torch.tensor([[2.0, -1.0, 0.0], [4.0, -3.0, 0.0]])  # the direction's own effect at +s
     artifact = torch.tensor([[1.0, 1.0, 5.0], [3.0, 0.0, -2.0]])  # what any edit of that size does

@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pipeline.io.errors import ConfigError
 from pipeline.data.hstats import (
     HStatsFileError,
     centered_batches,
@@ -22,8 +21,10 @@ from pipeline.data.hstats import (
     select_extremes,
     threshold_groups,
 )
+from pipeline.data.store import Store, StoreSpec, open_store
+from pipeline.data.store_writing import generate_store
 from pipeline.diffusion.models import DiffusionModel
-from pipeline.data.store import Store, StoreSpec, generate_store, open_store
+from pipeline.io.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,16 +7,17 @@ conftest, for both maps the methods need (d h / d x_t for pullback, d eps / d h 
 import pytest
 import torch
 
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import eps_of_h, h_of_x
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.io.errors import ConfigError
 from pipeline.linalg import (
     LinearOperator,
+    SolverConfig,
     block_krylov_svd,
     canonical_signs,
     frozen,
     jacobian_operator,
 )
-from pipeline.diffusion.models import DiffusionModel
 
 TIMESTEP = 500
 
@@ -93,7 +94,7 @@ def test_transposed_conv_gradients_give_torch_s_products(mode: str, device: str)
 
 
 def test_transposed_conv_gradients_replace_frozen_convolutions_only() -> None:
-    from pipeline.linalg.solvers import _TransposedConvGradients
+    from pipeline.linalg.operators import _TransposedConvGradients
 
     torch.manual_seed(1)
     net = ConvNet().double()
@@ -244,3 +245,23 @@ def test_bad_jacobian_settings_are_errors(mlp: torch.nn.Module) -> None:
         jacobian_operator(mlp, point, mode="sideways")
     with pytest.raises(ConfigError, match="chunk_size 0"):
         jacobian_operator(mlp, point, chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"block_size": 0}, r"solver\.block_size=0: must be >= 1$"),
+        ({"block_size": 2.0}, r"solver\.block_size=2\.0: must be an integer or null$"),
+        ({"tolerance": 0.0}, r"solver\.tolerance=0\.0: must be > 0$"),
+        ({"tolerance": "1e-4"}, r"solver\.tolerance='1e-4': must be a number$"),
+        ({"max_iterations": -1}, r"solver\.max_iterations=-1: must be >= 0$"),
+        ({"chunk_size": 0}, r"solver\.chunk_size=0: must be >= 1$"),
+        ({"mode": "sideways"}, r"solver\.mode='sideways': must be one of auto, forward, reverse$"),
+        ({"seed": None}, r"solver\.seed=None: must be an integer$"),
+    ],
+)
+def test_solver_config_check_names_the_key_in_one_line(settings: dict, message: str) -> None:
+    SolverConfig(block_size=None).check("directions.jacobian.solver")  # the defaults are valid
+    SolverConfig(block_size=4, tolerance=1, max_iterations=0, chunk_size=1, mode="forward").check("x")
+    with pytest.raises(ConfigError, match=r"^params: directions\.jacobian\." + message):
+        SolverConfig(**settings).check("directions.jacobian.solver")

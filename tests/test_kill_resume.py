@@ -1,4 +1,4 @@
-"""Crash safety (issue 9, item 1): the ``generate`` and ``label`` stages, SIGKILLed at random points and rerun,
+"""Crash safety: the ``generate`` and ``label`` stages, SIGKILLed at random points and rerun,
 end with outputs byte-identical to an uninterrupted run, and no partial file is ever visible under an output name.
 
 Each stage run is a separate process that runs the stage module as ``__main__`` in a temporary workspace whose
@@ -37,10 +37,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load as parse_safetensors
 
-import pipeline.data.store as store_module
+import pipeline.data.store_writing as store_writing
 from pipeline.io.params import compose
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
-from tests.conftest import tiny_study_overrides
+from tests.helpers import tiny_study_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -380,7 +380,7 @@ def test_killed_generate_and_label_resume_to_identical_outputs(
 
     # The uninterrupted run (in this process, one thread like the stage processes), timing shards and labelling.
     shard_times: list[float] = []
-    real_write_shard = store_module._write_shard
+    real_write_shard = store_writing._write_shard
 
     def timed_write_shard(*args: object, **kwargs: object) -> object:
         begin = time.perf_counter()
@@ -395,7 +395,7 @@ def test_killed_generate_and_label_resume_to_identical_outputs(
         opened.append(time.perf_counter())
         return real_open_store(*args, **kwargs)
 
-    monkeypatch.setattr(store_module, "_write_shard", timed_write_shard)
+    monkeypatch.setattr(store_writing, "_write_shard", timed_write_shard)
     monkeypatch.setattr(label, "open_store", timed_open_store)
     monkeypatch.chdir(reference)
     generate.main()

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.diffusion.models import load_model
 from pipeline.data.store import open_store
-from tests.conftest import assert_every_method_evaluated, every_method_study
+from tests.helpers import assert_every_method_evaluated, every_method_study
 
 
 def test_a_latent_model_decodes_its_latents_with_the_autoencoder(tiny_ldm_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Scale-out (issue 8, item 1): generate and label as a 3-shard Hydra multirun (joblib) merge to exactly the
+"""Scale-out: generate and label as a 3-shard Hydra multirun (joblib) merge to exactly the
 unsharded run's outputs; the merge refuses missing or inconsistent parts; shard jobs refuse params overrides."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pipeline.io.launch import (
 from pipeline.io.params import compose, validate
 from pipeline.data.store import StoreError, open_store
 from stages import generate, label
-from tests.conftest import run_study, tiny_study_overrides
+from tests.helpers import run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -77,19 +77,22 @@ def test_three_shard_joblib_multirun_equals_the_unsharded_run(unsharded: Path, t
 
 
 def test_merge_refuses_a_store_with_a_missing_shard(unsharded: Path, tiny_model_dir: Path, tmp_path: Path):
-    from pipeline import study
+    from pipeline.diffusion.models import ModelConfig, open_model
+    from pipeline.diffusion.sampling import SamplerConfig
+    from pipeline.steps import generate
+    from pipeline.steps.generate import GenerateConfig
 
     copy = tmp_path / "samples"
     shutil.copytree(unsharded / "data/samples", copy)
     (copy / "index.json").unlink()
     (copy / "shard-00002.safetensors").unlink()
     params = OmegaConf.load(unsharded / "params.yaml")
-    model_cfg = validate(params.model, study.ModelConfig, "model")
-    model = study.open_model(model_cfg, "cpu")
-    sampler = validate(params.sampler, study.SamplerConfig, "sampler")
-    cfg = validate(params.generate, study.GenerateConfig, "generate")
+    model_cfg = validate(params.model, ModelConfig, "model")
+    model = open_model(model_cfg, "cpu")
+    sampler = validate(params.sampler, SamplerConfig, "sampler")
+    cfg = validate(params.generate, GenerateConfig, "generate")
     with pytest.raises(StoreError, match=r"1 of 4 shards missing or unreadable \(shard-00002.safetensors\)"):
-        study.generate(model, model_cfg, sampler, cfg, copy, sample=False)
+        generate.run(model, model_cfg, sampler, cfg, copy, sample=False)
     assert not (copy / "index.json").exists() and not (copy / "shard-00002.safetensors").exists()
 
 

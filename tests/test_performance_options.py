@@ -12,7 +12,7 @@ from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
 from pipeline.diffusion.models import compile_unet_blocks, load_model
 from pipeline.diffusion.sampling import sample
-from pipeline.data.store import model_fingerprint
+from pipeline.data.store_writing import model_fingerprint
 from pipeline.study import ModelConfig, open_model
 
 SEEDS = [11, 12, 13]

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from pipeline.report import build_report, line_chart, write_report
+from pipeline.steps.report import build_report, line_chart, write_report
 
 METHODS = ["pca_per_step", "supervised", "pullback_global"]
 

@@ -1,4 +1,4 @@
-"""Safety (issue 9, item 4): weights only through safetensors or ``torch.load(weights_only=True)``, never
+"""Safety: weights only through safetensors or ``torch.load(weights_only=True)``, never
 ``trust_remote_code``, and no secret (the W&B API key) in anything the pipeline writes."""
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def _is_true(node: ast.AST | None) -> bool:
 
 def test_the_scan_covers_the_library_and_the_stages() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in SOURCES}
-    assert {"pipeline/diffusion/models.py", "pipeline/classifiers.py", "pipeline/io/files.py", "stages/generate.py"} <= names
+    expected = {"pipeline/diffusion/models.py", "pipeline/classifiers.py", "pipeline/io/files.py", "stages/generate.py"}
+    assert expected <= names
 
 
 def test_no_trust_remote_code_in_pipeline_stages_or_config() -> None:

@@ -14,8 +14,9 @@ from pipeline.io.errors import ConfigError, ModelNotFoundError
 from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
 from pipeline.diffusion.models import DiffusionModel, TextPrompts, load_model
 from pipeline.diffusion.sampling import decode, initial_noise, sample
-from pipeline.data.store import model_fingerprint, open_store
-from tests.conftest import assert_every_method_evaluated, every_method_study
+from pipeline.data.store import open_store
+from pipeline.data.store_writing import model_fingerprint
+from tests.helpers import assert_every_method_evaluated, every_method_study
 
 GUIDED = TextPrompts(prompt="a smiling face", negative_prompt="blurry", guidance_scale=3.0, edit_prompt="glasses")
 TIMESTEP = 500

@@ -1,4 +1,5 @@
-"""Tests for pipeline.data.store: format, resumable generation, spec checks, validation on open, streaming reads."""
+"""Tests for the samples store (pipeline.data.store, store_format, store_writing): format, resumable generation,
+spec checks, validation on open, streaming reads."""
 
 import hashlib
 import json
@@ -9,22 +10,21 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import pipeline.data.store as store_module
-from pipeline.io.files import WorkCache, input_signature
-from pipeline.io.errors import ConfigError
-from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import ddim_grid, initial_noise, sample, to_image_range
+import pipeline.data.store_writing as store_writing
 from pipeline.data.store import (
     Store,
     StoreError,
+    StoreIndex,
     StoreMismatchError,
     StoreSpec,
-    generate_store,
-    model_fingerprint,
     open_store,
     seeds_fingerprint,
-    synthetic_store,
 )
+from pipeline.data.store_writing import generate_store, model_fingerprint, synthetic_store
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, initial_noise, sample, to_image_range
+from pipeline.io.errors import ConfigError
+from pipeline.io.files import WorkCache, input_signature
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,7 +36,7 @@ SPEC = StoreSpec(steps=STEPS, eta=1.0)
 SHARD_FILES = ["shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"]
 
 
-def _generate(model: DiffusionModel, folder: Path, **overrides: object) -> store_module.StoreIndex:
+def _generate(model: DiffusionModel, folder: Path, **overrides: object) -> StoreIndex:
     arguments = {"seeds": SEEDS, "spec": SPEC, "shard_size": SHARD_SIZE, "batch_size": BATCH_SIZE, "progress": False}
     arguments.update(overrides)
     return generate_store(model, folder, **arguments)
@@ -123,7 +123,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     reference: Store, tiny_model: DiffusionModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "store"
-    real_sample = store_module.sample
+    real_sample = store_writing.sample
     calls: list[list[int]] = []
 
     def crash_on_second_shard(model: DiffusionModel, seeds: torch.Tensor, **kwargs: object) -> object:
@@ -132,7 +132,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
             raise RuntimeError("simulated crash")
         return real_sample(model, seeds, **kwargs)
 
-    monkeypatch.setattr(store_module, "sample", crash_on_second_shard)
+    monkeypatch.setattr(store_writing, "sample", crash_on_second_shard)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _generate(tiny_model, folder)
     assert _visible(folder) == [SHARD_FILES[0]]  # no partial shard, no index
@@ -142,7 +142,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         return real_sample(model, seeds, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(store_module, "sample", count_calls)
+    monkeypatch.setattr(store_writing, "sample", count_calls)
     index = _generate(tiny_model, folder)
     assert index.generated == (1, 2) and calls == [SEEDS[4:8], SEEDS[8:]]
     _assert_identical_stores(folder, reference)

@@ -7,47 +7,31 @@ import pytest
 import torch
 
 from pipeline.directions import load_directions
-from pipeline.study import read_labels
+from pipeline.data.labels import read_labels
 from stages import generate, hstats, jacobian, label, pca, preview, pullback, supervised
-from tests.conftest import run_study
+from tests.helpers import CLASSIFIER, run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def workspace(tiny_model_dir, tmp_path_factory, single_thread):
-    """A folder with a params.yaml composed from the real conf/ and shrunk to a tiny, fast study."""
+    """A folder with a params.yaml composed from the real conf/ and shrunk to the tiny study (with a preview,
+    and pullback bases of 3 vectors at two analysis times)."""
     folder = tmp_path_factory.mktemp("study")
-    overrides = [
-        f"model.source={tiny_model_dir}",
-        "sampler.steps=4",
-        "sampler.batch_size=8",
-        "generate.num_samples=12",
-        "generate.shard_size=5",
-        "hstats.top_k=3",
-        "hstats.label_conditioned=false",
-        "directions.supervised.groups=extremes",  # a random classifier on 12 samples leaves label groups empty
-        "directions.pca.n_components=3",
-        "preview.grid_samples=1",
-        "preview.check_samples=3",
-        "preview.max_directions=2",
-        "preview.scales=[-1.0,0.0,1.0]",
-        "directions.jacobian.num_samples=1",
-        "directions.jacobian.k=2",
-        "directions.jacobian.steps=[0,2]",
-        "directions.jacobian.source_step=2",
-        "directions.jacobian.mask=[0.5,0.25,1.0,0.75]",
-        "directions.pullback.num_samples=2",
-        "directions.pullback.basis_size=3",
-        "directions.pullback.analysis_t=[1.0,0.2]",
-        "directions.pullback.curvedness_points=3",
-        "directions.pullback.iterations=2",
-        "directions.pullback.scales=[-1.0,0.0,1.0]",
-        "directions.pullback.preview_directions=1",
-        f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
-        "logging.wandb.mode=disabled",
-        "device=cpu",
-    ]
+    changes = {
+        "sampler.batch_size": 8,
+        "generate.shard_size": 5,
+        "preview.grid_samples": 1,
+        "preview.check_samples": 3,
+        "preview.max_directions": 2,
+        "preview.scales": "[-1.0,0.0,1.0]",
+        "directions.pullback.basis_size": 3,
+        "directions.pullback.analysis_t": "[1.0,0.2]",
+        "directions.pullback.curvedness_points": 3,
+        "directions.pullback.scales": "[-1.0,0.0,1.0]",
+    }
+    overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER, changes)
     with run_study(folder, overrides, (generate, label, hstats, pca, supervised, preview, jacobian, pullback)):
         yield folder
 
@@ -89,8 +73,8 @@ def test_preview_metrics_report_every_supervised_attribute(workspace):
 def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection):
     from pipeline.directions import Directions, Origin
     from pipeline.diffusion.hspace import hspace_shape
-    from pipeline.diffusion.sampling import decode, to_image_range
-    from pipeline.study import SamplerConfig, edit, held_out
+    from pipeline.diffusion.sampling import SamplerConfig, decode, to_image_range
+    from pipeline.editing import edit, held_out
 
     sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4, injection=injection)
     h_shape = hspace_shape(tiny_model.unet, "after", tiny_model.sample_shape)
@@ -103,7 +87,7 @@ def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection
         origin=Origin(model_id="tiny", hspace_location="after", sampler_steps=3, eta=1.0),
     )
     samples = held_out(tiny_model, sampler, seed_offset=5, count=2)
-    edits = edit(tiny_model, directions, 0, [0.0, 0.5], samples, sampler, "after")
+    edits = edit(tiny_model, directions, 0, [0.0, 0.5], samples, sampler)
     assert edits.shape == (2, 2, 3, 16, 16)
     plain = decode(tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None)
     torch.testing.assert_close(edits[0], to_image_range(plain.x_0), rtol=0, atol=1e-6)
@@ -153,7 +137,8 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
     from pipeline.io.errors import ConfigError
     from pipeline.data.hstats import load_hstats
     from pipeline.data.store import open_store
-    from pipeline.study import SupervisedConfig, supervised_methods
+    from pipeline.steps.supervised import SupervisedConfig
+    from pipeline.steps.supervised import run as supervised_methods
 
     store, stats = open_store(workspace / "data/samples"), load_hstats(workspace / "data/hstats.safetensors")
     _, names, _ = read_labels(workspace / "data/labels.csv")
@@ -172,8 +157,8 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
 def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace):
     from pipeline.io.errors import ConfigError
     from pipeline.data.store import open_store
-    from pipeline.study import HStatsConfig
-    from pipeline.study import hstats as compute_stats
+    from pipeline.steps.hstats import HStatsConfig
+    from pipeline.steps.hstats import run as compute_stats
 
     store = open_store(workspace / "data/samples")
     _, names, scores = read_labels(workspace / "data/labels.csv")

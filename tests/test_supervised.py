@@ -149,7 +149,7 @@ def test_conditional_directions_record_what_was_removed_and_round_trip(tmp_path:
 
 
 def test_moves_towards_other_side_counts_each_sample_in_its_own_direction() -> None:
-    from pipeline.study import moves_towards_other_side
+    from pipeline.evaluation.supervised import moves_towards_other_side
 
     before = torch.tensor([-3.0, -3.0, 4.0, 4.0, -1.0])
     raised = torch.tensor([2.0, -4.0, 99.0, 99.0, -0.5])  # read for samples without the attribute
@@ -160,7 +160,7 @@ def test_moves_towards_other_side_counts_each_sample_in_its_own_direction() -> N
 
 
 def test_supervised_check_ignores_the_noise_of_samples_already_at_the_edited_side() -> None:
-    from pipeline.study import supervised_check
+    from pipeline.evaluation.supervised import supervised_check
 
     names = ["smiling", "hat"]
     directions = Directions(

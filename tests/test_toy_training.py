@@ -8,15 +8,11 @@ from safetensors.torch import load_file
 
 from pipeline.io.errors import ConfigError
 from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
-from pipeline.toyfaces.training import (
-    OptimConfig,
-    ToyUNetConfig,
-    TrainToyClassifierConfig,
-    TrainToyModelConfig,
-    learning_rate,
-    train_toy_classifier,
-    train_toy_model,
-)
+from pipeline.steps.train_toy_classifier import TrainToyClassifierConfig
+from pipeline.steps.train_toy_classifier import run as train_toy_classifier
+from pipeline.steps.train_toy_model import TrainToyModelConfig
+from pipeline.steps.train_toy_model import run as train_toy_model
+from pipeline.toyfaces.training import OptimConfig, ToyUNetConfig, learning_rate
 from pipeline.toyfaces.world import ToyFacesConfig
 
 WORLD = ToyFacesConfig(resolution=16)

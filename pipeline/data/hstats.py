@@ -1,12 +1,14 @@
 """Streaming statistics over a samples store: means of h (and x_T, x_0, noise), group means, PCA inputs.
 
-Every statistic is computed in one pass over the store, shard by shard (:meth:`pipeline.data.store.Store.iter_batches`),
-with float64 accumulators. Memory depends on the batch size and on the number of statistics kept (each one
-[K, *h_shape] float64 for h), never on the number of samples N.
+Every statistic is computed in one pass over the store, shard by shard
+(:meth:`pipeline.data.store.Store.iter_batches`), with float64 accumulators (h may be stored in float16, and a
+running sum over N samples in the storage dtype would lose precision as N grows). Memory depends on the batch
+size and on the number of statistics kept (each one [K, *h_shape] float64 for h), never on the number of samples N.
 
 Groups are named sets of store positions, e.g. the top-k and bottom-k samples of every attribute
 (:func:`select_extremes`) or the samples whose score lies above or below 0.5 (:func:`threshold_groups`); their
-means give supervised directions (ALGORITHMS 2.3) and, for x_T, x_0 and noise, the noise-space comparisons.
+means give supervised directions (docs/methods.md, "Supervised directions") and, for x_T, x_0 and noise, the
+noise-space comparisons.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from pipeline.io.files import save_tensors
-from pipeline.io.errors import ConfigError, PipelineError
 from pipeline.data.store import Store
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.io.files import save_tensors
 
 DEFAULT_BATCH_SIZE = 16
+"""Samples read from the store at a time: memory of one batch, e.g. 16 x K x 512 x 8 x 8 h values."""
 HSTATS_FORMAT = "hspace-hstats"
+"""Format name in the metadata of a statistics file; :func:`load_hstats` refuses another."""
 HSTATS_FORMAT_VERSION = 1
+"""Format version of a statistics file, bumped when its tensors or metadata change."""
 MEAN_FIELDS = ("h", "x_T", "x_0", "noise")
 """Store fields whose means can be taken."""
 
@@ -330,7 +335,7 @@ def _streaming_means(
 
 
 def _field_shape(store: Store, name: str) -> tuple[int, ...]:
-    """Per-sample shape of a mean field."""
+    """Per-sample shape of a mean field: [K, *h_shape] for h, [T, C, H, W] for noise, [C, H, W] otherwise."""
     if name == "h":
         return (len(store.h_steps), *store.h_shape)
     if name == "noise":
@@ -339,6 +344,8 @@ def _field_shape(store: Store, name: str) -> tuple[int, ...]:
 
 
 def _check_mean_fields(store: Store, fields: Sequence[str] | None) -> tuple[str, ...]:
+    """The fields to average (default :func:`default_fields`); ConfigError naming one that cannot be averaged
+    (not in :data:`MEAN_FIELDS`, or noise of an eta = 0 store) or when a name repeats."""
     if fields is None:
         return default_fields(store)
     names = (fields,) if isinstance(fields, str) else tuple(fields)

@@ -1,6 +1,6 @@
 """Capture and edit UNet activations ("h-space") at a named location with forward hooks.
 
-Locations (ALGORITHMS 1.3):
+Locations (``docs/methods.md``, "Injecting an h edit"):
 
 * ``"after"``: output of ``unet.mid_block`` (the bottleneck h of Asyrp and of both papers; the default).
 * ``"before"``: input of ``unet.mid_block`` (the last down block's hidden state).
@@ -8,12 +8,12 @@ Locations (ALGORITHMS 1.3):
 * ``"up_blocks.i"``: output of up block i.
 
 The recorded h is always the clean activation, before any delta is added. An edit returns
-``h + delta`` from the hook, which replaces the module output (NOTES 5.1); the ControlNet argument
+``h + delta`` from the hook, which replaces the module output; the ControlNet argument
 ``mid_block_additional_residual`` is not used because diffusers ignores it on its own.
 
-Under classifier-free guidance the UNet sees a doubled batch [unconditional; conditional] (NOTES 5.1): a hook
-told ``branches=2`` records h of the unconditional half, which depends on x_t and t only, and adds the same
-delta to both halves, so an edit moves the guided prediction as a whole (ALGORITHMS 2.6, repo A's choice).
+Under classifier-free guidance the UNet sees a doubled batch [unconditional; conditional]: a hook told
+``branches=2`` records h of the unconditional half, which depends on x_t and t only, and adds the same delta to
+both halves, so an edit moves the guided prediction as a whole (the choice of paper A's code).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.models import DEFAULT_LOCATION, DiffusionModel
+from pipeline.io.errors import ConfigError
+
 
 def hspace_locations(unet: UNet2DModel | UNet2DConditionModel) -> list[str]:
     """All valid location names for this UNet, in forward order of the blocks they name."""
@@ -199,10 +200,10 @@ def hspace_shape(
 def h_of_x(
     model: DiffusionModel, timestep: int, location: str = DEFAULT_LOCATION
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The encoder map x_t [b, C, H, W] -> h [b, *h_shape] at ``timestep`` (the f of the pullback metric,
-    ALGORITHMS 3.1), differentiable; the UNet stops at ``location``, so the decoder half is never run.
-    A text-conditioned model is conditioned on its edit prompt, without guidance (ALGORITHMS 3.4). Always exact
-    (no autocast)."""
+    """The encoder map x_t [b, C, H, W] -> h [b, *h_shape] at ``timestep`` (the f whose pullback metric
+    J^T J gives paper B's local basis), differentiable; the UNet stops at ``location``, so the decoder half is
+    never run. A text-conditioned model is conditioned on its edit prompt, without guidance. Always exact
+    (no autocast), since Jacobian products need the unfused kernels."""
     check_location(model.unet, location)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -224,11 +225,12 @@ def eps_of_h(
     location: str = DEFAULT_LOCATION,
     mask: torch.Tensor | None = None,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """The denoiser as a function of h with x_t (and so every skip connection) fixed (ALGORITHMS 2.2).
+    """The denoiser as a function of h with x_t (and so every skip connection) fixed: the map whose
+    Jacobian d(mask * eps) / d h gives paper A's image-specific directions.
 
     Args:
         model: the diffusion model; a guided text-conditioned model gives the guided eps with the h edit
-            in both branches, as at sampling time (ALGORITHMS 2.6). Always exact (no autocast).
+            in both branches, as at sampling time. Always exact (no autocast).
         x_t: [C, H, W] one noisy sample.
         timestep: scheduler timestep of x_t.
         location: the h site.

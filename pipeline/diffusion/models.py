@@ -1,74 +1,35 @@
-"""Load a diffusion UNet and its DDIM scheduler from a local folder or a Hugging Face hub id.
+"""The diffusion model every other module receives, and how its params section loads it.
 
-Everything downstream (sampling, h-space hooks, inversion) receives a :class:`DiffusionModel`, so the
-way a model was found (pipeline folder, bare UNet folder, hub cache) stays in this module. Three kinds of
-model share it: pixel DDPMs (UNet2DModel), unconditional latent DMs (an autoencoder decodes x_0) and
-text-conditioned latent DMs (Stable Diffusion: UNet2DConditionModel + AutoencoderKL + CLIP text encoder),
-whose prompts are encoded once at load time; :meth:`DiffusionModel.eps` is the one way every module asks
-the UNet for a noise prediction, so prompts and classifier-free guidance are handled in one place.
+:class:`DiffusionModel` holds a denoising UNet with its DDIM scheduler and, depending on the kind of model, an
+autoencoder and a text encoder: pixel DDPMs (UNet2DModel), unconditional latent DMs (an autoencoder decodes
+x_0) and text-conditioned latent DMs (Stable Diffusion: UNet2DConditionModel + AutoencoderKL + CLIP text
+encoder), whose prompts are encoded once at load time. :meth:`DiffusionModel.eps` is the one way every module
+asks the UNet for a noise prediction, so prompts, classifier-free guidance and the performance options
+(autocast, channels_last, compiled blocks) are handled in one place.
+
+:func:`load_model` (or :func:`open_model` for the ``model`` params section, :class:`ModelConfig`) builds one;
+the way a model's files are found (pipeline folder, bare UNet folder, hub cache) is in
+:mod:`pipeline.diffusion.loading`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import RepositoryNotFoundError
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
+from pipeline.diffusion.loading import TEXT_SUBFOLDERS, compile_unet_blocks, load_parts
 from pipeline.io.errors import ConfigError, ModelNotFoundError
-
-KNOWN_HUB_MODELS: dict[str, str] = {
-    "google/ddpm-ema-celebahq-256": "pixel",
-    "google/ddpm-ema-church-256": "pixel",
-    "google/ddpm-ema-bedroom-256": "pixel",
-    "google/ddpm-ema-cat-256": "pixel",
-    "google/ddpm-cifar10-32": "pixel",
-    "CompVis/ldm-celebahq-256": "latent",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "text",
-    "stabilityai/stable-diffusion-2-1-base": "text",
-}
-"""Hub ids this pipeline was written for, mapped to their kind ("pixel": unconditional pixel-space DDPM;
-"latent": unconditional latent DM with a VQ autoencoder; "text": Stable Diffusion 1.x/2.x). Other ids
-'owner/name' are loaded the same way."""
 
 DEFAULT_LOCATION = "after"
 """Default h-space site: the output of the UNet's middle block (see :mod:`pipeline.diffusion.hspace`)."""
 
-TEXT_SUBFOLDERS = ("text_encoder", "tokenizer")
-"""Pipeline subfolders of a text-conditioned model's CLIP text encoder and tokenizer."""
-UNSUPPORTED_PIPELINE_PARTS = ("text_encoder_2", "prior", "decoder")
-"""model_index.json components of pipelines this loader does not handle (SDXL's second encoder, cascades)."""
-
-AUTOENCODER_SUBFOLDERS = ("vqvae", "vae")
-"""Pipeline subfolders holding a latent model's autoencoder (LDMPipeline: vqvae; Stable Diffusion: vae)."""
-AUTOENCODER_CLASSES: dict[str, type[VQModel] | type[AutoencoderKL]] = {
-    "VQModel": VQModel,
-    "AutoencoderKL": AutoencoderKL,
-}
 DECODE_BATCH_SIZE = 16
 """Latents decoded per autoencoder call (bounds the decoder's activation memory at 256+ px)."""
-
-DEFAULT_TRAIN_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-}
-"""Training noise schedule assumed for a bare UNet folder that ships no scheduler config (Ho et al. DDPM)."""
-
-UNET_CLASSES: dict[str, type[UNet2DModel] | type[UNet2DConditionModel]] = {
-    "UNet2DModel": UNet2DModel,
-    "UNet2DConditionModel": UNet2DConditionModel,
-}
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "none": None,
@@ -86,26 +47,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.safetensors.index.json",
-    "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.bin.index.json",
-)
-
-# The config files needed to tell the layouts apart, fetched before any weights.
-_LAYOUT_FILES = [
-    "model_index.json",
-    "config.json",
-    "scheduler_config.json",
-    "unet/config.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    *(f"{name}/config.json" for name in AUTOENCODER_SUBFOLDERS),
-]
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""``model.dtype`` values: the dtype the UNet (and autoencoder and text encoder) run in."""
 
 
 @dataclass
@@ -116,7 +58,7 @@ class TextPrompts:
     every such step is classifier-free guided, eps = eps(negative_prompt) + s (eps(prompt) - eps(negative_prompt)),
     from one UNet call on a doubled batch [negative; prompt]; <= 1 means no guidance (the prompt alone).
     ``edit_prompt`` conditions only the pullback maps of paper B (the local basis d h / d z_t and the x-space
-    guidance eps, ALGORITHMS 3.4), never guided. Paper B's SD settings: every prompt "" and guidance_scale 0.
+    guidance eps), never guided. Paper B's SD settings: every prompt "" and guidance_scale 0.
     """
 
     prompt: str = ""
@@ -163,7 +105,8 @@ class DiffusionModel:
     (bfloat16 or float16) runs the UNet calls that need no exactness under mixed precision; spectra ask for
     ``exact`` calls. ``channels_last``: the UNet and its inputs use the NHWC memory format (faster convolutions
     on GPUs with tensor cores; same results up to rounding). ``compile``: the ``torch.compile`` mode of the
-    UNet's blocks (see :func:`compile_unet_blocks`), or None; ``exact`` calls run them eagerly.
+    UNet's blocks (see :func:`pipeline.diffusion.loading.compile_unet_blocks`), or None; ``exact`` calls run
+    them eagerly.
     """
 
     unet: UNet2DModel | UNet2DConditionModel
@@ -198,7 +141,8 @@ class DiffusionModel:
         """Model-space x_0 [B, *sample_shape] (float32, CPU) of images [B, 3, H', W'] in [0, 1], the inverse of
         :meth:`images` for inverting real images: pixels mapped to [-1, 1], or for a latent model the
         autoencoder's encoding times its scaling factor (the posterior mean of an AutoencoderKL, the
-        unquantised latents of a VQModel; ALGORITHMS 3.4 samples the posterior, the mean is reproducible)."""
+        unquantised latents of a VQModel): sampling the posterior would make the inversion of an image depend
+        on a seed, the mean is reproducible."""
         pixels = images.float() * 2 - 1
         if self.vae is None:
             return pixels.cpu()
@@ -296,39 +240,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """Map "float32", "float16" or "bfloat16" to the torch dtype the UNet runs in."""
+    """Map a :data:`DTYPES` name ("float64", "float32", "float16", "bfloat16") to the torch dtype the UNet
+    runs in."""
     if name not in DTYPES:
         raise ConfigError(f"dtype '{name}': unknown; expected one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> int:
-    """Compile, in place with ``torch.compile(mode=mode)``, every layer inside the UNet's down, mid and up
-    blocks (resnets, attention, resamplers); return how many were compiled.
-
-    Compiling these regions, not the whole UNet, leaves the blocks themselves eager, so the h-space hooks on
-    ``mid_block`` and ``down_blocks.i`` / ``up_blocks.i`` work unchanged and never trigger a recompile, and
-    repeated layers of the same shape share compiled code. Each layer compiles on its first call, for static
-    shapes (``dynamic=False``): all resnets share one ``forward``, and by default dynamo answers its second
-    input shape by recompiling it with symbolic sizes, code that is slower and that recompiled again for every
-    new shape of a 256 px UNet (its warm-up did not finish in 120 s on an H200). Dynamo keeps a limited number
-    of compiled variants per function (8 by default): the limit is raised to two per layer (its shape, and a
-    changed batch size), or a large UNet's later layers would silently fall back to eager.
-    """
-    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-    layers = [
-        layer
-        for block in blocks
-        if block is not None
-        for group in block.children()
-        if isinstance(group, torch.nn.ModuleList)
-        for layer in group
-    ]
-    dynamo_config = torch._dynamo.config
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(layers))
-    for layer in layers:
-        layer.compile(mode=mode, dynamic=False)
-    return len(layers)
 
 
 def load_model(
@@ -346,8 +262,9 @@ def load_model(
     ``source`` is either a folder, laid out as a diffusers pipeline (``model_index.json``, ``unet/``,
     ``scheduler/``) or as a bare UNet (``config.json`` and weights at the top, optionally with a
     ``scheduler_config.json``), or a hub id 'owner/name' whose files are fetched through the Hugging Face
-    cache (safetensors preferred; no remote code is ever run). A bare folder without a scheduler config
-    gets :data:`DEFAULT_TRAIN_SCHEDULE`. The scheduler is always ``DDIMScheduler.from_config`` of the
+    cache (safetensors preferred; no remote code is ever run; see :mod:`pipeline.diffusion.loading`). A bare
+    folder without a scheduler config gets :data:`~pipeline.diffusion.loading.DEFAULT_TRAIN_SCHEDULE`. The
+    scheduler is always ``DDIMScheduler.from_config`` of the
     model's scheduler config with ``clip_sample`` as given: False (the reference code's choice for
     well-trained models) keeps the predicted x_0 unclamped; True clamps it to [-1, 1] at every step, which
     keeps a small or undertrained model's samples in range. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
@@ -364,22 +281,12 @@ def load_model(
         raise ConfigError(f"params: model.autocast={autocast!r}: unknown; expected one of {', '.join(AUTOCAST_DTYPES)}")
     if compile not in COMPILE_MODES:
         raise ConfigError(f"params: model.compile={compile!r}: unknown; expected one of {', '.join(COMPILE_MODES)}")
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        unet, scheduler, vae, text_parts = _load_local(folder, torch_dtype, clip_sample)
-    elif _HUB_ID.fullmatch(source):
-        unet, scheduler, vae, text_parts = _load_hub(source, torch_dtype, clip_sample)
-    else:
-        raise ModelNotFoundError(
-            f"model source '{source}': no such folder and not a hub id 'owner/name'; "
-            f"known ids: {', '.join(KNOWN_HUB_MODELS)}"
-        )
+    unet, scheduler, vae, text_encoder, tokenizer = load_parts(source, torch_dtype, clip_sample)
     if scheduler.config.prediction_type != "epsilon":
         raise ConfigError(
             f"model '{source}': prediction_type '{scheduler.config.prediction_type}' is not supported; "
             "expected 'epsilon'"
         )
-    text_encoder, tokenizer = text_parts if text_parts is not None else (None, None)
     if isinstance(unet, UNet2DConditionModel) and text_encoder is None:
         raise ModelNotFoundError(
             f"model '{source}': a text-conditioned UNet2DConditionModel needs a pipeline folder with "
@@ -414,172 +321,17 @@ def _encode_prompts(model: DiffusionModel, prompts: TextPrompts) -> None:
     model.edit_conditioning = TextConditioning(encoded[prompts.edit_prompt])
 
 
-Loaded = tuple[
-    UNet2DModel | UNet2DConditionModel,
-    DDIMScheduler,
-    VQModel | AutoencoderKL | None,
-    tuple[CLIPTextModel, CLIPTokenizer] | None,
-]
-
-
-def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
-    """Load from a pipeline folder or a bare UNet folder; raise ModelNotFoundError naming what is missing."""
-    unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
-    unet_folder = folder / unet_subfolder if unet_subfolder else folder
-    if not any((unet_folder / name).is_file() for name in WEIGHT_FILES):
-        raise ModelNotFoundError(
-            f"model folder '{unet_folder}': no UNet weights (expected {WEIGHT_FILES[0]} or {WEIGHT_FILES[2]})"
-        )
-    unet_class = _unet_class(unet_folder / "config.json", str(folder))
-    try:
-        unet = unet_class.from_pretrained(
-            str(folder), subfolder=unet_subfolder, use_safetensors=None, torch_dtype=torch_dtype
-        )
-    except OSError as error:  # diffusers reports a truncated or corrupt weights file as a bare OSError
-        weights = next(name for name in WEIGHT_FILES if (unet_folder / name).is_file())
-        raise ModelNotFoundError(
-            f"model folder '{unet_folder}': UNet weights {weights} are unreadable (truncated or corrupt file); "
-            "save or download the model again"
-        ) from error
-    autoencoder = _autoencoder(folder, str(folder), torch_dtype, folder)
-    text_parts = _text_encoder(folder, str(folder), torch_dtype, folder)
-    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder, text_parts
-
-
-def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> Loaded:
-    """Load through the Hugging Face cache; raise ModelNotFoundError when the files cannot be had."""
-    offline = _hub_offline()
-    not_local = ModelNotFoundError(
-        f"the weights for '{repo_id}' are not available locally: download them once with "
-        f"`huggingface-cli download {repo_id}` on a machine with internet and set HF_HOME to that cache, "
-        "or pass a local model folder"
-    )
-    try:
-        config_folder = Path(snapshot_download(repo_id, allow_patterns=_LAYOUT_FILES, local_files_only=offline))
-    except RepositoryNotFoundError as error:
-        raise ModelNotFoundError(f"hub id '{repo_id}': no such model repository on the hub") from error
-    except OSError as error:  # not cached while offline, or no connection
-        raise not_local from error
-    unet_subfolder, scheduler_config = _detect_layout(config_folder, repo_id)
-    config_path = config_folder / unet_subfolder / "config.json" if unet_subfolder else config_folder / "config.json"
-    unet_class = _unet_class(config_path, repo_id)
-    try:
-        unet = unet_class.from_pretrained(
-            repo_id,
-            subfolder=unet_subfolder,
-            use_safetensors=None,
-            torch_dtype=torch_dtype,
-            local_files_only=offline,
-        )
-        autoencoder = _autoencoder(config_folder, repo_id, torch_dtype, repo_id, local_files_only=offline)
-        text_parts = _text_encoder(config_folder, repo_id, torch_dtype, repo_id, local_files_only=offline)
-    except OSError as error:
-        raise not_local from error
-    return unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder, text_parts
-
-
-def _autoencoder(
-    config_folder: Path, source: str, torch_dtype: torch.dtype, location: str | Path, **options: Any
-) -> VQModel | AutoencoderKL | None:
-    """The latent model's autoencoder (``vqvae/`` or ``vae/`` of a pipeline folder), or None for pixel models."""
-    for subfolder in AUTOENCODER_SUBFOLDERS:
-        config = config_folder / subfolder / "config.json"
-        if config.is_file():
-            class_name = _read_json(config).get("_class_name")
-            if class_name not in AUTOENCODER_CLASSES:
-                raise ConfigError(
-                    f"model '{source}': autoencoder class '{class_name}' is not supported; "
-                    f"expected {' or '.join(AUTOENCODER_CLASSES)}"
-                )
-            return AUTOENCODER_CLASSES[class_name].from_pretrained(
-                str(location), subfolder=subfolder, use_safetensors=None, torch_dtype=torch_dtype, **options
-            )
-    return None
-
-
-def _text_encoder(
-    config_folder: Path, source: str, torch_dtype: torch.dtype, location: str | Path, **options: Any
-) -> tuple[CLIPTextModel, CLIPTokenizer] | None:
-    """The CLIP text encoder and tokenizer of a Stable Diffusion pipeline folder, or None without ``text_encoder/``.
-
-    The encoder is loaded in float32 and then cast, which works across transformers versions (the dtype
-    keyword was renamed in 5.x); safetensors weights only.
-    """
-    if not (config_folder / "text_encoder" / "config.json").is_file():
-        return None
-    index_file = config_folder / "model_index.json"
-    components = _read_json(index_file) if index_file.is_file() else {}
-    unsupported = [name for name in UNSUPPORTED_PIPELINE_PARTS if components.get(name, [None])[0] is not None]
-    if unsupported:
-        raise ConfigError(
-            f"model '{source}': pipeline components {', '.join(unsupported)} are not supported "
-            "(Stable Diffusion 1.x and 2.x pipelines are)"
-        )
-    for name, expected in (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer")):
-        declared = components.get(name, [None, expected])[1]
-        if declared not in (expected, f"{expected}Fast"):
-            raise ConfigError(f"model '{source}': {name} class '{declared}' is not supported; expected {expected}")
-    encoder = CLIPTextModel.from_pretrained(str(location), subfolder="text_encoder", use_safetensors=True, **options)
-    tokenizer = CLIPTokenizer.from_pretrained(str(location), subfolder="tokenizer", **options)
-    return encoder.to(torch_dtype), tokenizer
-
-
-def _detect_layout(folder: Path, source: str) -> tuple[str | None, dict[str, Any] | None]:
-    """Return (UNet subfolder or None for a bare folder, scheduler config dict or None for the default)."""
-    if (folder / "unet" / "config.json").is_file():
-        scheduler_file = folder / "scheduler" / "scheduler_config.json"
-        if not scheduler_file.is_file():
-            raise ModelNotFoundError(f"model '{source}': pipeline layout without scheduler/scheduler_config.json")
-        return "unet", _read_json(scheduler_file)
-    if (folder / "config.json").is_file():
-        scheduler_file = folder / "scheduler_config.json"
-        return None, _read_json(scheduler_file) if scheduler_file.is_file() else None
-    raise ModelNotFoundError(f"model '{source}': neither unet/config.json nor config.json found")
-
-
-def _unet_class(config_path: Path, source: str) -> type[UNet2DModel] | type[UNet2DConditionModel]:
-    """The diffusers class named in a UNet config.json, restricted to the supported UNets."""
-    class_name = _read_json(config_path).get("_class_name")
-    if class_name not in UNET_CLASSES:
-        raise ConfigError(
-            f"model '{source}': UNet class '{class_name}' is not supported; expected {' or '.join(UNET_CLASSES)}"
-        )
-    return UNET_CLASSES[class_name]
-
-
-def _ddim_scheduler(scheduler_config: dict[str, Any] | None, clip_sample: bool) -> DDIMScheduler:
-    """DDIM scheduler over the model's training schedule; ``clip_sample`` clamps the predicted x_0 to [-1, 1]."""
-    if scheduler_config is None:
-        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=clip_sample, clip_sample_range=1.0)
-    return DDIMScheduler.from_config(scheduler_config, clip_sample=clip_sample, clip_sample_range=1.0)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON config file into a dict; a damaged file is a one-line ModelNotFoundError naming it."""
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelNotFoundError(f"model config '{path}': not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise ModelNotFoundError(f"model config '{path}': expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set now; huggingface_hub itself only reads it at import time."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 @dataclass
 class ModelConfig:
     """The ``model`` params section: which diffusion model, its dtype, the h-space site, whether sampling
-    clamps the predicted x_0 to [-1, 1] (see :func:`pipeline.diffusion.models.load_model`), and for a text-conditioned
-    model (Stable Diffusion) its prompts and guidance (``text``, see :class:`pipeline.diffusion.models.TextPrompts`;
-    absent for unconditional models). Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs
-    sampling and edit decodes in mixed precision (Jacobians and spectra stay in ``dtype``), ``channels_last``
-    the NHWC memory format, ``compile`` ("none" | "default" | "reduce-overhead" | "max-autotune") compiles
-    the UNet's layers for those calls (Jacobians and spectra run eagerly)."""
+    clamps the predicted x_0 to [-1, 1] (see :func:`load_model`), and for a text-conditioned model (Stable
+    Diffusion) its prompts and guidance (``text``, see :class:`TextPrompts`; absent for unconditional models).
+
+    Performance: ``autocast`` ("none" | "bfloat16" | "float16") runs sampling and edit decodes in mixed
+    precision (Jacobians and spectra stay in ``dtype``), ``channels_last`` the NHWC memory format, ``compile``
+    ("none" | "default" | "reduce-overhead" | "max-autotune") compiles the UNet's layers for those calls
+    (Jacobians and spectra run eagerly).
+    """
 
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"

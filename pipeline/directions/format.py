@@ -1,4 +1,5 @@
-"""The directions file: one safetensors file per method, read by every consumer (DESIGN "Directions file").
+"""The directions file: one safetensors file per method, read by every consumer
+(docs/architecture.md, "Directions file").
 
 Tensors:
 
@@ -27,23 +28,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from pipeline.io.files import save_tensors
+from pipeline.directions.methods import METHODS
 from pipeline.io.errors import ConfigError
+from pipeline.io.files import save_tensors
 
 FORMAT = "hspace-directions"
 FORMAT_VERSION = 1
 
-METHODS = (
-    "pca_per_step",
-    "pca_all_steps",
-    "supervised",
-    "supervised_conditional",
-    "noise_supervised",
-    "jacobian",
-    "pullback",
-    "pullback_global",
-)
-"""Method names a directions file may carry."""
 
 SPACES = ("h", "x_t", "x_T")
 """Spaces a direction may live in: h-space (per step), the noisy sample x_t, or the initial noise x_T."""
@@ -71,6 +62,19 @@ class Origin:
     eta: float | None = None
     timesteps: torch.Tensor | None = None
     steps: torch.Tensor | None = None
+
+    @classmethod
+    def of_store(cls, store: Any) -> Origin:
+        """Provenance of directions computed from a samples store (:class:`pipeline.data.store.Store`): its
+        model, h site, sampler grid and captured steps."""
+        return cls(
+            model_id=store.model_id,
+            hspace_location=store.spec.hspace_location,
+            sampler_steps=store.spec.steps,
+            eta=store.spec.eta,
+            timesteps=store.timesteps[store.h_steps],
+            steps=store.h_steps,
+        )
 
 
 @dataclass

@@ -206,7 +206,8 @@ def grassmann_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def transport(direction_h: torch.Tensor, u_target: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
-    """Parallel transport of an h-space tangent vector to another sample by matching coefficients (ALGORITHMS 3.5).
+    """Parallel transport of an h-space tangent vector to another sample by matching coefficients
+    (docs/methods.md, "Pullback directions").
 
     With U = ``u_target`` (the target sample's tangent basis in h, rows u_k = J v_k / sigma_k) and
     V = ``v_target`` (its latent basis in x, rows v_k), the coefficients are c = U direction_h and the result

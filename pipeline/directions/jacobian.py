@@ -1,4 +1,4 @@
-"""Image-specific Jacobian directions (paper A, ALGORITHMS 2.2): the top right singular vectors of
+"""Image-specific Jacobian directions (Haas et al. 2024; docs/methods.md, "Jacobian directions"): the top right singular vectors of
 d(mask * eps)/d h at each step of one sample's own trajectory, with x_t and the skip connections fixed.
 
 The trajectory reuses the sample's stored variance noise (the reference code draws fresh noise, so its
@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipeline.directions.format import Directions, Origin
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import eps_of_h
-from pipeline.linalg import SolverConfig, frozen, jacobian_svd
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import ddim_grid, denoise_steps
+from pipeline.directions.format import Directions, Origin
+from pipeline.io.errors import ConfigError
+from pipeline.linalg import SolverConfig, frozen, jacobian_svd
 
 APPLY_MODES = ("global", "per_step")
 

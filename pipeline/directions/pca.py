@@ -1,4 +1,4 @@
-"""Global h-space directions by principal component analysis of h over many samples (ALGORITHMS 2.1).
+"""Global h-space directions by principal component analysis of h over many samples (docs/methods.md, "PCA directions").
 
 Two analyses of the same data h [N, T, *h_shape] (N samples, T steps, D = prod(h_shape)):
 

@@ -1,4 +1,4 @@
-"""Pullback directions (paper B, ALGORITHMS 3): the local latent basis of x_t, edits by x-space guidance,
+"""Pullback directions (Park et al. 2023; docs/methods.md, "Pullback directions"): the local latent basis of x_t, edits by x-space guidance,
 transport between samples and global directions.
 
 The encoder map f(x_t) = h(x_t, t) (the UNet up to the h site) pulls the Euclidean metric of h-space back
@@ -7,7 +7,7 @@ unit of x; u_i = J v_i / sigma_i is the matching tangent basis in h. Both come f
 Krylov solver, exactly (no sign flip or one-iteration lag between u and v as in the reference code).
 
 An edit is applied once, at one step: x-space guidance moves x_t so that its own eps follows the shift
-along c v (ALGORITHMS 3.3), then DDIM denoises to x_0, with the "quality boost" (eta = 1 on the last
+along c v, then DDIM denoises to x_0, with the "quality boost" (eta = 1 on the last
 steps, with seeded noise) where configured.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import h_of_x
-from pipeline.linalg import SolverConfig, frozen, jacobian_svd
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import DDIMGrid, ddim_grid, denoise_steps, initial_noise
+from pipeline.io.errors import ConfigError
+from pipeline.linalg import SolverConfig, frozen, jacobian_svd
 
 
 @dataclass
@@ -125,7 +125,7 @@ def guidance_edit(
     step_size: float,
     iterations: int,
 ) -> torch.Tensor:
-    """x-space guidance (ALGORITHMS 3.3) of one x_t [C, H, W] along ``direction`` [C, H, W] (v, unit norm
+    """x-space guidance of one x_t [C, H, W] along ``direction`` [C, H, W] (v, unit norm
     expected) at every strength c of ``scales`` (0 returns x_t unchanged): edited x_t [S, C, H, W].
     See :func:`guidance_rows`."""
     if direction.shape != x_t.shape:
@@ -150,7 +150,7 @@ def guidance_rows(
     """x-space guidance for many x_t at once: row b of x_t [B, C, H, W] follows ``direction`` [C, H, W] with
     strength c = ``strengths[b]``, N = ``iterations`` updates x <- x + gamma * (eps(x + c v, t) - eps(x, t))
     with gamma = ``step_size``, ``batch_size`` rows per UNet call; returns the edited x_t [B, C, H, W] (CPU).
-    A text-conditioned model's eps are those of its edit prompt, without guidance (ALGORITHMS 3.4)."""
+    A text-conditioned model's eps are those of its edit prompt, without classifier-free guidance."""
     if iterations < 0 or step_size < 0:
         raise ConfigError(f"guidance: iterations {iterations} and step_size {step_size} must be >= 0")
     dtype = torch.promote_types(model.unet.dtype, torch.float32)

@@ -1,5 +1,5 @@
 """Supervised directions from labelled samples, and their conditional (disentangled) projections
-(ALGORITHMS 2.3 and 2.4).
+(Haas et al. 2024; docs/methods.md, "Supervised directions").
 
 * A supervised direction is the difference of group means, mean(positive) - mean(negative), unnormalised:
   its natural unit is the raw difference (``scales`` absent), so ``delta(k, alpha)`` is alpha times it.

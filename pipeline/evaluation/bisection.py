@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+
 @dataclass
 class Bisection:
     """The result of :func:`bisect_scale`: the chosen scale and its value, whether the budget was out of

@@ -1,5 +1,5 @@
-"""The evaluation protocol that scores every directions file alike (run by the ``evaluate`` step): effects, preservation, realism,
-matched distortion and, on ToyFaces, the ground truth.
+"""The evaluation protocol that scores every directions file alike (run by the ``evaluate`` step): effects,
+preservation, realism, matched distortion and, on ToyFaces, the ground truth.
 
 For each directions file (a method) and each of its directions (the first ``max_directions``; supervised
 files are evaluated whole, one direction per attribute), on M held-out seeds that no stage fitted on:
@@ -41,9 +41,6 @@ files are evaluated whole, one direction per attribute), on M held-out seeds tha
    the truth label (the factor moved most) and truth selectivity compare factors in common units. The
    hat's hue counts only as far as a hat is present before and after the edit (:data:`GATED_FACTORS`).
 """
-
-from __future__ import annotations
-
 
 from __future__ import annotations
 

@@ -16,9 +16,7 @@ or shard count never invalidates an output.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -28,11 +26,10 @@ from typing import Any
 
 import torch
 
-from pipeline.io.files import atomic_path
-from pipeline.io.validation import first_difference
-from pipeline.io.errors import ConfigError, PipelineError
 from pipeline.data.labels import read_labels, write_labels
 from pipeline.data.store import Store
+from pipeline.io.errors import ConfigError, PipelineError
+from pipeline.io.validation import first_difference
 
 LAUNCHER_PLUGINS = {
     "basic": None,  # Hydra's own sequential launcher

@@ -7,10 +7,11 @@ Stages read only ``params.yaml`` (what DVC tracks); ``conf/`` is the Hydra tree 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.io.errors import ConfigError
@@ -18,6 +19,7 @@ from pipeline.io.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
+_MISSING = object()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> DictConfig:
@@ -49,11 +51,13 @@ def validate(section: Any, schema: type[T], key: str) -> T:
 
 
 def load_section(key: str, schema: type[T], params: DictConfig | None = None) -> T:
-    """The validated section ``key`` of ``params`` (loaded from ``params.yaml`` when not given)."""
+    """The validated section ``key`` (dotted for a subsection, "directions.pca") of ``params`` (loaded from
+    ``params.yaml`` when not given)."""
     params = load_params() if params is None else params
-    if key not in params:
+    section = OmegaConf.select(params, key, default=_MISSING)
+    if section is _MISSING:
         raise ConfigError(f"params: section '{key}' is missing")
-    return validate(params[key], schema, key)
+    return validate(section, schema, key)
 
 
 def load_value(key: str, expected: type, params: DictConfig | None = None) -> Any:
@@ -65,6 +69,62 @@ def load_value(key: str, expected: type, params: DictConfig | None = None) -> An
     if not isinstance(value, expected):
         raise ConfigError(f"params: {key}={value!r}: expected {expected.__name__}")
     return value
+
+
+RUNTIME_KEYS = ("device", "logging", "launch")
+"""Keys every stage may read besides its declared params: where it runs and how it logs, never what it
+computes, so DVC does not track them."""
+
+
+class StageParams:
+    """The params one stage reads: exactly its declared keys (its ``params`` in dvc.yaml), each validated
+    against its schema, plus the runtime keys ``device``, ``logging`` and ``launch``.
+
+    A declared key is a top-level section ("model"), a subsection ("directions.pca") or a value inside a
+    section ("preview.scales", whose section's schema validates it). Asking for an undeclared key is an
+    error, so a stage cannot depend on a param that DVC does not track.
+    """
+
+    def __init__(
+        self, stage: str, declared: Sequence[str], schemas: Mapping[str, type], params: DictConfig | None = None
+    ):
+        self.stage = stage
+        self.declared = tuple(declared)
+        self.schemas = schemas
+        self.params = load_params() if params is None else params
+        for key in self.declared:
+            if key not in schemas and key.rpartition(".")[0] not in schemas:
+                raise ConfigError(f"stage {stage}: params key '{key}' has no schema")
+
+    def __getitem__(self, key: str) -> Any:
+        """The validated section (or value) ``key``; ConfigError if the stage does not declare it."""
+        if key not in self.declared:
+            raise ConfigError(f"stage {self.stage}: reads params key '{key}', which it does not declare")
+        if key in self.schemas:
+            return load_section(key, self.schemas[key], self.params)
+        section, _, name = key.rpartition(".")
+        return getattr(load_section(section, self.schemas[section], self.params), name)
+
+    @property
+    def tracked(self) -> dict[str, Any]:
+        """The declared params as plain values, ``{key: value}``: the W&B run config and the fingerprint of a
+        resumable stage's work cache."""
+        return {key: _plain(OmegaConf.select(self.params, key, throw_on_missing=True)) for key in self.declared}
+
+    @property
+    def device(self) -> str:
+        """The ``device`` param as given ("auto", "cpu", "cuda", "cuda:1", ...)."""
+        return load_value("device", str, self.params)
+
+    def runtime(self, key: str, schema: type[T]) -> T:
+        """A runtime section (``logging`` or ``launch``) validated against ``schema``."""
+        if key not in RUNTIME_KEYS:
+            raise ConfigError(f"stage {self.stage}: '{key}' is not a runtime key ({', '.join(RUNTIME_KEYS)})")
+        return load_section(key, schema, self.params)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def compose(

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from pipeline.io.files import atomic_path, write_json
 from pipeline.io.errors import ConfigError
+from pipeline.io.files import atomic_path, write_json
 
 WANDB_MODES = ("auto", "disabled", "offline", "online")
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.io.files import atomic_path
 from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.io.files import atomic_path
 from pipeline.toyfaces.world import BINARY_ATTRIBUTES, CONTINUOUS_FACTORS, Factors, ToyFacesConfig, region_masks
 
 

@@ -7,20 +7,18 @@ checkpoint sees exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from pipeline.io.files import TrainingCheckpoint, save_with
 from pipeline.io.errors import ConfigError
-from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.io.files import TrainingCheckpoint
+from pipeline.toyfaces.classifier import ToyFacesClassifier
 from pipeline.toyfaces.world import ToyFacesConfig, make_batch
 
 
@@ -58,41 +56,10 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
-@dataclass
-class TrainToyModelConfig:
-    """Parameters of the ``train_toy_model`` stage."""
-
-    unet: ToyUNetConfig = field(default_factory=ToyUNetConfig)
-    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 12000
-    batch_size: int = 32
-    ema_decay: float = 0.999
-    seed: int = 0
-    data_seed_offset: int = 0
-    checkpoint_every: int = 200
-    heldout_size: int = 256
-
-
-@dataclass
-class TrainToyClassifierConfig:
-    """Parameters of the ``train_toy_classifier`` stage."""
-
-    model: ToyClassifierConfig = field(default_factory=ToyClassifierConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50))
-    steps: int = 2000
-    batch_size: int = 64
-    factor_loss_weight: float = 1.0
-    seed: int = 0
-    data_seed_offset: int = 10_000_000
-    heldout_seed_offset: int = 20_000_000
-    heldout_size: int = 4096
-    checkpoint_every: int = 250
-
-
-def _validate_common(
+def validate_training(
     section: str, steps: int, batch_size: int, optim: OptimConfig, checkpoint_every: int
 ) -> None:
+    """Check the settings both training steps share; a one-line ConfigError names the key under ``section``."""
     if steps < 1:
         raise ConfigError(f"{section}.steps={steps}: must be >= 1")
     if batch_size < 1:
@@ -144,21 +111,24 @@ def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
     )
 
 
-def _optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over ``params`` with the configured learning rate and weight decay."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    # A generator per step (not one long stream) makes a resumed run draw exactly the same noise.
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of training step ``step``: one per step (not one long stream), so a resumed run
+    draws exactly the noise an uninterrupted one would."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _data_seeds(offset: int, step: int, batch_size: int) -> range:
+def data_seeds(offset: int, step: int, batch_size: int) -> range:
+    """The world seeds of training step ``step``'s batch: ``offset + step * batch_size`` on."""
     start = offset + step * batch_size
     return range(start, start + batch_size)
 
 
-def _run_loop(
+def run_training_loop(
     total_steps: int,
     checkpoint: TrainingCheckpoint,
     checkpoint_every: int,
@@ -181,72 +151,6 @@ def _run_loop(
     return start
 
 
-def train_toy_model(
-    cfg: TrainToyModelConfig,
-    world: ToyFacesConfig,
-    output_dir: str | Path,
-    checkpoint_dir: str | Path,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
-) -> tuple[DDPMPipeline, dict[str, float]]:
-    """Train a DDPM on ToyFaces and save the EMA model as a diffusers pipeline folder at ``output_dir``.
-
-    The saved folder (``model_index.json``, ``unet/``, ``scheduler/``; safetensors) loads like a hub
-    model. Checkpoints go to ``checkpoint_dir`` every ``checkpoint_every`` steps; a rerun resumes
-    from the latest one and produces the same weights as an uninterrupted run (same device).
-    ``on_step(step, loss)`` is called after every step (for logging). Returns the pipeline (EMA
-    weights, CPU) and ``{"heldout_loss": ...}``, the EMA model's loss on fixed held-out noisy images.
-    """
-    _validate_common("train_toy_model", cfg.steps, cfg.batch_size, cfg.optim, cfg.checkpoint_every)
-    if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"train_toy_model.ema_decay={cfg.ema_decay}: must be in [0, 1)")
-    torch.manual_seed(cfg.seed)
-    unet = build_toy_unet(cfg.unet, world.resolution).to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    scheduler = build_noise_scheduler(cfg.schedule)
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    optimizer = _optimizer(unet.parameters(), cfg.optim)
-
-    def train_step(step: int) -> dict[str, float]:
-        images, _ = make_batch(_data_seeds(cfg.data_seed_offset, step, cfg.batch_size), world)
-        x0 = (images * 2.0 - 1.0).to(device)
-        generator = _step_generator(cfg.seed, step)
-        t = torch.randint(0, cfg.schedule.num_train_timesteps, (cfg.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        a = alphas_cumprod[t.to(device)].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(x_t, t.to(device)).sample, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-        if on_step is not None:
-            on_step(step, loss.item())
-        return {"loss": loss.item()}
-
-    _run_loop(
-        cfg.steps,
-        TrainingCheckpoint(checkpoint_dir, {"train_toy_model": asdict(cfg), "toyfaces": asdict(world)}),
-        cfg.checkpoint_every,
-        {"unet": unet, "ema": ema},
-        optimizer,
-        train_step,
-        "train_toy_model",
-        progress,
-    )
-    ema = ema.cpu()
-    pipeline = DDPMPipeline(unet=ema, scheduler=scheduler)
-    save_with(lambda tmp: pipeline.save_pretrained(tmp, safe_serialization=True), output_dir)
-    return pipeline, {"heldout_loss": heldout_denoising_loss(ema, scheduler, world, cfg.heldout_size)}
-
-
 @torch.no_grad()
 def heldout_denoising_loss(
     unet: UNet2DModel,
@@ -263,62 +167,6 @@ def heldout_denoising_loss(
     a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * (images * 2.0 - 1.0) + (1 - a).sqrt() * noise
     return F.mse_loss(unet(x_t, t).sample, noise).item()
-
-
-def train_toy_classifier(
-    cfg: TrainToyClassifierConfig,
-    world: ToyFacesConfig,
-    output_dir: str | Path,
-    checkpoint_dir: str | Path,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> tuple[ToyFacesClassifier, dict[str, float]]:
-    """Train the ToyFaces attribute classifier on true labels; save it to ``output_dir``.
-
-    Returns the classifier and held-out metrics: accuracy per binary attribute (keys
-    ``accuracy/<name>``), their minimum (``min_accuracy``) and the factor regression RMSE per factor.
-    """
-    _validate_common("train_toy_classifier", cfg.steps, cfg.batch_size, cfg.optim, cfg.checkpoint_every)
-    if cfg.model.resolution != world.resolution:
-        raise ConfigError(
-            f"train_toy_classifier.model.resolution={cfg.model.resolution}: "
-            f"must equal toyfaces.resolution={world.resolution}"
-        )
-    torch.manual_seed(cfg.seed)
-    model = ToyFacesClassifier(cfg.model).to(device).train()
-    optimizer = _optimizer(model.parameters(), cfg.optim)
-
-    def train_step(step: int) -> dict[str, float]:
-        images, factors = make_batch(_data_seeds(cfg.data_seed_offset, step, cfg.batch_size), world)
-        features = model.features(images.to(device))
-        attribute_loss = F.binary_cross_entropy_with_logits(
-            model.attribute_head(features), factors.binary.to(device)
-        )
-        factor_loss = F.mse_loss(model.factor_head(features), factors.continuous.to(device))
-        loss = attribute_loss + cfg.factor_loss_weight * factor_loss
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        return {"bce": attribute_loss.item(), "mse": factor_loss.item()}
-
-    _run_loop(
-        cfg.steps,
-        TrainingCheckpoint(checkpoint_dir, {"train_toy_classifier": asdict(cfg), "toyfaces": asdict(world)}),
-        cfg.checkpoint_every,
-        {"model": model},
-        optimizer,
-        train_step,
-        "train_toy_classifier",
-        progress,
-    )
-    model = model.cpu().eval().requires_grad_(False)
-    model.save(output_dir)
-    return model, evaluate_classifier(
-        model, world, range(cfg.heldout_seed_offset, cfg.heldout_seed_offset + cfg.heldout_size)
-    )
 
 
 @torch.no_grad()

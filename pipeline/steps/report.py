@@ -1,4 +1,5 @@
-"""The study report: one self-contained HTML page (``report/index.html``) built from the pipeline's outputs.
+"""Step ``report``: the study report, one self-contained HTML page (``report/index.html``) built from the
+pipeline's outputs.
 
 Every input is optional; a missing one is named in a note on the page instead of failing:
 
@@ -29,11 +30,14 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.io.files import atomic_path
 from pipeline.io.tracking import flatten
 
+PARAMS: tuple[str, ...] = ()
+"""The params this step reads: none (its stage depends on params.yaml as a file, shown on the page)."""
+
 EVALUATE_METRICS = "metrics/evaluate.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
 EFFECTS = "plots/evaluate_effects.csv"
 GRID = "plots/evaluate/{method}.png"
-PARAMS = "params.yaml"
+PARAMS_FILE = "params.yaml"
 SPECTRA = (
     # file, x column, y columns (a trailing * matches a prefix), column splitting rows into series, title
     ("plots/pca_spectrum.csv", "component", ["all_steps", "per_step_mean"], None, "PCA: explained variance ratio"),
@@ -410,7 +414,7 @@ def _metrics_section(page: _Page) -> None:
 
 
 def _config_section(page: _Page) -> None:
-    path = page.path(PARAMS)
+    path = page.path(PARAMS_FILE)
     if path is not None:
         page.parts.append(
             f"<section id=config><h2>Config (params.yaml)</h2><pre>{html.escape(path.read_text())}</pre></section>"

@@ -1,32 +1,21 @@
-"""The jacobian and pullback steps of the study as library functions (the stages only read params and write).
-
-Each takes typed configs and loaded models and returns a :class:`SpectralResult`: directions files,
-rows for DVC plots, metrics and preview pictures.
-"""
+"""Step ``pullback``: local bases of d h / d x_t of held-out samples, their transport between samples, global
+directions and the analyses of the x_t geometry (docs/methods.md, "Pullback directions")."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.diffusion.hspace import h_of_x
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import SamplerConfig, ddim_grid
 from pipeline.directions import geometry
-from pipeline.io.files import WorkCache
-from pipeline.directions import Directions, Origin
-from pipeline.directions.jacobian import (
-    JacobianSpectra,
-    image_mask,
-    jacobian_directions,
-    jacobian_spectra,
-    rectangle_mask,
-)
+from pipeline.directions.format import Directions, Origin
 from pipeline.directions.pullback import (
     LocalBasis,
     decode_edited,
@@ -35,153 +24,65 @@ from pipeline.directions.pullback import (
     states_at,
     step_for_fraction,
 )
-from pipeline.io.errors import ConfigError
-from pipeline.diffusion.hspace import h_of_x
+from pipeline.editing import held_out
+from pipeline.io.files import WorkCache
 from pipeline.io.images import make_grid
-from pipeline.linalg import frozen
-from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import ddim_grid
-from pipeline.study import HeldOut, JacobianConfig, PullbackConfig, SamplerConfig, decode_images, edit, held_out
-from pipeline.toyfaces.world import REGIONS, ToyFacesConfig
+from pipeline.io.validation import require
+from pipeline.linalg import SolverConfig, frozen
+from pipeline.steps.result import StepResult
+
+PARAMS = ("model", "sampler", "directions.pullback")
+"""The params this step reads (its stage's ``params`` in dvc.yaml)."""
 
 
 @dataclass
-class SpectralResult:
-    """What a spectral stage writes: directions files by method, plot rows by name, metrics, pictures; and
-    ``timings`` (seconds, units resumed), logged but kept out of the metrics so that outputs are reproducible."""
+class PullbackConfig:
+    """The ``directions.pullback`` params section: local pullback bases in x_t (paper B).
 
-    directions: dict[str, Directions]
-    plots: dict[str, list[dict[str, float]]]
-    metrics: dict[str, Any]
-    pictures: dict[str, torch.Tensor] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    Times are fractions of the training schedule (1.0 = noisiest): ``edit_t`` where bases are computed and
+    edits applied, ``analysis_t`` where the spectra and tangent-space statistics are measured, ``boost_t``
+    from where denoising uses eta = 1 (null: no quality boost). ``scales`` are the guidance strengths c
+    of the preview; ``step_size`` and ``iterations`` are gamma and N_g of x-space guidance.
+    """
 
+    seed_offset: int = 80_000_000
+    num_samples: int = 4
+    basis_size: int = 8
+    edit_t: float = 0.6
+    analysis_t: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2])
+    step_size: float = 0.1
+    iterations: int = 16
+    boost_t: float | None = 0.2
+    scales: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    preview_directions: int = 3
+    curvedness_points: int = 8
+    solver: SolverConfig = field(default_factory=SolverConfig)
 
-def sample_masks(
-    mask: Any, samples: HeldOut, images: torch.Tensor, classifier: nn.Module | None, world: ToyFacesConfig | None
-) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """Per sample: the Jacobian mask [1, H, W] (None: whole image) and the "rest of the face" to compare
-    against (ToyFaces regions: the face minus the mask; otherwise the complement; None without a mask)."""
-    count, shape = len(samples.seeds), tuple(samples.x_T.shape[1:])
-    if mask is None:
-        return [None] * count, [None] * count
-    if isinstance(mask, str) and mask in REGIONS:
-        from pipeline.toyfaces.classifier import ToyFacesClassifier, locate_regions
-
-        if not isinstance(classifier, ToyFacesClassifier) or world is None:
-            raise ConfigError(f"directions.jacobian.mask '{mask}': ToyFaces regions need the toyfaces classifier")
-        regions = {
-            name: (F.interpolate(value, size=shape[1:], mode="area") > 0.5).float()  # to the model's resolution
-            for name, value in locate_regions(classifier, images, world).items()
-        }
-        inside = [regions[mask][i] for i in range(count)]
-        rest = [regions["face"][i] * (1 - regions[mask][i]) for i in range(count)]
-        for region in inside:
-            if not region.any():
-                raise ConfigError(f"directions.jacobian.mask '{mask}': empty on a sample (region not found)")
-        return inside, rest
-    if isinstance(mask, str):
-        inside_one = image_mask(mask, shape)
-    elif isinstance(mask, Sequence):
-        inside_one = rectangle_mask([float(v) for v in mask], shape)
-    else:
-        raise ConfigError(f"directions.jacobian.mask {mask!r}: expected null, a region, a rectangle or an image path")
-    return [inside_one] * count, [1 - inside_one] * count
+    def __post_init__(self) -> None:
+        key = "directions.pullback"
+        require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2 (for transport)")
+        require(self.basis_size >= 1, f"{key}.basis_size", self.basis_size, "must be >= 1")
+        times = [("edit_t", self.edit_t), ("boost_t", self.boost_t), *(("analysis_t", t) for t in self.analysis_t)]
+        for name, value in times:
+            require(value is None or 0.0 <= value <= 1.0, f"{key}.{name}", value, "t_edit outside the schedule [0, 1]")
+        require(len(self.analysis_t) >= 1, f"{key}.analysis_t", self.analysis_t, "must list at least one t")
+        require(self.step_size > 0, f"{key}.step_size", self.step_size, "must be > 0")
+        require(self.iterations >= 0, f"{key}.iterations", self.iterations, "must be >= 0")
+        require(len(self.scales) >= 1, f"{key}.scales", self.scales, "must list at least one scale")
+        require(self.preview_directions >= 1, f"{key}.preview_directions", self.preview_directions, "must be >= 1")
+        require(self.curvedness_points >= 2, f"{key}.curvedness_points", self.curvedness_points, "must be >= 2")
+        self.solver.check(f"{key}.solver")
 
 
-def run_jacobian(
-    model: DiffusionModel,
-    cfg: JacobianConfig,
-    sampler: SamplerConfig,
-    location: str,
-    classifier: nn.Module | None = None,
-    world: ToyFacesConfig | None = None,
-    preview_scales: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
-    progress: bool = True,
-    work: WorkCache | None = None,
-) -> SpectralResult:
-    """Jacobian directions of ``cfg.num_samples`` held-out samples, their spectra, the locality of masked
-    edits and a preview (each sample edited by its own directions at ``preview_scales``). Each sample's
-    spectra are a unit of ``work`` (a killed run resumes from the samples it finished)."""
-    grid = ddim_grid(model.scheduler, sampler.steps)
-    steps = list(range(grid.num_steps)) if cfg.steps == "all" else [int(step) for step in cfg.steps]
-    source_step = cfg.source_step % grid.num_steps if cfg.source_step < 0 else cfg.source_step
-    samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
-    originals = decode_images(model, samples.x_T, samples.noise, sampler, location)
-    masks, rests = sample_masks(cfg.mask, samples, originals, classifier, world)
-    work = work or WorkCache(None)
-    started = time.perf_counter()
-
-    def spectra_of(i: int) -> dict[str, torch.Tensor]:
-        noise = None if samples.noise is None else samples.noise[i]
-        return jacobian_spectra(
-            model, samples.x_T[i], noise, steps=sampler.steps, eta=sampler.eta, location=location,
-            step_indices=steps, k=cfg.k, solver=cfg.solver, mask=masks[i], progress=progress,
-        ).to_tensors()  # fmt: skip
-
-    spectra = [
-        JacobianSpectra.from_tensors(work.fetch(f"spectra/{i}/{seed}", partial(spectra_of, i)))
-        for i, seed in enumerate(samples.seeds)
-    ]
-    seconds = time.perf_counter() - started
-    origin = Origin(model_id=model.model_id, hspace_location=location, sampler_steps=sampler.steps, eta=sampler.eta)
-    directions = jacobian_directions(
-        spectra, samples.seeds, origin, apply=cfg.apply, source_step=source_step, unit=cfg.unit
-    )
-    rows, locality = [], []
-    edits_per_sample = []
-    for i, seed in enumerate(samples.seeds):
-        one = HeldOut([seed], samples.x_T[i : i + 1], None if samples.noise is None else samples.noise[i : i + 1])
-        own = [i * cfg.k + k for k in range(cfg.k)]
-        edits = torch.stack([edit(model, directions, k, preview_scales, one, sampler, location)[:, 0] for k in own])
-        edits_per_sample.append(edits)
-        if masks[i] is not None and rests[i] is not None:
-            change = (edits - originals[i]).abs().mean(dim=2, keepdim=True)  # [k, S, 1, H, W]
-            mask, rest = (_at_image_size(region, change.shape[-2:]) for region in (masks[i], rests[i]))
-            inside = (change * mask).sum(dim=(-1, -2, -3)) / mask.sum()
-            outside = (change * rest).sum(dim=(-1, -2, -3)) / rest.sum().clamp(min=1)
-            moved = torch.tensor([scale != 0 for scale in preview_scales])
-            locality.append((inside[:, moved] / outside[:, moved].clamp(min=1e-8)).mean(dim=1))
-    for position, step in enumerate(directions.origin.steps.tolist()):
-        row = {"step": step, "timestep": int(grid.timesteps[step])}
-        values = torch.stack([item.singular_values[:, position] for item in spectra]).mean(dim=0)
-        row.update({f"sigma_{k}": float(values[k]) for k in range(cfg.k)})
-        rows.append(row)
-    metrics: dict[str, Any] = {
-        "products": sum(item.products for item in spectra),
-        "converged": all(item.converged for item in spectra),
-        "mask": cfg.mask if isinstance(cfg.mask, (str, type(None))) else list(cfg.mask),
-    }
-    if locality:
-        ratios = torch.stack(locality)  # [samples, k]
-        metrics["mask_locality"] = {
-            "mean_ratio": float(ratios.mean()),
-            "top_direction_ratio": float(ratios[:, 0].mean()),
-            "fraction_above_1": float((ratios > 1).float().mean()),
-        }
-    pictures = {}
-    if edits_per_sample:
-        stacked = torch.cat(edits_per_sample)  # [samples*k, S, 3, H, W]
-        pictures["jacobian"] = make_grid(stacked.flatten(0, 1), columns=len(preview_scales))
-    timings = {"seconds": seconds, "seconds_per_step": seconds / (len(steps) * len(spectra)), "resumed": work.resumed}
-    return SpectralResult({"jacobian": directions}, {"jacobian_spectrum": rows}, metrics, pictures, timings)
-
-
-def _at_image_size(region: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """A region [C, h, w] given at the model's resolution (latents) resampled to the images' [C, *size]."""
-    if tuple(region.shape[-2:]) == tuple(size):
-        return region
-    return F.interpolate(region.unsqueeze(0).float(), size=tuple(size), mode="nearest")[0]
-
-
-def run_pullback(
+def run(
     model: DiffusionModel,
     cfg: PullbackConfig,
     sampler: SamplerConfig,
     location: str,
     progress: bool = True,
     work: WorkCache | None = None,
-) -> SpectralResult:
+) -> StepResult:
     """Pullback bases of ``cfg.num_samples`` held-out samples at every analysis t and at t_edit, with:
     spectra, coarse-to-fine (mean spatial frequency of the basis per t), tangent-space distances across
     samples per t, the curvedness of the segment between the first two samples, transport of the first
@@ -284,7 +185,7 @@ def run_pullback(
     }
     plots = {"pullback_spectrum": spectrum_rows, "pullback_psd": psd_rows, "pullback_tangent_distance": distance_rows}
     timings = {"seconds": seconds, "resumed": work.resumed}
-    return SpectralResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures, timings)
+    return StepResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures, timings)
 
 
 def _cached_basis(
@@ -374,3 +275,4 @@ def _pullback_preview(
         x_0 = decode_edited(model, edited, edit_step, steps=sampler.steps, boost_step=boost_step, boost_seed=i)
         rows.append(model.images(x_0))
     return make_grid(torch.cat(rows), columns=len(cfg.scales))
+

@@ -1,4 +1,5 @@
-"""How well the trained ToyFaces DDPM reproduces its world, judged by the ToyFaces classifier."""
+"""Step ``toy_quality``: how well the trained ToyFaces DDPM reproduces its world, judged by the ToyFaces
+classifier."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.io.errors import ConfigError
-from pipeline.io.images import make_grid, side_by_side
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import sample
+from pipeline.io.errors import ConfigError
+from pipeline.io.images import make_grid, side_by_side
 from pipeline.toyfaces.classifier import ToyFacesClassifier
 from pipeline.toyfaces.world import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch
+
+PARAMS = ("toyfaces", "toy_quality")
+"""The params this step reads (its stage's ``params`` in dvc.yaml)."""
 
 
 @dataclass
@@ -70,7 +74,7 @@ def attribute_statistics(
 
 
 @torch.no_grad()
-def assess_toy_model(
+def run(
     model: DiffusionModel,
     classifier: ToyFacesClassifier,
     world: ToyFacesConfig,
