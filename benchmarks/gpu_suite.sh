@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU figures in one run: `bash benchmarks/gpu_suite.sh OUT [ARCHITECTURE]` on a CUDA machine.
+# The GPU figures of benchmarks/README.md in one run: `bash benchmarks/gpu_suite.sh OUT [ARCHITECTURE]` on a CUDA machine.
 # Builds the architecture (default ddpm-ema-celebahq-256, random weights), then runs, each under a time cap so
 # that a slow step cannot starve the next: the jacobian suite in float32 (accuracy against a Krylov truth: the
 # Jacobians are too large to form; the paper schemes are primed but not re-run as warm-up, paper B's n = 50

@@ -66,11 +66,11 @@ class JacobianBenchConfig:
         exact_chunk: vectors per batched call when forming the exact Jacobian (None: ``chunk_size``).
         mode: how J v is computed ("auto" | "forward" | "reverse", see pipeline.linalg.jacobian_operator).
         reference_mode: how the reference schemes compute J v. None: ``mode``, the project's own product engine,
-            so that the comparison isolates the algorithm. "forward": as the papers' code does (docs/methods.md, "Jacobian directions"
-            and 3.2), by forward-mode AD with a fresh forward pass per call and torch's own convolution
-            derivatives (J^T u goes through the retained graph either way); the ratios then also contain the
-            product engine. Forward mode needs every layer's forward-AD formula; where one is missing the run
-            stops with an error naming this setting.
+            so that the comparison isolates the algorithm. "forward": as the papers' code does
+            (docs/methods.md, "Jacobian directions"), by forward-mode AD with a fresh forward pass per call and
+            torch's own convolution derivatives (J^T u goes through the retained graph either way); the ratios
+            then also contain the product engine. Forward mode needs every layer's forward-AD formula; where
+            one is missing the run stops with an error naming this setting.
         product_repeats: timed calls per entry of the product-cost table (``products``, the median is kept).
         truth: what accuracy is measured against. "exact": the explicitly formed Jacobian's SVD (min(m, d)
             products and an eigendecomposition of a min(m, d)-square Gram matrix); "krylov": a block Krylov

@@ -20,10 +20,13 @@ from typing import Any
 import diffusers
 import torch
 
-from pipeline.io.errors import ConfigError
-from pipeline.diffusion.models import load_model
 from pipeline.data.store import open_store
-from pipeline.study import GenerateConfig, HStatsConfig, ModelConfig, SamplerConfig, generate, hstats
+from pipeline.diffusion.models import ModelConfig, load_model
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.io.errors import ConfigError
+from pipeline.steps import generate, hstats
+from pipeline.steps.generate import GenerateConfig
+from pipeline.steps.hstats import HStatsConfig
 
 ATTRIBUTES = ("attribute_a", "attribute_b")
 
@@ -52,7 +55,7 @@ def probe(
     shard_size: int = 64,
 ) -> dict[str, Any]:
     """Generate ``num_samples`` samples (DDIM, ``steps`` steps, eta 0, h of every step as float16) into a store
-    at ``folder`` with :func:`pipeline.study.generate`, then :func:`pipeline.study.hstats` with random labels.
+    at ``folder`` with :func:`pipeline.steps.generate.run`, then :func:`pipeline.steps.hstats.run` with random labels.
 
     Returns num_samples, rss_after_load_mib, peak_rss_mib (MiB), generate_seconds, hstats_seconds and, on CUDA,
     cuda_peak_allocated_mib.
@@ -63,7 +66,7 @@ def probe(
     model = load_model(model_path, device=device, dtype=dtype, clip_sample=model_cfg.clip_sample)
     after_load = peak_rss_mib()
     start = time.perf_counter()
-    generate(
+    generate.run(
         model,
         model_cfg,
         SamplerConfig(steps=steps, eta=0.0, batch_size=batch_size),
@@ -77,7 +80,7 @@ def probe(
     ranks = torch.stack([torch.randperm(len(store), generator=generator) for _ in ATTRIBUTES], dim=1)
     scores = (ranks.float() + 0.5) / len(store)  # random order, both sides of 0.5 always populated
     cfg = HStatsConfig(top_k=probe_top_k(num_samples), batch_size=batch_size)
-    hstats(store, ATTRIBUTES, scores, cfg, progress=False)
+    hstats.run(store, ATTRIBUTES, scores, cfg, progress=False)
     finished = time.perf_counter()
     result = {
         "num_samples": num_samples,

@@ -21,7 +21,7 @@ from diffusers import DDIMPipeline, DDIMScheduler
 
 from benchmarks.reference import synchronize
 from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import sample
+from pipeline.diffusion.sampling import DecodeSettings, sample
 from pipeline.io.errors import ConfigError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -68,7 +68,8 @@ def ours_sampler(model: DiffusionModel, cfg: SamplingBenchConfig, capture: bool)
     batch, h of every step recorded when ``capture``."""
     seeds = list(range(cfg.batch_size))
     steps = "all" if capture else None
-    return lambda: sample(model, seeds, steps=cfg.steps, eta=0.0, capture_steps=steps, batch_size=cfg.batch_size)
+    settings = DecodeSettings(steps=cfg.steps, eta=0.0, batch_size=cfg.batch_size)
+    return lambda: sample(model, seeds, settings, capture_steps=steps)
 
 
 def throughput(

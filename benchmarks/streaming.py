@@ -3,7 +3,7 @@
     python -m benchmarks.streaming [--sizes 500,5000] [--h-shape 512,8,8] [--steps 10] [--json out.json]
 
 For each N a store of N random samples with h of ``--h-shape`` at ``--steps`` steps (float16; celebahq-256's
-bottleneck is 512x8x8) is written by :func:`pipeline.data.store.synthetic_store` in one subprocess, then a fresh
+bottleneck is 512x8x8) is written by :func:`pipeline.data.store_writing.synthetic_store` in one subprocess, then a fresh
 subprocess runs the steps :func:`pipeline.steps.hstats.run`, :func:`pipeline.steps.pca.run` and
 :func:`pipeline.steps.supervised.run` on it (random scores for two attributes) and reports its peak
 resident memory. ``relative_difference`` = (peak at the largest N - peak at the smallest) / peak at the

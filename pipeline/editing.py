@@ -106,18 +106,8 @@ def decode_images(
     given, injected as ``sampler.injection`` says) to images [B, 3, H, W] in [0, 1]."""
     if delta_h is not None and location is None:
         raise ConfigError("decode_images: an h edit needs its h location")
-    result = decode(
-        model,
-        x_T,
-        noise,
-        steps=sampler.steps,
-        eta=sampler.eta,
-        hspace_location=location or DEFAULT_LOCATION,
-        capture_steps=None,
-        delta_h=delta_h,
-        asyrp=delta_h is not None and sampler.injection == "asyrp",
-        batch_size=sampler.batch_size,
-    )
+    settings = sampler.decode_settings(location or DEFAULT_LOCATION)
+    result = decode(model, x_T, noise, settings, capture_steps=None, delta_h=delta_h)
     return model.images(result.x_0)
 
 

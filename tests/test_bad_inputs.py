@@ -28,21 +28,22 @@ from omegaconf import OmegaConf
 
 import pipeline.io.files as checkpoint_module
 from pipeline.classifiers import read_state_dict
+from pipeline.data.hstats import select_extremes, threshold_groups
 from pipeline.data.labels import write_labels
+from pipeline.data.store import StoreError, StoreSpec
+from pipeline.data.store_writing import generate_store
+from pipeline.diffusion.ddim import DecodeSettings
+from pipeline.diffusion.inversion import invert_ddim, invert_edit_friendly
+from pipeline.diffusion.models import DiffusionModel, load_model
+from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, sample
 from pipeline.directions import Directions, Origin, load_directions, save_directions
 from pipeline.directions.format import Expected
 from pipeline.directions.jacobian import jacobian_spectra, rectangle_mask
 from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
-from pipeline.data.hstats import select_extremes, threshold_groups
-from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
-from pipeline.diffusion.models import DiffusionModel, load_model
 from pipeline.io.params import compose, load_params, load_section
-from pipeline.diffusion.sampling import ddim_grid, invert_ddim, invert_edit_friendly, sample
-from pipeline.data.store import StoreError, StoreSpec
-from pipeline.data.store_writing import generate_store
-from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
 from pipeline.steps.pullback import PullbackConfig
 from stages import generate, label
 
@@ -253,12 +254,14 @@ CASES = [
          lambda e: (_offline_hub(e), _run_stage(e, generate, **{"model.source": "nobody/no-such-model"})),
          ModelNotFoundError, ("'nobody/no-such-model'",), GENERATE_OUTPUTS),
     # wrong image size for inversion
-    Case("invert_ddim_wrong_size", lambda e: invert_ddim(e.model, torch.zeros(1, 3, 8, 8), steps=3), ConfigError,
+    Case("invert_ddim_wrong_size", lambda e: invert_ddim(e.model, torch.zeros(1, 3, 8, 8), DecodeSettings(3)),
+         ConfigError,
          ("x0 shape (1, 3, 8, 8)", "(B, 3, 16, 16)")),
-    Case("invert_edit_friendly_wrong_size", lambda e: invert_edit_friendly(e.model, torch.zeros(2, 3, 32, 32), steps=3),
+    Case("invert_edit_friendly_wrong_size",
+         lambda e: invert_edit_friendly(e.model, torch.zeros(2, 3, 32, 32), DecodeSettings(3, eta=1.0)),
          ConfigError, ("x0 shape (2, 3, 32, 32)", "(B, 3, 16, 16)")),
     # unknown h location
-    Case("unknown_h_location", lambda e: sample(e.model, [0], steps=2, hspace_location="middle"), ConfigError,
+    Case("unknown_h_location", lambda e: sample(e.model, [0], DecodeSettings(2, location="middle")), ConfigError,
          ("hspace location 'middle'", "'after'")),
     Case("stage_generate_unknown_h_location", lambda e: _run_stage(e, generate, **{"model.hspace_location": "mid"}),
          ConfigError, ("hspace location 'mid'",), GENERATE_OUTPUTS),
@@ -281,9 +284,10 @@ CASES = [
          ("mask: empty",)),
     # timestep window / t_edit outside the schedule
     Case("edit_steps_outside_schedule",
-         lambda e: sample(e.model, [0], steps=3, delta_h=torch.zeros(3, 32, 8, 8), edit_steps=[1, 5]), ConfigError,
+         lambda e: sample(e.model, [0], DecodeSettings(3), delta_h=torch.zeros(3, 32, 8, 8), edit_steps=[1, 5]),
+         ConfigError,
          ("edit_steps index 5", "[0, 3)")),
-    Case("steps_beyond_training_schedule", lambda e: sample(e.model, [0], steps=2000), ConfigError,
+    Case("steps_beyond_training_schedule", lambda e: sample(e.model, [0], DecodeSettings(2000)), ConfigError,
          ("steps 2000", "[1, 1000]")),
     Case("t_edit_fraction_outside_schedule", lambda e: step_for_fraction(ddim_grid(e.model.scheduler, 5), 1.5, 1000),
          ConfigError, ("t 1.5", "t_edit outside")),
@@ -293,7 +297,8 @@ CASES = [
     Case("t_edit_in_params", lambda e: PullbackConfig(edit_t=1.5), ConfigError,
          ("directions.pullback.edit_t=1.5", "t_edit outside")),
     # eta outside [0, 1]
-    Case("eta_above_one", lambda e: sample(e.model, [0], steps=2, eta=1.5), ConfigError, ("eta 1.5", "[0, 1]")),
+    Case("eta_above_one", lambda e: sample(e.model, [0], DecodeSettings(2, eta=1.5)), ConfigError,
+         ("eta 1.5", "[0, 1]")),
     Case("eta_in_store_spec", lambda e: StoreSpec(steps=2, eta=-0.1), ConfigError, ("eta -0.1", "[0, 1]")),
     Case("stage_generate_eta_below_zero", lambda e: _run_stage(e, generate, **{"sampler.eta": -0.1}), ConfigError,
          ("sampler.eta=-0.1", "[0, 1]"), GENERATE_OUTPUTS),
@@ -308,9 +313,9 @@ CASES = [
          lambda e: supervised_directions({"smiling": torch.zeros(3)}, {}, Origin(model_id="m"), space="x_T"),
          ConfigError, ("['smiling']", "negative mean")),
     # NaN / inf in the model output
-    Case("nan_in_unet_output", lambda e: sample(_with_unet(e, _nan_unet(e)), [0], steps=3), NumericalError,
+    Case("nan_in_unet_output", lambda e: sample(_with_unet(e, _nan_unet(e)), [0], DecodeSettings(3)), NumericalError,
          ("timestep 666", "NaN or inf")),
-    Case("inf_in_unet_output_at_a_later_timestep", lambda e: sample(_inf_from_timestep(e, 333), [0], steps=3),
+    Case("inf_in_unet_output_at_a_later_timestep", lambda e: sample(_inf_from_timestep(e, 333), [0], DecodeSettings(3)),
          NumericalError, ("timestep 333", "step 1 of 3", "NaN or inf")),
     Case("nan_while_generating_a_store", lambda e: _small_store(e, _with_unet(e, _nan_unet(e))), NumericalError,
          ("timestep 500", "NaN or inf"), ("store",)),
@@ -326,7 +331,8 @@ CASES = [
          ConfigError, ("{tmp}/directions.safetensors", "h_shape (16, 4, 4)", "(32, 8, 8)")),
     Case("directions_file_truncated", _truncated_directions, ConfigError,
          ("{tmp}/directions.safetensors", "truncated")),
-    Case("delta_h_of_the_wrong_shape", lambda e: sample(e.model, [0], steps=3, delta_h=torch.zeros(3, 16, 8, 8)),
+    Case("delta_h_of_the_wrong_shape",
+         lambda e: sample(e.model, [0], DecodeSettings(3), delta_h=torch.zeros(3, 16, 8, 8)),
          ConfigError, ("delta_h shape (3, 16, 8, 8)", "(3, 32, 8, 8)")),
     # params.yaml with an unknown key or a wrong type
     Case("params_unknown_key", lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.stepz": 3}),

@@ -27,9 +27,9 @@ from benchmarks.jacobian import (
 )
 from benchmarks.reference import sequential_power_iteration, subspace_iteration
 from benchmarks.run import main
+from pipeline.diffusion.models import load_model
 from pipeline.io.errors import ConfigError
 from pipeline.linalg import LinearOperator, frozen
-from pipeline.diffusion.models import load_model
 
 TINY_ARCHITECTURE = {
     "unet": {

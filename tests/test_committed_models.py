@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.models import load_model
 from pipeline.diffusion.sampling import sample, to_image_range
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_committed_ddpm_loads_and_samples_faces(single_thread):
     model = load_model(str(ROOT / "models/toyfaces/ddpm"), device="cpu")
     assert model.sample_shape == (3, 32, 32)
-    batch = sample(model, [0, 1], steps=10, capture_steps=[0, 9])
+    batch = sample(model, [0, 1], settings=DecodeSettings(steps=10), capture_steps=[0, 9])
     images = to_image_range(batch.x_0)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert batch.h is not None and batch.h.shape[:2] == (2, 2)

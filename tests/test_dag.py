@@ -63,8 +63,9 @@ def _imports(path: Path) -> set[Path]:
     return found
 
 
-def _library_closure(script: Path) -> set[str]:
-    """Every ``pipeline`` file the script runs: its imports, theirs, and so on (package ``__init__`` files too)."""
+def _library_closure(script: Path, stop: frozenset[str] = frozenset()) -> set[str]:
+    """Every ``pipeline`` file the script runs: its imports, theirs, and so on (package ``__init__`` files too).
+    The imports of a module in ``stop`` are not followed (it is reached, but what it reaches is not)."""
     seen: set[Path] = set()
     todo = list(_imports(script))
     while todo:
@@ -73,13 +74,23 @@ def _library_closure(script: Path) -> set[str]:
             continue
         seen.add(path)
         parents = [ROOT / Path(*path.relative_to(ROOT).parts[:i]) / "__init__.py" for i in range(1, len(path.parts))]
-        todo += [*_imports(path), *(p for p in parents if p.is_file() and p.is_relative_to(ROOT / "pipeline"))]
+        todo += [p for p in parents if p.is_file() and p.is_relative_to(ROOT / "pipeline")]
+        if path.relative_to(ROOT).as_posix() not in stop:
+            todo += _imports(path)
     return {path.relative_to(ROOT).as_posix() for path in seen}
 
 
+def _has_code(path: Path) -> bool:
+    """Whether a module holds more than a docstring (a docstring-only package ``__init__`` changes no output)."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
+
+
 def _needed_code(name: str) -> set[str]:
-    modules = _library_closure(ROOT / "stages" / f"{name}.py") - OUTPUT_NEUTRAL_MODULES
-    return {module for module in modules if not module.endswith("__init__.py") or (ROOT / module).stat().st_size > 0}
+    """The library files whose change can change the stage's outputs: its import closure, not followed through
+    the output-neutral modules and without them."""
+    modules = _library_closure(ROOT / "stages" / f"{name}.py", frozenset(OUTPUT_NEUTRAL_MODULES))
+    return {module for module in modules - OUTPUT_NEUTRAL_MODULES if _has_code(ROOT / module)}
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

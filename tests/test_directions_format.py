@@ -7,11 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.directions import Directions, Expected, Origin, load_directions, save_directions
-from pipeline.io.errors import ConfigError
+from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.hspace import hspace_shape
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import decode, initial_noise
+from pipeline.directions import Directions, Expected, Origin, load_directions, save_directions
+from pipeline.io.errors import ConfigError
 
 
 def h_directions(steps: int = 4, h_shape: tuple[int, ...] = (2, 3, 3), **overrides: object) -> Directions:
@@ -210,6 +211,6 @@ def test_delta_is_accepted_by_decode(tiny_model: DiffusionModel, single_thread: 
     delta = directions.delta(0, 1.0)
     assert delta.shape == (steps, *h_shape)
     x_T, _ = initial_noise(tiny_model.sample_shape, [0], steps, 0.0)
-    edited = decode(tiny_model, x_T, steps=steps, delta_h=delta, capture_steps=None)
-    plain = decode(tiny_model, x_T, steps=steps, capture_steps=None)
+    edited = decode(tiny_model, x_T, settings=DecodeSettings(steps=steps), delta_h=delta, capture_steps=None)
+    plain = decode(tiny_model, x_T, settings=DecodeSettings(steps=steps), capture_steps=None)
     assert not torch.equal(edited.x_0, plain.x_0)

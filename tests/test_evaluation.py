@@ -10,10 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions import Directions, Origin
 from pipeline.directions.pullback import guidance_edit, guidance_rows
-from pipeline.io.errors import ConfigError
-from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.editing import Editor, GuidedEditor, decode_images, held_out
 from pipeline.evaluation.bisection import bisect_scale
 from pipeline.evaluation.measures import (
@@ -27,6 +26,7 @@ from pipeline.evaluation.measures import (
     ssim_per_image,
 )
 from pipeline.evaluation.readout import Judge, Reading, measure
+from pipeline.io.errors import ConfigError
 from pipeline.io.params import load_params, load_section
 from pipeline.steps.evaluate import EvaluateConfig
 from pipeline.toyfaces.classifier import ToyFacesClassifier

@@ -1,11 +1,10 @@
-"""Tests for pipeline.directions.geometry: principal angles, transport, projection, chordal mean, spectra and curvedness."""
+"""Tests for pipeline.directions.geometry: angles, transport, projection, chordal mean, spectra, curvedness."""
 
 import math
 
 import pytest
 import torch
 
-from pipeline.io.errors import ConfigError
 from pipeline.directions.geometry import (
     chordal_mean,
     grassmann_distance,
@@ -18,6 +17,7 @@ from pipeline.directions.geometry import (
     tangent_turning,
     transport,
 )
+from pipeline.io.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

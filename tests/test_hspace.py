@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from pipeline.io.errors import ConfigError
 from pipeline.diffusion.hspace import HSpaceHook, check_location, hspace_locations, hspace_shape
+from pipeline.io.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

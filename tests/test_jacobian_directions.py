@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from pipeline.diffusion.ddim import DecodeSettings
+from pipeline.diffusion.hspace import eps_of_h, h_of_x
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import ddim_grid, decode, initial_noise
 from pipeline.directions import Origin, load_directions, save_directions
 from pipeline.directions.jacobian import (
     check_mask,
@@ -19,10 +23,7 @@ from pipeline.directions.pullback import (
     step_for_fraction,
 )
 from pipeline.io.errors import ConfigError
-from pipeline.diffusion.hspace import eps_of_h, h_of_x
 from pipeline.linalg import SolverConfig, frozen, jacobian_operator
-from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import ddim_grid, decode, initial_noise
 
 STEPS = 5
 SOLVER = SolverConfig(tolerance=1e-6, max_iterations=60, chunk_size=16)
@@ -37,8 +38,10 @@ def noise(tiny_model: DiffusionModel) -> tuple[torch.Tensor, torch.Tensor]:
 def test_states_follow_the_samples_own_trajectory(tiny_model: DiffusionModel, noise, single_thread: None) -> None:
     x_T, z = noise
     states = states_at(tiny_model, x_T, z, steps=STEPS, eta=1.0, step_indices=[2])
-    reference = decode(tiny_model, x_T, z, steps=STEPS, eta=1.0, capture_steps=None).x_0
-    resumed = decode(tiny_model, states[2], z, steps=STEPS, eta=1.0, start_step=2, capture_steps=None).x_0
+    reference = decode(tiny_model, x_T, z, settings=DecodeSettings(STEPS, eta=1.0), capture_steps=None).x_0
+    resumed = decode(
+        tiny_model, states[2], z, settings=DecodeSettings(STEPS, eta=1.0), start_step=2, capture_steps=None
+    ).x_0
     assert torch.allclose(resumed, reference, atol=1e-5)
 
 
@@ -139,7 +142,7 @@ def test_guidance_edit_and_decode(tiny_model: DiffusionModel, noise, single_thre
         )
     assert torch.allclose(edited[1], expected, atol=1e-5)
     unedited = decode_edited(tiny_model, x_t, step, steps=STEPS, boost_step=None, boost_seed=0)
-    reference = decode(tiny_model, x_T, steps=STEPS, eta=0.0, capture_steps=None).x_0
+    reference = decode(tiny_model, x_T, settings=DecodeSettings(STEPS, eta=0.0), capture_steps=None).x_0
     assert torch.allclose(unedited, reference, atol=1e-5)
     boosted = decode_edited(tiny_model, edited, step, steps=STEPS, boost_step=STEPS - 2, boost_seed=3)
     again = decode_edited(tiny_model, edited, step, steps=STEPS, boost_step=STEPS - 2, boost_seed=3)

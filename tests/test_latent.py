@@ -1,4 +1,4 @@
-"""Latent diffusion models (issue 8, item 4): a tiny LDMPipeline stack (VQModel + UNet2DModel) built from config
+"""Latent diffusion models: a tiny LDMPipeline stack (VQModel + UNet2DModel) built from config
 runs generate -> label -> hstats -> directions (PCA, supervised, Jacobian, pullback) -> evaluate."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.diffusion.models import load_model
 from pipeline.data.store import open_store
+from pipeline.diffusion.models import load_model
 from tests.helpers import assert_every_method_evaluated, every_method_study
 
 

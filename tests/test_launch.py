@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.data.store import StoreError, open_store
 from pipeline.io.errors import ConfigError
 from pipeline.io.launch import (
     LaunchConfig,
@@ -23,7 +24,6 @@ from pipeline.io.launch import (
     shard_command,
 )
 from pipeline.io.params import compose, validate
-from pipeline.data.store import StoreError, open_store
 from stages import generate, label
 from tests.helpers import run_study, tiny_study_overrides
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from pipeline.diffusion.loading import DEFAULT_TRAIN_SCHEDULE
+from pipeline.diffusion.models import load_model, resolve_device, resolve_dtype
 from pipeline.io.errors import ConfigError, ModelNotFoundError
-from pipeline.diffusion.models import DEFAULT_TRAIN_SCHEDULE, load_model, resolve_device, resolve_dtype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

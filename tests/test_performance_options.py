@@ -1,4 +1,4 @@
-"""GPU performance options with their CPU fallback (issue 7, item 5): mixed-precision autocast for sampling and
+"""GPU performance options with their CPU fallback: mixed-precision autocast for sampling and
 edit decodes while Jacobians stay exact, the channels_last memory format, and torch.compile of the UNet's
 layers; all run on the CPU here."""
 
@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.io.errors import ConfigError
-from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
-from pipeline.diffusion.models import compile_unet_blocks, load_model
-from pipeline.diffusion.sampling import sample
 from pipeline.data.store_writing import model_fingerprint
-from pipeline.study import ModelConfig, open_model
+from pipeline.diffusion.ddim import DecodeSettings
+from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
+from pipeline.diffusion.models import ModelConfig, compile_unet_blocks, load_model, open_model
+from pipeline.diffusion.sampling import sample
+from pipeline.io.errors import ConfigError
 
 SEEDS = [11, 12, 13]
 TIMESTEP = 400
 
 
 def _samples(model) -> torch.Tensor:
-    return sample(model, SEEDS, steps=4, capture_steps=None).x_0
+    return sample(model, SEEDS, settings=DecodeSettings(steps=4), capture_steps=None).x_0
 
 
 def test_autocast_runs_sampling_in_mixed_precision_close_to_float32(tiny_model_dir: Path, single_thread: None) -> None:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from pipeline import params as params_module
 from pipeline.classifiers import read_state_dict
-from pipeline.io.errors import ModelNotFoundError
 from pipeline.diffusion.models import load_model
+from pipeline.io import params as params_module
+from pipeline.io.errors import ModelNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py")])
@@ -177,7 +177,14 @@ def test_the_wandb_api_key_is_written_to_no_params_log_metrics_or_run_file(
         f"logging.wandb.dir={tmp_path / 'runs'}",
         "device=cpu",
     ]
-    command = ["pipeline.io.params", *overrides, "--conf-dir", str(ROOT / "conf"), "--out", str(workspace / "params.yaml")]
+    command = [
+        "pipeline.io.params",
+        *overrides,
+        "--conf-dir",
+        str(ROOT / "conf"),
+        "--out",
+        str(workspace / "params.yaml"),
+    ]
     monkeypatch.setattr(sys, "argv", command)
     params_module.main()
     assert "mode: auto" in (workspace / "params.yaml").read_text()

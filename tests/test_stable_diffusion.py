@@ -1,4 +1,4 @@
-"""Stable Diffusion (issue 8, item 3): a tiny SD stack built from config (UNet2DConditionModel + AutoencoderKL +
+"""Stable Diffusion: a tiny SD stack built from config (UNet2DConditionModel + AutoencoderKL +
 CLIP text encoder + in-memory tokenizer) loads with its prompts, samples exactly as diffusers'
 StableDiffusionPipeline does (with and without classifier-free guidance), handles the doubled CFG batch in h
 capture and injection, and runs generate -> label -> hstats -> directions (PCA, supervised, Jacobian, pullback
@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.data.store import open_store
+from pipeline.data.store_writing import model_fingerprint
+from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.hspace import HSpaceHook, eps_of_h, h_of_x
 from pipeline.diffusion.models import DiffusionModel, TextPrompts, load_model
 from pipeline.diffusion.sampling import decode, initial_noise, sample
-from pipeline.data.store import open_store
-from pipeline.data.store_writing import model_fingerprint
+from pipeline.io.errors import ConfigError, ModelNotFoundError
 from tests.helpers import assert_every_method_evaluated, every_method_study
 
 GUIDED = TextPrompts(prompt="a smiling face", negative_prompt="blurry", guidance_scale=3.0, edit_prompt="glasses")
@@ -95,7 +96,7 @@ def test_sampling_matches_the_diffusers_stable_diffusion_pipeline(
     text = TextPrompts(prompt="a smiling face", negative_prompt="blurry", guidance_scale=guidance_scale)
     model = load_model(str(tiny_sd_dir), device="cpu", text=text)
     x_T, _ = initial_noise(model.sample_shape, [7, 8], steps=4, eta=0.0)
-    ours = decode(model, x_T, steps=4, eta=0.0, capture_steps=None).x_0
+    ours = decode(model, x_T, settings=DecodeSettings(4, eta=0.0), capture_steps=None).x_0
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir), safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     reference = pipe(
@@ -116,11 +117,11 @@ def test_jacobian_maps_use_the_guided_denoiser_and_the_edit_prompt(guided: Diffu
 
 
 def test_generation_with_h_capture_and_an_edit_stays_consistent(guided: DiffusionModel) -> None:
-    result = sample(guided, [3, 4, 5], steps=3, capture_steps="all")
+    result = sample(guided, [3, 4, 5], settings=DecodeSettings(3), capture_steps="all")
     assert result.h.shape == (3, 3, 64, 8, 8) and torch.isfinite(result.x_0).all()
-    zero = decode(guided, result.x_T, steps=3, delta_h=torch.zeros(3, 64, 8, 8), capture_steps=None)
+    zero = decode(guided, result.x_T, settings=DecodeSettings(3), delta_h=torch.zeros(3, 64, 8, 8), capture_steps=None)
     torch.testing.assert_close(zero.x_0, result.x_0, atol=1e-5, rtol=1e-5)
-    moved = decode(guided, result.x_T, steps=3, delta_h=torch.ones(3, 64, 8, 8), capture_steps=None)
+    moved = decode(guided, result.x_T, settings=DecodeSettings(3), delta_h=torch.ones(3, 64, 8, 8), capture_steps=None)
     assert (moved.x_0 - result.x_0).abs().mean() > 1e-3
 
 
@@ -167,13 +168,13 @@ def test_a_stable_diffusion_hub_id_loads_from_the_local_cache_offline(
 
 
 def test_real_images_encode_to_latents_and_invert_exactly_under_guidance(guided: DiffusionModel) -> None:
-    from pipeline.diffusion.sampling import invert_edit_friendly
+    from pipeline.diffusion.inversion import invert_edit_friendly
 
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     latents = guided.encode_images(images)
     posterior = guided.vae.encode(images * 2 - 1).latent_dist.mode() * guided.vae.config.scaling_factor
     assert latents.shape == (2, 4, 16, 16)
     torch.testing.assert_close(latents, posterior)
-    inverted = invert_edit_friendly(guided, latents, steps=4, eta=1.0, seed=0)
-    rebuilt = decode(guided, inverted.x_T, inverted.noise, steps=4, eta=1.0, capture_steps=None)
+    inverted = invert_edit_friendly(guided, latents, settings=DecodeSettings(4, eta=1.0), seed=0)
+    rebuilt = decode(guided, inverted.x_T, inverted.noise, settings=DecodeSettings(4, eta=1.0), capture_steps=None)
     torch.testing.assert_close(rebuilt.x_0, latents, atol=1e-4, rtol=1e-4)

@@ -21,6 +21,7 @@ from pipeline.data.store import (
     seeds_fingerprint,
 )
 from pipeline.data.store_writing import generate_store, model_fingerprint, synthetic_store
+from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import ddim_grid, initial_noise, sample, to_image_range
 from pipeline.io.errors import ConfigError
@@ -113,7 +114,7 @@ def test_round_trip_shapes_dtypes_and_metadata(reference: Store, tiny_model: Dif
     # Shard by shard, the store holds exactly what sample() returns for those seeds.
     for shard, begin in enumerate(range(0, 10, SHARD_SIZE)):
         seeds = SEEDS[begin : begin + SHARD_SIZE]
-        direct = sample(tiny_model, seeds, steps=STEPS, eta=1.0, batch_size=BATCH_SIZE)
+        direct = sample(tiny_model, seeds, settings=DecodeSettings(steps=STEPS, eta=1.0, batch_size=BATCH_SIZE))
         positions = range(begin, begin + len(seeds))
         for field in ("x_T", "x_0", "noise", "h"):
             assert torch.equal(reference.load(field, positions), getattr(direct, field)), (shard, field)
@@ -126,20 +127,20 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     real_sample = store_writing.sample
     calls: list[list[int]] = []
 
-    def crash_on_second_shard(model: DiffusionModel, seeds: torch.Tensor, **kwargs: object) -> object:
+    def crash_on_second_shard(model: DiffusionModel, seeds: torch.Tensor, *args: object, **kwargs: object) -> object:
         calls.append(seeds.tolist())
         if len(calls) == 2:
             raise RuntimeError("simulated crash")
-        return real_sample(model, seeds, **kwargs)
+        return real_sample(model, seeds, *args, **kwargs)
 
     monkeypatch.setattr(store_writing, "sample", crash_on_second_shard)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _generate(tiny_model, folder)
     assert _visible(folder) == [SHARD_FILES[0]]  # no partial shard, no index
 
-    def count_calls(model: DiffusionModel, seeds: torch.Tensor, **kwargs: object) -> object:
+    def count_calls(model: DiffusionModel, seeds: torch.Tensor, *args: object, **kwargs: object) -> object:
         calls.append(seeds.tolist())
-        return real_sample(model, seeds, **kwargs)
+        return real_sample(model, seeds, *args, **kwargs)
 
     calls.clear()
     monkeypatch.setattr(store_writing, "sample", count_calls)

@@ -1,13 +1,14 @@
 """The study end to end: every DVC stage's entry point, run in a temporary workspace on a tiny model."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.directions import load_directions
 from pipeline.data.labels import read_labels
+from pipeline.directions import load_directions
 from stages import generate, hstats, jacobian, label, pca, preview, pullback, supervised
 from tests.helpers import CLASSIFIER, run_study, tiny_study_overrides
 
@@ -71,9 +72,9 @@ def test_preview_metrics_report_every_supervised_attribute(workspace):
 
 @pytest.mark.parametrize("injection", ["symmetric", "asyrp"])
 def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection):
-    from pipeline.directions import Directions, Origin
     from pipeline.diffusion.hspace import hspace_shape
     from pipeline.diffusion.sampling import SamplerConfig, decode, to_image_range
+    from pipeline.directions import Directions, Origin
     from pipeline.editing import edit, held_out
 
     sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4, injection=injection)
@@ -89,18 +90,16 @@ def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection
     samples = held_out(tiny_model, sampler, seed_offset=5, count=2)
     edits = edit(tiny_model, directions, 0, [0.0, 0.5], samples, sampler)
     assert edits.shape == (2, 2, 3, 16, 16)
-    plain = decode(tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None)
+    settings = sampler.decode_settings("after")
+    plain = decode(tiny_model, samples.x_T, samples.noise, settings, capture_steps=None)
     torch.testing.assert_close(edits[0], to_image_range(plain.x_0), rtol=0, atol=1e-6)
-    edited = decode(
-        tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None,
-        delta_h=0.5 * directions.direction(0), asyrp=injection == "asyrp",
-    )  # fmt: skip
+    delta_h = 0.5 * directions.direction(0)
+    edited = decode(tiny_model, samples.x_T, samples.noise, settings, capture_steps=None, delta_h=delta_h)
     torch.testing.assert_close(edits[1], to_image_range(edited.x_0), rtol=0, atol=1e-5)
     assert not torch.allclose(edits[0], edits[1])
-    other = decode(
-        tiny_model, samples.x_T, samples.noise, steps=3, eta=1.0, capture_steps=None,
-        delta_h=0.5 * directions.direction(0), asyrp=injection != "asyrp",
-    )  # fmt: skip
+    other_injection = "symmetric" if injection == "asyrp" else "asyrp"
+    other_settings = replace(settings, injection=other_injection)
+    other = decode(tiny_model, samples.x_T, samples.noise, other_settings, capture_steps=None, delta_h=delta_h)
     assert not torch.allclose(edits[1], to_image_range(other.x_0), atol=1e-4)
 
 
@@ -134,9 +133,9 @@ def test_pullback_stage_writes_bases_global_directions_and_analyses(workspace):
 
 
 def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
-    from pipeline.io.errors import ConfigError
     from pipeline.data.hstats import load_hstats
     from pipeline.data.store import open_store
+    from pipeline.io.errors import ConfigError
     from pipeline.steps.supervised import SupervisedConfig
     from pipeline.steps.supervised import run as supervised_methods
 
@@ -155,8 +154,8 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
 
 
 def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace):
-    from pipeline.io.errors import ConfigError
     from pipeline.data.store import open_store
+    from pipeline.io.errors import ConfigError
     from pipeline.steps.hstats import HStatsConfig
     from pipeline.steps.hstats import run as compute_stats
 

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.io.errors import ConfigError
-from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
 from pipeline.steps.train_toy_classifier import TrainToyClassifierConfig
 from pipeline.steps.train_toy_classifier import run as train_toy_classifier
 from pipeline.steps.train_toy_model import TrainToyModelConfig
 from pipeline.steps.train_toy_model import run as train_toy_model
+from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
 from pipeline.toyfaces.training import OptimConfig, ToyUNetConfig, learning_rate
 from pipeline.toyfaces.world import ToyFacesConfig
 

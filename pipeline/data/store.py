@@ -6,9 +6,7 @@ The folder layout, shard contents and header are defined in :mod:`pipeline.data.
 ("Samples store") describes where the store sits in the pipeline.
 
 The format's names (:class:`StoreSpec`, :class:`StoreIndex`, :class:`StoreError`, ``INDEX_FILE``, ...) are
-importable from here too, so that a reader needs one import. So are the writer's public functions
-(:func:`~pipeline.data.store_writing.generate_store`, ``synthetic_store``, ``model_fingerprint``), loaded on
-first use: they lived in this module before it was split.
+importable from here too, so that a reader needs one import.
 """
 
 from __future__ import annotations
@@ -64,18 +62,6 @@ __all__ = [
     "seeds_fingerprint",
     "shard_name",
 ]
-
-_WRITING_NAMES = frozenset({"generate_store", "synthetic_store", "model_fingerprint"})
-
-
-def __getattr__(name: str) -> Any:
-    """The writer's public functions, as ``pipeline.data.store.<name>`` (imported on first use, because
-    :mod:`pipeline.data.store_writing` imports this module: a top-level import would be circular)."""
-    if name in _WRITING_NAMES:
-        from pipeline.data import store_writing
-
-        return getattr(store_writing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Store:

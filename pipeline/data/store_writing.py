@@ -44,7 +44,7 @@ from pipeline.data.store_format import (
 )
 from pipeline.diffusion.hspace import hspace_shape
 from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import DEFAULT_BATCH_SIZE, ddim_grid, sample
+from pipeline.diffusion.sampling import DEFAULT_BATCH_SIZE, DecodeSettings, ddim_grid, sample
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import atomic_path, write_json
 from pipeline.io.validation import as_int
@@ -224,17 +224,14 @@ def _write_shard(
     atomically; returns its index entry. x_T, x_0 and noise are stored as float32 whatever the model's dtype."""
     start = shard_index * header["shard_size"]
     shard_seeds = seeds[start : start + header["shard_size"]]
-    batch = sample(
-        model,
-        shard_seeds,
+    settings = DecodeSettings(
         steps=spec.steps,
         eta=spec.eta,
-        hspace_location=spec.hspace_location,
-        capture_steps=list(spec.capture_steps),
-        h_dtype=H_DTYPES[spec.h_dtype],
+        location=spec.hspace_location,
         batch_size=batch_size,
-        keep_noise=True,
+        h_dtype=H_DTYPES[spec.h_dtype],
     )
+    batch = sample(model, shard_seeds, settings, capture_steps=list(spec.capture_steps), keep_noise=True)
     tensors = {
         "seeds": shard_seeds.clone(),
         "x_T": batch.x_T.float(),

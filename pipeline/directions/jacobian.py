@@ -1,5 +1,6 @@
-"""Image-specific Jacobian directions (Haas et al. 2024; docs/methods.md, "Jacobian directions"): the top right singular vectors of
-d(mask * eps)/d h at each step of one sample's own trajectory, with x_t and the skip connections fixed.
+"""Image-specific Jacobian directions (Haas et al. 2024; docs/methods.md, "Jacobian directions"): the top right
+singular vectors of d(mask * eps)/d h at each step of one sample's own trajectory, with x_t and the skip
+connections fixed.
 
 The trajectory reuses the sample's stored variance noise (the reference code draws fresh noise, so its
 Jacobians belong to another trajectory). Spectra come from the shared block Krylov solver

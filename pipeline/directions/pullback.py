@@ -1,5 +1,5 @@
-"""Pullback directions (Park et al. 2023; docs/methods.md, "Pullback directions"): the local latent basis of x_t, edits by x-space guidance,
-transport between samples and global directions.
+"""Pullback directions (Park et al. 2023; docs/methods.md, "Pullback directions"): the local latent basis
+of x_t, edits by x-space guidance, transport between samples and global directions.
 
 The encoder map f(x_t) = h(x_t, t) (the UNet up to the h site) pulls the Euclidean metric of h-space back
 to x_t. Its top right singular vectors v_i (orthonormal, in x_t) are the directions that move h most per

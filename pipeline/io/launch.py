@@ -126,7 +126,7 @@ class ShardJob:
 
     @property
     def partition(self) -> tuple[int, int]:
-        """(index, count), as :func:`pipeline.data.store.generate_store` takes it."""
+        """(index, count), as :func:`pipeline.data.store_writing.generate_store` takes it."""
         return self.index, self.count
 
 

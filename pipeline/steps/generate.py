@@ -45,7 +45,7 @@ def run(
 
     Resumable: shards already written for the same settings are kept. ``partition`` (i, n): only the shards
     s with s % n == i (one of n shard jobs); ``sample=False``: the merge after the jobs, which checks that
-    every shard is there and writes the index (see :func:`pipeline.data.store.generate_store`).
+    every shard is there and writes the index (see :func:`pipeline.data.store_writing.generate_store`).
     """
     spec = StoreSpec(
         steps=sampler.steps,

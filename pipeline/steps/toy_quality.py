@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.diffusion.models import DiffusionModel
-from pipeline.diffusion.sampling import sample
+from pipeline.diffusion.sampling import DecodeSettings, sample
 from pipeline.io.errors import ConfigError
 from pipeline.io.images import make_grid, side_by_side
 from pipeline.toyfaces.classifier import ToyFacesClassifier
@@ -88,10 +88,8 @@ def run(
     """
     _validate(cfg)
     seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.num_samples)
-    batch = sample(
-        model, seeds, steps=cfg.steps, eta=cfg.eta, capture_steps=None, batch_size=cfg.batch_size,
-        keep_noise=False, progress=progress,
-    )  # fmt: skip
+    settings = DecodeSettings(steps=cfg.steps, eta=cfg.eta, batch_size=cfg.batch_size, progress=progress)
+    batch = sample(model, seeds, settings, capture_steps=None, keep_noise=False)
     images = model.images(batch.x_0)
     device = next(classifier.parameters()).device
     probabilities = torch.cat(
