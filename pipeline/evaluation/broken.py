@@ -74,6 +74,7 @@ class RerenderScore:
         self.world = world
         self.batch_size = batch_size
         self.low = torch.tensor([-1.0 if name == "pose_x" else 0.0 for name in CONTINUOUS_FACTORS])
+        self.high = torch.ones(len(CONTINUOUS_FACTORS))  # factor ranges: pose_x in [-1, 1], the rest [0, 1]
 
     @torch.no_grad()
     def rerender(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ class RerenderScore:
             features = self.classifier.features(chunk.to(device))
             binary = (self.classifier.attribute_head(features) > 0).float().cpu()
             continuous = self.classifier.factor_head(features).float().cpu()
-            continuous = torch.maximum(torch.minimum(continuous, torch.ones(1)), self.low)
+            continuous = continuous.clamp(min=self.low, max=self.high)
             drawn.append(render(Factors(binary, continuous), self.world))
         return torch.cat(drawn)
 

@@ -138,16 +138,14 @@ class EditOutcome:
     def rates(self, names: Sequence[str]) -> dict[str, Any]:
         """The rates over eligible samples: ``flip``, ``clean_flip``, ``broken`` and ``any_off_target`` as
         :meth:`Rate.as_dict` entries, ``off_target`` {attribute: rate entry} for every other attribute."""
-        eligible = self.eligible
+        eligible, off_target = self.eligible, self.off_target
         others = [name for a, name in enumerate(names) if a != self.target]
         return {
             "flip": Rate.of(self.flipped, eligible).as_dict(),
             "clean_flip": Rate.of(self.clean, eligible).as_dict(),
             "broken": Rate.of(self.broken, eligible).as_dict(),
-            "any_off_target": Rate.of(self.off_target.any(dim=1), eligible).as_dict(),
-            "off_target": {
-                name: Rate.of(self.off_target[:, i], eligible).as_dict() for i, name in enumerate(others)
-            },
+            "any_off_target": Rate.of(off_target.any(dim=1), eligible).as_dict(),
+            "off_target": {name: Rate.of(off_target[:, i], eligible).as_dict() for i, name in enumerate(others)},
         }
 
     def clean_flip_rate(self) -> float:
