@@ -1,24 +1,26 @@
-"""DVC stage ``evaluate``: every directions file scored by one protocol on held-out seeds
+"""DVC stage ``evaluate``: every directions file judged by one protocol on held-out seeds
 (pipeline/steps/evaluate.py)."""
 
 from pipeline.classifiers import load_classifier
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
-from pipeline.io.files import stage_work
+from pipeline.io.files import stage_work, write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import evaluate as step
 from pipeline.steps.sections import stage_params
 
 GRID = "plots/evaluate/{method}.png"
-EFFECTS = "plots/evaluate_effects.csv"
+DETAILS = "plots/evaluate/judge.json"
+CURVES = "plots/evaluate_curves.csv"
 METHODS = "plots/evaluate_methods.csv"
 METRICS = "metrics/evaluate.json"
 
 
 def main() -> None:
-    """Read params.yaml and the directions files; write metrics/evaluate.json, two plots and one grid per method."""
+    """Read params.yaml and the directions files; write metrics/evaluate.json (the summary), the details, two
+    plots and one labelled grid per method."""
     params = stage_params("evaluate")
     model_cfg, sampler, classifier_cfg = params["model"], params["sampler"], params["classifier"]
     cfg = params["evaluate"]
@@ -34,10 +36,11 @@ def main() -> None:
         files = {method: load_directions(path, expect) for method, path in paths.items()}
         result = step.run(model, classifier, files, cfg, sampler, world, work=work)
         for method, picture in result.grids.items():
-            save_png(picture, GRID.format(method=method), upscale=2)
+            save_png(picture, GRID.format(method=method))
             tracker.image(f"grid/{method}", picture, caption=result.captions[method])
-        tracker.plot(EFFECTS, result.curve_rows, x="scale", y="target_effect", title="Target/label effect vs scale")
-        tracker.plot(METHODS, result.method_rows, x="method", y="mean_selectivity", title="At matched distortion")
+        write_json(DETAILS, result.details)
+        tracker.plot(CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale")
+        tracker.plot(METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
         tracker.metrics(METRICS, result.metrics)
         tracker.timings(result.timings)
         work.clear()

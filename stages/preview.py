@@ -1,21 +1,22 @@
-"""DVC stage ``preview``: edit grids of held-out samples for the PCA and supervised directions files, and the
-supervised check at one scale (metrics/preview.json)."""
+"""DVC stage ``preview``: labelled edit grids of held-out samples for the PCA and supervised directions files,
+each edit framed by the judge's verdict, and the judge's entries for them (plots/preview/judge.json)."""
 
 from pipeline.classifiers import load_classifier
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
+from pipeline.io.files import write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import preview as step
 from pipeline.steps.sections import stage_params
 
 GRID = "plots/preview/{method}.png"
-METRICS = "metrics/preview.json"
+DETAILS = "plots/preview/judge.json"
 
 
 def main() -> None:
-    """Read params.yaml and the directions files; write one grid per method and metrics/preview.json."""
+    """Read params.yaml and the directions files; write one grid per method and the judge's entries."""
     params = stage_params("preview")
     model_cfg, sampler = params["model"], params["sampler"]
     device = str(resolve_device(params.device))
@@ -24,12 +25,12 @@ def main() -> None:
         classifier = load_classifier(params["classifier"], device)
         expect = Expected(model_id=model_cfg.source, num_steps=sampler.steps)
         files = {method: load_directions(directions_path(method), expect) for method in step.METHODS}
-        conditional = params["directions.supervised"].conditional
-        result = step.run(model, classifier, files, params["preview"], sampler, conditional)
+        world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None
+        result = step.run(model, classifier, files, params["preview"], sampler, params["evaluate.broken"], world)
         for method, picture in result.grids.items():
-            save_png(picture, GRID.format(method=method), upscale=2)
+            save_png(picture, GRID.format(method=method))
             tracker.image(f"grid/{method}", picture, caption=result.captions[method])
-        tracker.metrics(METRICS, result.metrics)
+        write_json(DETAILS, result.details)
 
 
 if __name__ == "__main__":

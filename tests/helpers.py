@@ -48,13 +48,14 @@ TINY_STUDY: dict[str, object] = {
     "directions.pullback.scales": "[0.0,1.0]",
     "directions.pullback.preview_directions": 1,
     "evaluate.num_samples": 4,
+    "evaluate.untargeted_samples": 4,
     "evaluate.max_directions": 2,
-    "evaluate.scales": "[-1.0,1.0]",
-    "evaluate.bisection_steps": 2,
-    "evaluate.kid_subset_size": 2,
-    "evaluate.reference_samples": 4,
-    "evaluate.kid_subsets": 5,
+    "evaluate.scales": "[1.0,2.0]",
+    "evaluate.method_scales.pullback_global": "[1.0,2.0]",
+    "evaluate.min_eligible": 1,
     "evaluate.grid_samples": 1,
+    "evaluate.broken.calibration_samples": 8,
+    "evaluate.broken.reference_samples": 4,
     "logging.wandb.mode": "disabled",
     "device": "cpu",
 }
@@ -74,7 +75,6 @@ EVERY_METHOD_STUDY: dict[str, object] = {
     "directions.pca.n_components": 2,
     "evaluate.methods": f"[{','.join(EVERY_METHOD)}]",
     "evaluate.scales": "[1.0]",
-    "evaluate.bisection_steps": 1,
 }
 """Changes to :data:`TINY_STUDY` for a study that evaluates one file of every method, one scale each."""
 
@@ -117,6 +117,9 @@ def assert_every_method_evaluated(folder: Path) -> None:
         assert (folder / f"directions/{name}.safetensors").is_file(), name
     metrics = json.loads((folder / "metrics/evaluate.json").read_text())
     assert set(metrics["methods"]) == set(EVERY_METHOD)
-    for entry in metrics["methods"].values():
-        for result in entry["directions"].values():
-            assert -1.0 <= result["ssim"] <= 1.0 + 1e-6 and result["kid"] is not None
+    details = json.loads((folder / "plots/evaluate/judge.json").read_text())
+    for method in EVERY_METHOD:
+        assert 0.0 <= metrics["methods"][method]["mean_clean_flip"] <= 1.0
+        for entry in details["methods"][method]:
+            for side in entry["sides"].values():
+                assert side["flip"]["n"] >= 1 and 0.0 <= side["broken"]["low"] <= side["broken"]["high"] <= 1.0

@@ -12,7 +12,7 @@ from pipeline.evaluation.judge import (
     CurvePoint,
     EditOutcome,
     Rate,
-    best_target,
+    best_curve,
     decisions,
     operating_point,
     wilson_interval,
@@ -80,24 +80,40 @@ def test_an_edit_away_from_the_attribute_reads_samples_that_have_it() -> None:
     assert outcome.rates(NAMES)["clean_flip"]["rate"] == 0.5
 
 
-def test_best_target_labels_an_unsupervised_direction_by_its_cleanest_flip() -> None:
+def _point(scale: float, outcome: EditOutcome, change: float = 0.1) -> CurvePoint:
+    return CurvePoint(scale, outcome, torch.full((len(outcome.before),), change))
+
+
+def test_best_curve_labels_an_unsupervised_direction_by_its_cleanest_flip() -> None:
     before = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 1], [0, 0, 1]], dtype=torch.bool)
     after = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.bool)  # removes glasses
-    outcome = best_target(before, after, torch.zeros(4, dtype=torch.bool), min_eligible=2)
-    assert (outcome.target, outcome.towards) == (2, False) and outcome.clean_flip_rate() == 0.75
-    with pytest.raises(ConfigError, match="5 samples"):
-        best_target(before, after, torch.zeros(4, dtype=torch.bool), min_eligible=5)
+    broken = torch.zeros(4, dtype=torch.bool)
+    candidates = [
+        [_point(1.0, EditOutcome(before, after, broken, target, towards))]
+        for target in range(3)
+        for towards in (True, False)
+    ]
+    curve, point, feasible = best_curve(candidates, max_broken=0.05)
+    assert (point.outcome.target, point.outcome.towards) == (2, False) and point.outcome.clean_flip_rate() == 0.75
+    assert feasible and curve[0] is point
+    with pytest.raises(ConfigError, match="no candidate"):
+        best_curve([], max_broken=0.05)
 
 
 def test_operating_point_is_the_cleanest_scale_within_the_broken_budget() -> None:
     clean = _outcome([[0, 0, 0]] * 4, [[1, 0, 0]] * 4)
     partly = _outcome([[0, 0, 0]] * 4, [[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])
     damaged = _outcome([[0, 0, 0]] * 4, [[1, 0, 0]] * 4, broken=[True, False, False, False])
-    curve = [CurvePoint(1.0, partly, 0.1), CurvePoint(2.0, clean, 0.2), CurvePoint(3.0, damaged, 0.4)]
+    curve = [_point(1.0, partly, 0.1), _point(2.0, clean, 0.2), _point(3.0, damaged, 0.4)]
     point, feasible = operating_point(curve, max_broken=0.05)
-    assert point.scale == 2.0 and feasible
-    point, feasible = operating_point([CurvePoint(3.0, damaged, 0.4)], max_broken=0.05)
+    assert point.scale == 2.0 and feasible and point.distortion == pytest.approx(0.2)
+    point, feasible = operating_point([_point(3.0, damaged, 0.4)], max_broken=0.05)
     assert point.scale == 3.0 and not feasible
+
+
+def test_distortion_is_averaged_over_the_eligible_samples_only() -> None:
+    outcome = _outcome([[0, 0, 0], [1, 0, 0]], [[1, 0, 0], [1, 0, 0]])
+    assert CurvePoint(1.0, outcome, torch.tensor([0.2, float("nan")])).distortion == pytest.approx(0.2)
 
 
 def test_decisions_threshold_the_logits_at_zero() -> None:

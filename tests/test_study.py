@@ -23,8 +23,7 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
     changes = {
         "sampler.batch_size": 8,
         "generate.shard_size": 5,
-        "preview.grid_samples": 1,
-        "preview.check_samples": 3,
+        "preview.grid_samples": 3,
         "preview.max_directions": 2,
         "preview.scales": "[-1.0,0.0,1.0]",
         "directions.pullback.basis_size": 3,
@@ -62,12 +61,17 @@ def test_directions_files_follow_the_one_format(workspace):
     assert noise.space == "x_T" and noise.directions.shape == (7, 3, 16, 16)
 
 
-def test_preview_metrics_report_every_supervised_attribute(workspace):
-    metrics = json.loads((workspace / "metrics/preview.json").read_text())
-    assert set(metrics["supervised"]) == set(load_directions(workspace / "directions/supervised.safetensors").names)
-    for entry in metrics["supervised"].values():
-        assert 0.0 <= entry["moved"] <= 1.0
-    assert set(metrics["conditional"]["smiling"]) >= {"partner_effect_plain", "partner_effect_conditional"}
+def test_preview_judges_every_supervised_attribute_on_both_sides(workspace):
+    details = json.loads((workspace / "plots/preview/judge.json").read_text())
+    names = load_directions(workspace / "directions/supervised.safetensors").names
+    assert [entry["name"] for entry in details["methods"]["supervised"]] == names
+    for entry in details["methods"]["supervised"]:
+        assert entry["target"] == entry["name"] and set(entry["sides"]) == {"up", "down"}
+        for side in entry["sides"].values():
+            assert abs(side["scale"]) == 1.0 and side["flip"]["n"] <= 3
+    assert set(details["methods"]) == {"pca_per_step", "pca_all_steps", "supervised", "supervised_conditional",
+                                       "noise_supervised"}  # fmt: skip
+    assert details["broken_check"]["calibration_samples"] == 8
 
 
 @pytest.mark.parametrize("injection", ["symmetric", "asyrp"])

@@ -35,9 +35,14 @@ DETECTORS = ("auto", "rerender", "knn")
 
 @dataclass
 class BrokenConfig:
-    """The ``evaluate.broken`` params: which score, and how its threshold is calibrated."""
+    """The ``evaluate.broken`` params: which score, and how its threshold is calibrated: on
+    ``calibration_samples`` unedited decodes of held-out seeds from ``seed_offset`` (after the
+    ``reference_samples`` seeds the k-NN score compares with, decoded only for that score)."""
 
     detector: str = "auto"
+    seed_offset: int = 97_000_000
+    calibration_samples: int = 128
+    reference_samples: int = 128
     quantile: float = 0.99
     margin: float = 1.25
     knn_k: int = 3
@@ -46,6 +51,9 @@ class BrokenConfig:
     def __post_init__(self) -> None:
         key = "evaluate.broken"
         require(self.detector in DETECTORS, f"{key}.detector", self.detector, f"must be one of {DETECTORS}")
+        require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        require(self.calibration_samples >= 8, f"{key}.calibration_samples", self.calibration_samples, "must be >= 8")
+        require(self.reference_samples >= 2, f"{key}.reference_samples", self.reference_samples, "must be >= 2")
         require(0.5 <= self.quantile <= 1.0, f"{key}.quantile", self.quantile, "must be in [0.5, 1]")
         require(self.margin >= 1.0, f"{key}.margin", self.margin, "must be >= 1")
         require(self.knn_k >= 1, f"{key}.knn_k", self.knn_k, "must be >= 1")
@@ -142,23 +150,30 @@ class BrokenCheck:
         }
 
 
+def resolved_detector(cfg: BrokenConfig, classifier: nn.Module, world: object | None) -> str:
+    """``cfg.detector``, with "auto" resolved: "rerender" for a ToyFaces classifier with its world, else "knn"."""
+    if cfg.detector != "auto":
+        return cfg.detector
+    return "rerender" if world is not None and hasattr(classifier, "predict_factors") else "knn"
+
+
 def make_broken_check(
     cfg: BrokenConfig,
     classifier: nn.Module,
     features: nn.Module,
     world: object | None,
-    reference: torch.Tensor,
+    reference: torch.Tensor | None,
     calibration: torch.Tensor,
 ) -> BrokenCheck:
     """The configured check: the re-render score when ``cfg.detector`` is "rerender" (or "auto" with a
     ToyFaces classifier and world), else the k-NN realism score against ``reference`` images; both calibrated
     on ``calibration`` images (unedited decodes of other seeds)."""
-    toyfaces = world is not None and hasattr(classifier, "predict_factors")
-    detector = cfg.detector if cfg.detector != "auto" else ("rerender" if toyfaces else "knn")
-    if detector == "rerender":
+    if resolved_detector(cfg, classifier, world) == "rerender":
         if world is None:
             raise ConfigError("evaluate.broken.detector 'rerender': needs the ToyFaces world (a toyfaces classifier)")
         score: ImageScore = RerenderScore(classifier, world)
     else:
+        if reference is None:
+            raise ConfigError("evaluate.broken.detector 'knn': needs reference images")
         score = KNNRealismScore(features, reference, cfg.knn_k, cfg.prune_fraction)
     return BrokenCheck(score, calibration, cfg.quantile, cfg.margin)

@@ -1,291 +1,367 @@
-"""The evaluation protocol that scores every directions file alike (run by the ``evaluate`` step): effects,
-preservation, realism, matched distortion and, on ToyFaces, the ground truth.
+"""The evaluation protocol: every direction of every file judged alike, per sample, per sign, on every attribute
+(docs/methods.md, "Evaluation protocol"; the judge of one edit is :mod:`pipeline.evaluation.judge`).
 
-For each directions file (a method) and each of its directions (the first ``max_directions``; supervised
-files are evaluated whole, one direction per attribute), on M held-out seeds that no stage fitted on:
+For each direction k and each side (+ and -, never averaged), held-out samples are decoded at every scale of the
+file's curve (magnitudes in the file's own unit, all of a side in one batched decode) and read by a
+:class:`~pipeline.evaluation.readout.Reader` (attribute decisions, broken verdicts):
 
-1. **Edits.** The held-out samples are decoded unedited (the baseline) and edited at every scale of
-   ``scales``, in the file's own unit, all scales of a direction in one batched decode. Spaces "h" and
-   "x_T" edit through :func:`pipeline.editing.edit`; space "x_t" (pullback) by x-space guidance at the
-   file's edit step (``origin.steps[0]``, settings from ``extra``), from each sample's own x_t, decoded
-   with the file's quality boost. Its baseline is the same boosted decode of the unedited x_t.
-   Directions are applied as they are stored: Jacobian directions of other samples and pullback
-   directions (local or global) are not re-fitted to, or projected onto, the held-out samples' own local
-   bases, which would cost one Krylov solve per sample, many times the whole evaluation.
-2. **Measurements** of each edit against its baseline: the signed change of every attribute logit (raw
-   classifier logits, :func:`pipeline.classifiers.classify_logits`), averaged over samples; preservation: SSIM and
-   PSNR (torchmetrics; PSNR capped at :data:`PSNR_CAP` dB, the value of an unchanged image). At the matched
-   scale s (below) the direction's attribute-effect vector is the central difference (change at +s minus
-   change at -s) / 2: it counts every sample, also those already at one side of an attribute (whose edit
-   towards that side has no image-level meaning on a confident classifier), and cancels what an edit does
-   alike in both directions (artifacts of leaving the data manifold). Its auto-label is the attribute it
-   moves most and its selectivity |largest| / sum |effects| (1: one attribute only; 1/A: all alike).
-3. **Matched distortion.** Methods have different units, so each direction is also evaluated at the scale
-   s in [0, ``max_scale``] where the mean image change 1 - SSIM reaches ``distortion_budget``: the grid
-   scales bracket it, then at most ``bisection_steps`` bisection probes (one batched decode each) narrow
-   it, stopping once within ``tolerance`` (relative). The matched edit is the decoded one closest to the
-   budget, so every number reported there comes from the same images; ``capped`` marks directions that
-   stay below the budget up to ``max_scale``.
-4. **At the matched scale**: KID (and FID where both sets have more samples than features) of the edited
-   images against ``reference_samples`` unedited decodes of further held-out seeds, on the classifier's
-   penultimate features (torchmetrics ``feature=``, :class:`ClassifierFeatures`). Other seeds, because an
-   edit compared with its own unedited image is a paired set, which the unbiased KID estimator scores far
-   below 0 on a few samples; ``unedited_kid`` (the method's unedited samples against the same reference)
-   is the floor to compare with. For supervised files also the target effect, the worst off-target
-   effect, and, editing every sample towards the other side of its target attribute (samples without it
-   at +s, samples with it at -s), the fraction whose target logit moves that way (``moved``) and the
-   fraction that gets there (``flipped``).
-5. **Ground truth (ToyFaces).** With the ToyFaces classifier, every edit is also read as a change of the
-   world's 13 factors (7 binary attributes as probabilities, 6 continuous factors as the classifier's
-   factor predictions), each divided by that factor's standard deviation in the ToyFaces world, so that
-   the truth label (the factor moved most) and truth selectivity compare factors in common units. The
-   hat's hue counts only as far as a hat is present before and after the edit (:data:`GATED_FACTORS`).
+* **Targeted directions** (supervised files: named after their attribute) have sides "up" (+s, towards the
+  attribute) and "down" (-s); only the samples eligible on a side are decoded for it (those that start without
+  the attribute for "up", with it for "down"), plus the grid's samples.
+* **Untargeted directions** (PCA, Jacobian, pullback) have sides "plus" and "minus"; every sample is decoded,
+  and each side is labelled with the (attribute, towards) whose curve has the best operating point
+  (:func:`~pipeline.evaluation.judge.best_curve`; candidates need ``min_eligible`` eligible samples).
+
+A side's operating scale is the one with the highest clean-flip rate among those with at most ``max_broken``
+of the eligible samples broken (:func:`~pipeline.evaluation.judge.operating_point`); its rates, with Wilson
+intervals, are the side's result. The mean image change 1 - SSIM of the eligible samples is a secondary view.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from pipeline.editing import AnyEditor
-from pipeline.evaluation.bisection import bisect_scale
-from pipeline.evaluation.measures import auto_label, central_difference, fid, kid, selectivity
-from pipeline.evaluation.readout import Judge, Measurement, Reading, measure
-from pipeline.evaluation.supervised import matched_supervised_scores
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.directions.format import Directions
+from pipeline.directions.methods import TARGETED_METHODS
+from pipeline.directions.pullback import states_at
+from pipeline.editing import AnyEditor, Editor, GuidedEditor, HeldOut, ResumableEditor, decode_images, subset
+from pipeline.evaluation.broken import BrokenConfig
+from pipeline.evaluation.judge import CurvePoint, EditOutcome, Rate, best_curve, operating_point
+from pipeline.evaluation.measures import ssim_per_image
+from pipeline.evaluation.readout import Reader, Reading
+from pipeline.io.errors import ConfigError
+from pipeline.io.files import WorkCache
+from pipeline.io.images import labelled_grid
 from pipeline.io.validation import require
 
-TOP = 5
-"""``selective_top5``: how many of a method's first TOP directions have selectivity above 0.5."""
+TARGETED_SIDES = {"up": 1.0, "down": -1.0}
+"""Sides of a targeted direction and the sign of their scales: "up" adds the target attribute."""
+UNTARGETED_SIDES = {"plus": 1.0, "minus": -1.0}
+"""Sides of an untargeted direction and the sign of their scales."""
+
+VERDICTS = ("clean", "flip", "none", "broken", "")
+"""Per-sample verdict of an edit: clean flip, flip with an off-target change, no flip, broken image, and ""
+for a sample that was not eligible (it already was on the far side)."""
 
 
 @dataclass
 class ProtocolConfig:
-    """How one direction is judged (part of the ``evaluate`` params section; see the module docstring).
+    """How each direction is judged (part of the ``evaluate`` params section; see the module docstring).
 
-    ``scales`` are in each file's own unit (PCA: standard deviations; supervised: the mean difference;
-    Jacobian: ``unit``; pullback: the guidance strength c); ``max_scale`` bounds the matched-distortion
-    search in the same units. ``kid_subset_size`` is capped by the number of samples; ``grid_samples`` is how
-    many samples the grids show.
+    ``scales`` are the curve's magnitudes (> 0, each edited with both signs) in each file's own unit (PCA:
+    standard deviations; supervised: the mean difference; Jacobian: ``unit``; pullback: the guidance strength
+    c); ``method_scales`` replaces them for the methods it names, whose units differ. ``max_broken`` is the
+    largest broken rate an operating scale may have; ``min_eligible`` the fewest eligible samples a label of
+    an untargeted direction needs; ``grid_samples`` how many samples the grids show.
     """
 
-    scales: list[float] = field(default_factory=lambda: [1.0])
-    distortion_budget: float = 0.3
-    max_scale: float = 8.0
-    bisection_steps: int = 3
-    tolerance: float = 0.2
-    kid_subset_size: int = 4
-    kid_subsets: int = 50
-    kid_seed: int = 0
+    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    method_scales: dict[str, list[float]] = field(default_factory=lambda: {"pullback_global": [2.0, 4.0, 8.0]})
+    max_broken: float = 0.05
+    min_eligible: int = 8
     grid_samples: int = 2
+    broken: BrokenConfig = field(default_factory=BrokenConfig)
 
     def __post_init__(self) -> None:
         key = "evaluate"
-        require(len(self.scales) >= 1, f"{key}.scales", self.scales, "must list at least one scale")
-        require(all(math.isfinite(s) for s in self.scales), f"{key}.scales", self.scales, "must be finite")
-        budget = self.distortion_budget
-        require(0.0 < budget < 1.0, f"{key}.distortion_budget", budget, "must be in (0, 1) (mean 1 - SSIM)")
-        require(self.max_scale > 0, f"{key}.max_scale", self.max_scale, "must be > 0")
-        require(self.bisection_steps >= 0, f"{key}.bisection_steps", self.bisection_steps, "must be >= 0")
-        require(0.0 <= self.tolerance < 1.0, f"{key}.tolerance", self.tolerance, "must be in [0, 1)")
-        require(self.kid_subset_size >= 2, f"{key}.kid_subset_size", self.kid_subset_size, "must be >= 2")
-        require(self.kid_subsets >= 1, f"{key}.kid_subsets", self.kid_subsets, "must be >= 1")
+        lists = {"scales": self.scales, **{f"method_scales.{m}": s for m, s in self.method_scales.items()}}
+        for name, scales in lists.items():
+            require(len(scales) >= 1, f"{key}.{name}", scales, "must list at least one scale")
+            require(
+                all(math.isfinite(s) and s > 0 for s in scales), f"{key}.{name}", scales,
+                "must be finite and > 0 (each scale is edited with both signs)",
+            )  # fmt: skip
+            require(len(set(scales)) == len(scales), f"{key}.{name}", scales, "has duplicates")
+        require(0.0 <= self.max_broken < 1.0, f"{key}.max_broken", self.max_broken, "must be in [0, 1)")
+        require(self.min_eligible >= 1, f"{key}.min_eligible", self.min_eligible, "must be >= 1")
         require(self.grid_samples >= 1, f"{key}.grid_samples", self.grid_samples, "must be >= 1")
+
+    def scales_for(self, method: str) -> list[float]:
+        """The curve's magnitudes for ``method``, ascending."""
+        return sorted(float(s) for s in self.method_scales.get(method, self.scales))
+
+
+@dataclass
+class SideEdits:
+    """The edits of one side of a direction, read: ``scales`` [S] magnitudes, ``after`` [S, M, A] decisions
+    (equal to the unedited ones for samples not decoded), ``broken`` [S, M], ``change`` [S, M] (1 - SSIM,
+    NaN where not decoded) and ``tiles`` [S, g, 3, H, W], the grid samples' edited images."""
+
+    sign: float
+    scales: list[float]
+    after: torch.Tensor
+    broken: torch.Tensor
+    change: torch.Tensor
+    tiles: torch.Tensor
+
+    def curve(self, before: torch.Tensor, target: int, towards: bool) -> list[CurvePoint]:
+        """The curve of these edits read against ``target`` and side ``towards``."""
+        return [
+            CurvePoint(scale, EditOutcome(before, self.after[i], self.broken[i], target, towards), self.change[i])
+            for i, scale in enumerate(self.scales)
+        ]
+
+
+@dataclass
+class SideResult:
+    """One side of a direction judged: its edits, the curve against its target, the operating point; ``names``
+    are the attributes."""
+
+    edits: SideEdits
+    curve: list[CurvePoint]
+    operating: CurvePoint
+    feasible: bool
+    names: list[str]
+
+    def entry(self) -> dict[str, Any]:
+        """The JSON entry: target, towards, operating scale (signed), feasible, distortion, the judge's rates
+        there (:meth:`EditOutcome.rates`) and the curve (scale, flip, clean flip, broken, distortion)."""
+        outcome, names = self.operating.outcome, self.names
+        return {
+            "target": names[outcome.target],
+            "towards": "up" if outcome.towards else "down",
+            "scale": self.edits.sign * self.operating.scale,
+            "feasible": self.feasible,
+            "distortion": self.operating.distortion,
+            **outcome.rates(names),
+            "curve": [_curve_values(point) for point in self.curve],
+        }
+
+    def entry_target(self) -> str:
+        """The side's target as "<attribute> up|down" ("up": towards having it)."""
+        outcome = self.operating.outcome
+        return f"{self.names[outcome.target]} {'up' if outcome.towards else 'down'}"
+
+    def verdicts(self, scale_index: int, grid: int) -> list[str]:
+        """The verdicts (:data:`VERDICTS`) of the first ``grid`` samples at scale ``scale_index``, read against
+        this side's target."""
+        outcome = self.curve[scale_index].outcome
+        codes = []
+        for i in range(grid):
+            if not outcome.eligible[i]:
+                codes.append("")
+            elif outcome.broken[i]:
+                codes.append("broken")
+            elif outcome.clean[i]:
+                codes.append("clean")
+            else:
+                codes.append("flip" if outcome.flipped[i] else "none")
+        return codes
+
+
+def _curve_values(point: CurvePoint) -> dict[str, Any]:
+    outcome = point.outcome
+    return {
+        "scale": point.scale,
+        "flip": Rate.of(outcome.flipped, outcome.eligible).value,
+        "clean_flip": Rate.of(outcome.clean, outcome.eligible).value,
+        "broken": Rate.of(outcome.broken, outcome.eligible).value,
+        "distortion": point.distortion,
+    }
 
 
 @dataclass
 class DirectionResult:
-    """Everything measured for one direction: the JSON entry, the effect-curve rows and grid columns."""
+    """A direction judged on both sides: ``target`` is its attribute (None for an untargeted direction)."""
 
-    entry: dict[str, Any]
-    rows: list[dict[str, Any]]
-    columns: torch.Tensor  # [grid_samples, columns, 3, H, W]
-    matched_images: torch.Tensor  # [M, 3, H, W]
-    matched: Measurement
-    mirrored: Measurement  # the edit at -matched.scale
-    curve: dict[float, Measurement]
+    name: str
+    target: str | None
+    sides: dict[str, SideResult]
 
-    @property
-    def effects(self) -> torch.Tensor:
-        """The attribute-effect vector [A]: central difference of the mean logit changes at +-matched scale."""
-        return central_difference(self.matched.effects, self.mirrored.effects)
+    def entry(self) -> dict[str, Any]:
+        """The JSON entry: {"name", "target", "sides": {side: :meth:`SideResult.entry`}}."""
+        sides = {side: result.entry() for side, result in self.sides.items()}
+        return {"name": self.name, "target": self.target, "sides": sides}
 
-
-@dataclass
-class EvaluationResult:
-    """What the evaluate stage writes: metrics JSON, plot rows (effect curves, method table), grids; and
-    ``timings`` (seconds per method and in all, decodes resumed), logged but kept out of the metrics."""
-
-    metrics: dict[str, Any]
-    curve_rows: list[dict[str, Any]]
-    method_rows: list[dict[str, Any]]
-    grids: dict[str, torch.Tensor]
-    captions: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
+    def grid(self, baseline: Reading, grid: int) -> tuple[list[float], torch.Tensor, list[list[str]]]:
+        """The grid rows of this direction: signed scales [C] (ascending, 0 = unedited), tiles [grid, C, 3, H, W]
+        and verdicts [grid][C] (:data:`VERDICTS`; "" for the unedited column)."""
+        columns: dict[float, tuple[torch.Tensor, list[str]]] = {0.0: (baseline.images[:grid], [""] * grid)}
+        for result in self.sides.values():
+            for i, scale in enumerate(result.edits.scales):
+                columns[result.edits.sign * scale] = (result.edits.tiles[i], result.verdicts(i, grid))
+        order = sorted(columns)
+        tiles = torch.stack([columns[s][0] for s in order], dim=1)
+        verdicts = [[columns[s][1][row] for s in order] for row in range(grid)]
+        return order, tiles, verdicts
 
 
-def evaluate_direction(
+def edit_side(
     editor: AnyEditor,
-    judge: Judge,
+    reader: Reader,
+    baseline: Reading,
+    k: int,
+    sign: float,
+    scales: Sequence[float],
+    decode: torch.Tensor,
+    grid: int,
+) -> SideEdits:
+    """Decode direction ``k`` at ``sign * scales`` for the samples where ``decode`` [M] bool is true (which must
+    include the first ``grid``, the grid's samples) and read them against ``baseline``."""
+    index = decode.nonzero().flatten()
+    images = editor(k, [sign * s for s in scales], index)  # [S, m, 3, H, W]
+    count = len(baseline.images)
+    after = baseline.decisions.unsqueeze(0).repeat(len(scales), 1, 1)
+    broken = torch.zeros(len(scales), count, dtype=torch.bool)
+    change = torch.full((len(scales), count), math.nan)
+    for i, edited in enumerate(images):
+        reading = reader(edited)
+        after[i, index] = reading.decisions
+        broken[i, index] = reading.broken
+        change[i, index] = 1.0 - ssim_per_image(edited, baseline.images[index])
+    return SideEdits(sign, list(scales), after, broken, change, images[:, :grid])
+
+
+def judge_direction(
+    editor: AnyEditor,
+    reader: Reader,
     baseline: Reading,
     k: int,
     name: str,
-    method: str,
+    target: int | None,
+    scales: Sequence[float],
     cfg: ProtocolConfig,
-    reference: torch.Tensor,
-    target: int | None = None,
 ) -> DirectionResult:
-    """Curve, matched distortion and scores of direction ``k`` (see the module docstring); KID of the matched
-    edits against ``reference`` images (unedited decodes of other seeds)."""
-    scales = [float(s) for s in cfg.scales]
-    points: dict[float, Measurement] = {0.0: measure(judge, baseline, baseline.images, 0.0)}
-    curve_scales = [s for s in dict.fromkeys(scales) if s != 0.0]
-    if curve_scales:
-        for scale, images in zip(curve_scales, editor(k, curve_scales), strict=True):
-            points[scale] = measure(judge, baseline, images, scale)
+    """Judge direction ``k`` (named ``name``) on both sides at ``scales`` (see the module docstring); ``target``
+    is the index of its attribute for a targeted direction, else None."""
+    count = len(baseline.images)
+    grid = min(cfg.grid_samples, count)
+    shown = torch.arange(count) < grid
+    before = baseline.decisions
+    sides: dict[str, SideResult] = {}
+    for side, sign in (TARGETED_SIDES if target is not None else UNTARGETED_SIDES).items():
+        towards = sign > 0
+        decode = shown | (before[:, target] != towards) if target is not None else torch.ones(count, dtype=torch.bool)
+        edits = edit_side(editor, reader, baseline, k, sign, scales, decode, grid)
+        if target is not None:
+            curve = edits.curve(before, target, towards)
+            point, feasible = operating_point(curve, cfg.max_broken)
+        else:
+            candidates = [
+                edits.curve(before, attribute, label_towards)
+                for attribute in range(before.shape[1])
+                for label_towards in (True, False)
+                if int((before[:, attribute] != label_towards).sum()) >= cfg.min_eligible
+            ]
+            if not candidates:
+                raise ConfigError(
+                    f"evaluate.min_eligible={cfg.min_eligible}: no attribute has that many of the {count} samples "
+                    "on either side; lower it or raise evaluate.num_samples"
+                )
+            chosen, point, feasible = best_curve(candidates, cfg.max_broken)
+            curve = list(chosen)
+        sides[side] = SideResult(edits, curve, point, feasible, reader.names)
+    return DirectionResult(name, None if target is None else reader.names[target], sides)
 
-    def probe(scale: float) -> float:
-        points[scale] = measure(judge, baseline, editor(k, [scale])[0], scale)
-        return points[scale].distortion
 
-    known = {s: m.distortion for s, m in points.items() if s >= 0}
-    search = bisect_scale(
-        probe, cfg.distortion_budget, max_scale=cfg.max_scale, steps=cfg.bisection_steps, tolerance=cfg.tolerance,
-        known=known,
-    )  # fmt: skip
-    matched = points[search.scale]
-    mirrored = measure(judge, baseline, editor(k, [-search.scale])[0], -search.scale) if search.scale else matched
-    effects = central_difference(matched.effects, mirrored.effects)
-    label = auto_label(effects, judge.names)
-    kid_mean, kid_std = kid(
-        judge.features, reference, matched.reading.images, cfg.kid_subset_size, cfg.kid_subsets, cfg.kid_seed
+def method_grid(
+    method: str, results: Mapping[str, DirectionResult], baseline: Reading, grid_samples: int, unit: str = ""
+) -> tuple[torch.Tensor, str]:
+    """The labelled grid of one file's judged directions and its caption: one row per (direction, sample) in
+    the order of ``results`` (the file's order, as in every table), one column per signed scale (0: the
+    unedited image), each edited cell framed by its verdict against its side's target."""
+    grid = min(grid_samples, len(baseline.images))
+    rows, labels, scales = [], [], None
+    verdicts: list[list[str]] = []
+    for name, result in results.items():
+        scales, tiles, cells = result.grid(baseline, grid)
+        rows.append(tiles)
+        verdicts += cells
+        labels += [f"{name} · sample {i + 1}" for i in range(grid)]
+    assert scales is not None
+    columns = [f"{s:+g}" if s else "0" for s in scales]
+    picture = labelled_grid(torch.cat(rows), labels, columns, verdicts, title=f"{method} (scale{unit})")
+    targets = "; ".join(
+        f"{name}: " + ", ".join(f"{side} {result.sides[side].entry_target()}" for side in result.sides)
+        for name, result in results.items()
     )
-    entry: dict[str, Any] = {
-        "label": label,
-        "selectivity": selectivity(effects),
-        "effects": {attribute: float(value) for attribute, value in zip(judge.names, effects, strict=True)},
-        "scale": search.scale,
-        "capped": search.capped,
-        "probes": len(search.probes),
-        "distortion": matched.distortion,
-        "ssim": float(matched.ssim.mean()),
-        "psnr": float(matched.psnr.mean()),
-        "kid": kid_mean,
-        "kid_std": kid_std,
-    }
-    if target is not None:
-        entry |= matched_supervised_scores(judge, baseline, effects, matched, mirrored, target)
-    if matched.truth is not None and mirrored.truth is not None:
-        truth = central_difference(matched.truth, mirrored.truth)
-        entry["truth_label"] = auto_label(truth, judge.factor_names)
-        entry["truth_selectivity"] = selectivity(truth)
-        entry["truth_effects"] = {factor: float(v) for factor, v in zip(judge.factor_names, truth, strict=True)}
-    label_index = judge.names.index(label)
-    tracked = label_index if target is None else target
-    rows = [
-        {
-            "method": method,
-            "direction": name,
-            "scale": scale,
-            "label": label,
-            "label_effect": float(point.mean_effects[label_index]),
-            "target": judge.names[target] if target is not None else "",
-            "target_effect": float(point.mean_effects[tracked]),
-            "distortion": point.distortion,
-            "ssim": float(point.ssim.mean()),
-            "psnr": float(point.psnr.mean()),
-            "matched": int(scale == search.scale),
-        }
-        for scale, point in sorted(points.items())
-    ]
-    shown = sorted({0.0, *curve_scales})
-    columns = [points[s].reading.images[: cfg.grid_samples] for s in shown] + [
-        matched.reading.images[: cfg.grid_samples]
-    ]
-    return DirectionResult(entry, rows, torch.stack(columns, dim=1), matched.reading.images, matched, mirrored, points)
+    caption = (
+        f"{method}: rows = direction · held-out sample (file order), columns = signed scale, 0 = unedited; "
+        f"frames: the judge's verdict against each side's target ({targets})"
+    )
+    return picture, caption
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def method_metrics(
-    results: Mapping[str, DirectionResult],
-    judge: Judge,
-    baseline: Reading,
-    reference: torch.Tensor,
+def judge_files(
+    model: DiffusionModel,
+    reader: Reader,
+    files: Mapping[str, Directions],
     cfg: ProtocolConfig,
-) -> dict[str, Any]:
-    entries = {name: result.entry for name, result in results.items()}
-    values = list(entries.values())
-    pooled = torch.cat([result.matched_images for result in results.values()])
-    pooled_kid, _ = kid(judge.features, reference, pooled, cfg.kid_subset_size, cfg.kid_subsets, cfg.kid_seed)
-    unedited_kid, _ = kid(
-        judge.features, reference, baseline.images, cfg.kid_subset_size, cfg.kid_subsets, cfg.kid_seed
-    )
-    summary: dict[str, Any] = {
-        "directions": len(values),
-        "mean_selectivity": _mean([e["selectivity"] for e in values]),
-        "selective_top5": sum(e["selectivity"] > 0.5 for e in values[:TOP]),
-        "mean_distortion": _mean([e["distortion"] for e in values]),
-        "mean_ssim": _mean([e["ssim"] for e in values]),
-        "mean_psnr": _mean([e["psnr"] for e in values]),
-        "mean_kid": _mean([e["kid"] for e in values]),
-        "pooled_kid": pooled_kid,
-        "unedited_kid": unedited_kid,
-        "fid": fid(judge.features, reference, pooled),
-        "capped": sum(bool(e["capped"]) for e in values),
-        "labels": sorted({e["label"] for e in values}),
-    }
-    if any("target" in e for e in values):
-        supervised = [e for e in values if "target" in e]
-        summary |= {
-            "label_accuracy": _mean([float(e["label_correct"]) for e in supervised]),
-            "mean_target_effect": _mean([e["target_effect"] for e in supervised]),
-            "mean_max_off_target": _mean([e["max_off_target"] for e in supervised]),
-            "min_moved": min(e["moved"] for e in supervised),
-            "min_flipped": min(e["flipped"] for e in supervised),
-            "mean_flipped": _mean([e["flipped"] for e in supervised]),
-        }
-    if all("truth_selectivity" in e for e in values):
-        summary |= {
-            "mean_truth_selectivity": _mean([e["truth_selectivity"] for e in values]),
-            "truth_selective_top5": sum(e["truth_selectivity"] > 0.5 for e in values[:TOP]),
-            "truth_labels": sorted({e["truth_label"] for e in values}),
-        }
-    return {"summary": summary, "directions": entries}
+    sampler: SamplerConfig,
+    samples: HeldOut,
+    max_directions: int,
+    untargeted_samples: int | None = None,
+    work: WorkCache | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, DirectionResult]], dict[str, Reading], dict[str, float]]:
+    """Judge the first ``max_directions`` directions of every file of ``files`` (targeted files whole) on the
+    held-out ``samples`` (untargeted files on the first ``untargeted_samples`` of them, all when None).
+    Returns (method -> direction name -> result, method -> its unedited reading, seconds per method). Every
+    edit decode is a unit of ``work`` (a killed run resumes from those it did)."""
+    work = work or WorkCache(None)
+    plain: list[Reading] = []
+    states: dict[tuple[int, int], torch.Tensor] = {}
+
+    def states_of(chosen: HeldOut) -> Callable[[int], torch.Tensor]:
+        def state_at(step: int) -> torch.Tensor:
+            key = (step, len(chosen.seeds))
+            if key not in states:
+                states[key] = states_at(
+                    model, chosen.x_T, chosen.noise, steps=sampler.steps, eta=sampler.eta, step_indices=[step]
+                )[step]
+            return states[key]
+
+        return state_at
+
+    counts = {method: _count(method, d, max_directions) for method, d in files.items()}
+    bar = tqdm(total=sum(counts.values()), desc="evaluate", unit="direction", disable=not progress)
+    results: dict[str, dict[str, DirectionResult]] = {}
+    baselines: dict[str, Reading] = {}
+    seconds: dict[str, float] = {}
+    for method, directions in files.items():
+        started = time.perf_counter()
+        targeted = method in TARGETED_METHODS
+        count = len(samples.seeds) if targeted or untargeted_samples is None else untargeted_samples
+        chosen = subset(samples, torch.arange(min(count, len(samples.seeds))))
+        decoder: Editor | GuidedEditor
+        if directions.space == "x_t":
+            decoder = GuidedEditor(model, directions, chosen, sampler, states_of(chosen), f"'{method}'")
+            baselines[method] = reader(decoder.baseline)
+        else:
+            if not plain:
+                plain.append(reader(decode_images(model, samples.x_T, samples.noise, sampler)))
+            baselines[method] = plain[0].head(len(chosen.seeds))
+            decoder = Editor(model, directions, chosen, sampler, baselines[method].images)
+        editor = ResumableEditor(decoder, work, method)
+        results[method] = {}
+        for k in range(counts[method]):
+            name = directions.names[k]
+            target = reader.names.index(name) if targeted and name in reader.names else None
+            results[method][name] = judge_direction(
+                editor, reader, baselines[method], k, name, target, cfg.scales_for(method), cfg
+            )
+            bar.update()
+        seconds[method] = time.perf_counter() - started
+    bar.close()
+    return results, baselines, seconds
 
 
-TABLE_COLUMNS = (
-    "directions", "mean_selectivity", "selective_top5", "mean_ssim", "mean_psnr", "mean_kid", "unedited_kid", "fid",
-    "capped", "label_accuracy", "min_moved", "min_flipped", "mean_truth_selectivity", "truth_selective_top5",
-)  # fmt: skip
-"""Columns of the method table (plots/evaluate_methods.csv), at matched distortion."""
+def _count(method: str, directions: Directions, max_directions: int) -> int:
+    if method in TARGETED_METHODS:
+        return directions.num_directions
+    return min(max_directions, directions.num_directions)
 
 
-def table_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    return {column: summary.get(column) for column in TABLE_COLUMNS}
-
-
-def caption(method: str, results: Mapping[str, DirectionResult], cfg: ProtocolConfig) -> str:
-    shown = sorted({0.0, *(float(s) for s in cfg.scales)})
-    labels = ", ".join(f"{name}: {result.entry['label']}" for name, result in results.items())
-    return (
-        f"{method}: one row per direction; for each of {cfg.grid_samples} samples, scales {shown} then the "
-        f"matched edit (1 - SSIM = {cfg.distortion_budget}); auto-labels {labels}"
-    )
-
-
-def finite(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None (JSON has no inf or NaN)."""
-    if isinstance(value, Mapping):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
+def file_entries(results: Mapping[str, Mapping[str, DirectionResult]]) -> dict[str, list[dict[str, Any]]]:
+    """method -> its directions' :meth:`DirectionResult.entry` as a list in the file's order (JSON files are
+    written with sorted keys, so the order lives in a list)."""
+    return {method: [result.entry() for result in judged.values()] for method, judged in results.items()}

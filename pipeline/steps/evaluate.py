@@ -1,5 +1,5 @@
-"""Step ``evaluate``: every directions file scored alike on held-out seeds by the protocol of
-:mod:`pipeline.evaluation.protocol` (docs/methods.md, "Evaluation protocol"; docs/outputs.md, evaluate.json)."""
+"""Step ``evaluate``: every directions file judged alike on held-out seeds by the protocol of
+:mod:`pipeline.evaluation.protocol` (docs/methods.md, "Evaluation protocol"; docs/outputs.md, evaluate)."""
 
 from __future__ import annotations
 
@@ -10,47 +10,36 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import EVALUATED_METHODS, METHODS, TARGETED_METHODS
-from pipeline.directions.pullback import states_at
-from pipeline.editing import Editor, GuidedEditor, ResumableEditor, decode_images, held_out
-from pipeline.evaluation.protocol import (
-    DirectionResult,
-    EvaluationResult,
-    ProtocolConfig,
-    caption,
-    evaluate_direction,
-    finite,
-    method_metrics,
-    table_row,
-)
-from pipeline.evaluation.readout import Judge, Reading, toyfaces_factor_std
-from pipeline.evaluation.supervised import matched_conditional
+from pipeline.editing import held_out
+from pipeline.evaluation.judge import Rate
+from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, file_entries, judge_files, method_grid
+from pipeline.evaluation.readout import calibrated_reader
+from pipeline.evaluation.summary import conditional_comparison, method_summary, targeted_summary
 from pipeline.io.files import WorkCache
-from pipeline.io.images import make_grid
 from pipeline.io.validation import require
 
 PARAMS = ("model", "sampler", "classifier", "toyfaces", "evaluate")
 """The params this step reads (its stage's ``params`` in dvc.yaml); ``toyfaces`` only with the ToyFaces
-classifier, for the ground truth."""
+classifier, whose broken check re-renders faces."""
 
 
 @dataclass
 class EvaluateConfig(ProtocolConfig):
-    """The ``evaluate`` params section: which files (``methods``, the first ``max_directions`` directions
-    of each; files of targeted methods whole), on how many held-out seeds from ``seed_offset``, with realism
-    measured against ``reference_samples`` unedited decodes of further held-out seeds (after the edited
-    ones); the fields of :class:`ProtocolConfig` say how each direction is judged."""
+    """The ``evaluate`` params section: which files (``methods``; targeted files whole, on ``num_samples``
+    held-out seeds from ``seed_offset``; the first ``max_directions`` directions of untargeted files, on the
+    first ``untargeted_samples`` of those seeds); the fields of :class:`ProtocolConfig` say how each direction
+    is judged."""
 
     seed_offset: int = 95_000_000
-    num_samples: int = 12
+    num_samples: int = 64
+    untargeted_samples: int = 32
     methods: list[str] = field(default_factory=lambda: list(EVALUATED_METHODS))
-    max_directions: int = 5
-    reference_samples: int = 32
+    max_directions: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,15 +47,36 @@ class EvaluateConfig(ProtocolConfig):
         require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
         require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2")
         require(len(self.methods) >= 1, f"{key}.methods", self.methods, "must list at least one method")
-        for method in self.methods:
+        for method in [*self.methods, *self.method_scales]:
             require(method in METHODS, f"{key}.methods", method, f"unknown; expected one of {', '.join(METHODS)}")
         require(len(set(self.methods)) == len(self.methods), f"{key}.methods", self.methods, "has duplicates")
-        require(self.max_directions >= 1, f"{key}.max_directions", self.max_directions, "must be >= 1")
-        require(self.reference_samples >= 2, f"{key}.reference_samples", self.reference_samples, "must be >= 2")
         require(
-            self.grid_samples <= self.num_samples, f"{key}.grid_samples", self.grid_samples,
-            "must be in [1, num_samples]",
+            2 <= self.untargeted_samples <= self.num_samples, f"{key}.untargeted_samples", self.untargeted_samples,
+            "must be in [2, num_samples]",
         )  # fmt: skip
+        require(self.max_directions >= 1, f"{key}.max_directions", self.max_directions, "must be >= 1")
+        seeds = range(self.seed_offset, self.seed_offset + self.num_samples)
+        calibration = range(self.broken.seed_offset, self.broken.seed_offset + self.broken.calibration_samples
+                            + self.broken.reference_samples)  # fmt: skip
+        require(
+            not set(seeds) & set(calibration), f"{key}.broken.seed_offset", self.broken.seed_offset,
+            "its calibration seeds overlap the evaluated ones",
+        )  # fmt: skip
+
+
+@dataclass
+class EvaluationResult:
+    """What the evaluate stage writes: the short metrics, the details (every rate with its interval and every
+    curve), the plot rows (curves, method table), one labelled grid per method with its caption, and
+    ``timings`` (seconds per method and in all, decodes resumed), logged but kept out of the metrics."""
+
+    metrics: dict[str, Any]
+    details: dict[str, Any]
+    curve_rows: list[dict[str, Any]]
+    method_rows: list[dict[str, Any]]
+    grids: dict[str, torch.Tensor]
+    captions: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run(
@@ -79,89 +89,90 @@ def run(
     progress: bool = True,
     work: WorkCache | None = None,
 ) -> EvaluationResult:
-    """Evaluate every directions file of ``files`` (method -> Directions) by the protocol of the module
-    docstring. ``world`` (a ToyFacesConfig) enables the ground truth when ``classifier`` predicts factors.
-    Every edit decode is a unit of ``work`` (a killed run resumes from the decodes it finished)."""
-    work = work or WorkCache(None)
-    timings: dict[str, float] = {}
+    """Judge every directions file of ``files`` (method -> Directions) by the protocol of the module docstring.
+    ``world`` (a ToyFacesConfig) enables the exact broken check of a ToyFaces classifier."""
     started = time.perf_counter()
-    factor_std = toyfaces_factor_std(world) if world is not None and hasattr(classifier, "predict_factors") else None
-    judge = Judge(classifier, factor_std)
+    reader = calibrated_reader(model, sampler, classifier, world, cfg.broken)
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
-    others = held_out(model, sampler, cfg.seed_offset + cfg.num_samples, cfg.reference_samples)
-    reference = decode_images(model, others.x_T, others.noise, sampler)
-    plain: dict[str, Reading] = {}
-    states: dict[int, torch.Tensor] = {}
-
-    def state_at(step: int) -> torch.Tensor:
-        if step not in states:
-            states[step] = states_at(
-                model, samples.x_T, samples.noise, steps=sampler.steps, eta=sampler.eta, step_indices=[step]
-            )[step]
-        return states[step]
-
-    methods: dict[str, Any] = {}
-    curve_rows: list[dict[str, Any]] = []
-    method_rows: list[dict[str, Any]] = []
-    grids: dict[str, torch.Tensor] = {}
-    captions: dict[str, str] = {}
-    results: dict[str, dict[str, DirectionResult]] = {}
-    jobs = [(method, k) for method, d in files.items() for k in range(_count(method, d, cfg))]
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="direction", disable=not progress)
-    for method, directions in files.items():
-        method_started = time.perf_counter()
-        decoder: Editor | GuidedEditor
-        if directions.space == "x_t":
-            decoder = GuidedEditor(model, directions, samples, sampler, state_at, f"'{method}'")
-            baseline = Reading.of(judge, decoder.baseline)
-        else:
-            if "decoded" not in plain:
-                images = decode_images(model, samples.x_T, samples.noise, sampler)
-                plain["decoded"] = Reading.of(judge, images)
-            baseline = plain["decoded"]
-            decoder = Editor(model, directions, samples, sampler, baseline.images)
-        editor = ResumableEditor(decoder, work, method)
-        results[method] = {}
-        for k in range(_count(method, directions, cfg)):
-            name = directions.names[k]
-            target = judge.names.index(name) if method in TARGETED_METHODS and name in judge.names else None
-            results[method][name] = evaluate_direction(editor, judge, baseline, k, name, method, cfg, reference, target)
-            curve_rows += results[method][name].rows
-            bar.update()
-        methods[method] = method_metrics(results[method], judge, baseline, reference, cfg)
-        timings[f"seconds/{method}"] = time.perf_counter() - method_started
-        method_rows.append({"method": method, **table_row(methods[method]["summary"])})
-        # one row per direction: for each shown sample, its grid scales then its matched edit
-        rows = torch.stack([result.columns.flatten(0, 1) for result in results[method].values()])
-        grids[method] = make_grid(rows.flatten(0, 1), columns=rows.shape[1])
-        captions[method] = caption(method, results[method], cfg)
-    bar.close()
+    results, baselines, seconds = judge_files(
+        model, reader, files, cfg, sampler, samples, cfg.max_directions, cfg.untargeted_samples, work, progress
+    )
+    unedited = next(
+        (baselines[m] for m in baselines if files[m].space != "x_t" and m in TARGETED_METHODS),
+        next(iter(baselines.values())),
+    )
+    summaries = {method: method_summary(judged) for method, judged in results.items()}
     metrics: dict[str, Any] = {
-        "table": {row["method"]: {key: value for key, value in row.items() if key != "method"} for row in method_rows},
-        "methods": methods,
+        "num_samples": cfg.num_samples,
+        "untargeted_samples": cfg.untargeted_samples,
+        "broken_threshold": reader.check.threshold,
+        "unedited_broken": Rate.of(unedited.broken, torch.ones_like(unedited.broken)).value,
+        "methods": summaries,
+    }
+    details: dict[str, Any] = {
         "settings": {
             "num_samples": cfg.num_samples,
-            "distortion_budget": cfg.distortion_budget,
-            "max_scale": cfg.max_scale,
-            "ground_truth": factor_std is not None,
-            "reference_samples": cfg.reference_samples,
-            "fid_note": (
-                f"FID needs more than {judge.features.num_features} samples per set (the feature size); "
-                f"{cfg.reference_samples} reference samples give KID only"
-                if cfg.reference_samples <= judge.features.num_features
-                else ""
-            ),
+            "untargeted_samples": cfg.untargeted_samples,
+            "scales": {method: cfg.scales_for(method) for method in results},
+            "max_broken": cfg.max_broken,
+            "broken_check": reader.describe(),
         },
+        "methods": file_entries(results),
     }
-    conditional = matched_conditional(files, results, judge)
+    if "supervised" in results:
+        metrics["supervised"] = targeted_summary(results["supervised"])
+    conditional = _conditional(files, results, reader.names)
     if conditional:
-        metrics["conditional"] = conditional
-    timings |= {"seconds": time.perf_counter() - started, "resumed": work.resumed}
-    return EvaluationResult(finite(metrics), curve_rows, method_rows, grids, captions, timings)
+        metrics["conditional"] = details["conditional"] = conditional
+    grids, captions = {}, {}
+    for method, judged in results.items():
+        grids[method], captions[method] = method_grid(method, judged, baselines[method], cfg.grid_samples)
+    timings = {f"seconds/{method}": value for method, value in seconds.items()}
+    timings |= {"seconds": time.perf_counter() - started, "resumed": (work.resumed if work else 0)}
+    return EvaluationResult(
+        metrics, details, curve_rows(results), method_rows(summaries, results), grids, captions, timings
+    )
 
 
-def _count(method: str, directions: Directions, cfg: EvaluateConfig) -> int:
-    if method in TARGETED_METHODS:
-        return directions.num_directions
-    return min(cfg.max_directions, directions.num_directions)
+def _conditional(
+    files: Mapping[str, Directions], results: Mapping[str, Mapping[str, DirectionResult]], names: list[str]
+) -> dict[str, Any]:
+    """Conditional against plain directions (:func:`conditional_comparison`) for every conditional file whose
+    source file was evaluated too."""
+    comparison: dict[str, Any] = {}
+    for method, directions in files.items():
+        projected = directions.extra.get("projected_out")
+        source = directions.extra.get("source_method")
+        if not projected or source not in results or method not in results:
+            continue
+        for name, partners in projected.items():
+            if name in results[method] and name in results[source]:
+                comparison[name] = conditional_comparison(
+                    results[source][name], results[method][name], list(partners), names
+                )
+    return comparison
 
+
+def curve_rows(results: Mapping[str, Mapping[str, DirectionResult]]) -> list[dict[str, Any]]:
+    """One row per (method, direction, side, scale): the curve's rates, and whether it is the operating scale."""
+    rows = []
+    for method, judged in results.items():
+        for name, result in judged.items():
+            for side, side_result in result.sides.items():
+                entry = side_result.entry()
+                for point in entry["curve"]:
+                    rows.append({
+                        "method": method, "direction": name, "side": side,
+                        "target": f"{entry['target']} {entry['towards']}",
+                        "scale": side_result.edits.sign * point["scale"],
+                        **{key: point[key] for key in ("flip", "clean_flip", "broken", "distortion")},
+                        "operating": int(side_result.edits.sign * point["scale"] == entry["scale"]),
+                    })  # fmt: skip
+    return rows
+
+
+def method_rows(
+    summaries: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, DirectionResult]]
+) -> list[dict[str, Any]]:
+    """The method table: one row per method (directions judged and its :func:`method_summary`)."""
+    return [{"method": method, "directions": len(results[method]), **summary} for method, summary in summaries.items()]

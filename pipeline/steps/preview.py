@@ -1,5 +1,8 @@
-"""Step ``preview``: edit grids of held-out samples for the PCA and supervised directions files, and the check
-of the supervised directions at one fixed scale (:mod:`pipeline.evaluation.supervised`)."""
+"""Step ``preview``: labelled edit grids of held-out samples for the PCA and supervised directions files, every
+edit framed by the judge's verdict (:mod:`pipeline.evaluation.protocol`), before the slower stages run.
+
+Preview judges its few grid samples with the protocol and the broken check that ``evaluate`` uses (the same
+``evaluate.broken`` calibration), so the same edit of the same seed gets the same verdict in both."""
 
 from __future__ import annotations
 
@@ -10,70 +13,54 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.classifiers import classify_logits
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import written_by
-from pipeline.editing import HeldOut, decode_images, edit, held_out
-from pipeline.evaluation.supervised import attribute_effects, conditional_check, supervised_check
-from pipeline.io.images import make_grid
+from pipeline.editing import held_out
+from pipeline.evaluation.broken import BrokenConfig
+from pipeline.evaluation.protocol import ProtocolConfig, file_entries, judge_files, method_grid
+from pipeline.evaluation.readout import calibrated_reader
 from pipeline.io.validation import require
 
-PARAMS = ("model", "sampler", "classifier", "directions.supervised", "preview")
+PARAMS = ("model", "sampler", "classifier", "toyfaces", "preview", "evaluate.broken")
 """The params this step reads (its stage's ``params`` in dvc.yaml)."""
 
 METHODS = written_by("pca", "supervised")
 """The directions files previewed: those of the steps before this one."""
 
-CHECKED = ("supervised", "supervised_conditional")
-"""The files whose directions are checked against their target attribute."""
-
 
 @dataclass
 class PreviewConfig:
-    """The ``preview`` params section: edit grids and the supervised-direction check on held-out seeds."""
+    """The ``preview`` params section: ``grid_samples`` held-out seeds from ``seed_offset``, edited at every
+    magnitude of ``scales`` with both signs (0 is the unedited column; the Jacobian stage's preview uses the
+    same list), the first ``max_directions`` directions of untargeted files (targeted files whole)."""
 
     seed_offset: int = 90_000_000
     grid_samples: int = 2
     scales: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
     max_directions: int = 4
-    check_samples: int = 32
-    check_scale: float = 3.0
 
     def __post_init__(self) -> None:
         require(self.seed_offset >= 0, "preview.seed_offset", self.seed_offset, "must be >= 0")
         require(self.grid_samples >= 1, "preview.grid_samples", self.grid_samples, "must be >= 1")
-        require(len(self.scales) >= 1, "preview.scales", self.scales, "must list at least one scale")
+        require(any(s != 0 for s in self.scales), "preview.scales", self.scales, "must list a non-zero scale")
         require(self.max_directions >= 1, "preview.max_directions", self.max_directions, "must be >= 1")
-        require(self.check_samples >= 1, "preview.check_samples", self.check_samples, "must be >= 1")
-        require(self.check_scale > 0, "preview.check_scale", self.check_scale, "must be > 0")
 
-
-def preview_grid(
-    model: DiffusionModel,
-    directions: Directions,
-    cfg: PreviewConfig,
-    sampler: SamplerConfig,
-    samples: HeldOut,
-) -> torch.Tensor:
-    """A picture [3, H', W']: one row per (direction, held-out sample), one column per scale of ``cfg.scales``."""
-    count = min(cfg.max_directions, directions.num_directions)
-    edits = torch.stack(
-        [edit(model, directions, k, cfg.scales, samples, sampler) for k in range(count)]
-    )
-    rows = edits.permute(0, 2, 1, 3, 4, 5)  # [K, S, M, ...] -> [K, M, S, ...]: rows (k, m), columns s
-    return make_grid(rows.reshape(-1, *rows.shape[-3:]), columns=len(cfg.scales))
-
+    @property
+    def magnitudes(self) -> list[float]:
+        """The distinct non-zero |scale| values, ascending (each is edited with both signs)."""
+        return sorted({abs(float(s)) for s in self.scales if s != 0})
 
 
 @dataclass
 class PreviewResult:
-    """What the preview stage writes: one grid per method with its caption, and the check's metrics."""
+    """What the preview stage writes: one labelled grid per method with its caption, and the judge's entries
+    of the grid samples (:func:`file_entries`)."""
 
     grids: dict[str, torch.Tensor]
     captions: dict[str, str]
-    metrics: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
 
 
 def run(
@@ -82,23 +69,19 @@ def run(
     files: Mapping[str, Directions],
     cfg: PreviewConfig,
     sampler: SamplerConfig,
-    conditional: Mapping[str, list[str]],
+    broken: BrokenConfig,
+    world: Any = None,
+    progress: bool = True,
 ) -> PreviewResult:
-    """Grids of every file of ``files`` (method -> Directions) on ``cfg.grid_samples`` held-out seeds, and
-    the supervised check of the files of :data:`CHECKED` at ``cfg.check_scale`` on ``cfg.check_samples``
-    seeds; ``conditional`` is ``directions.supervised.conditional`` (target -> projected-out attributes)."""
-    grid_samples = held_out(model, sampler, cfg.seed_offset, cfg.grid_samples)
+    """Judge and draw every file of ``files`` (method -> Directions) on ``cfg.grid_samples`` held-out seeds;
+    ``broken`` is the ``evaluate.broken`` calibration, ``world`` the ToyFaces world (its exact check)."""
+    protocol = ProtocolConfig(scales=cfg.magnitudes, min_eligible=1, grid_samples=cfg.grid_samples, broken=broken)
+    reader = calibrated_reader(model, sampler, classifier, world, broken)
+    samples = held_out(model, sampler, cfg.seed_offset, cfg.grid_samples)
+    results, baselines, _ = judge_files(
+        model, reader, files, protocol, sampler, samples, cfg.max_directions, progress=progress
+    )
     grids, captions = {}, {}
-    for method, directions in files.items():
-        grids[method] = preview_grid(model, directions, cfg, sampler, grid_samples)
-        captions[method] = ", ".join(directions.names[: cfg.max_directions])
-    names = list(classifier.attribute_names)
-    check_samples = held_out(model, sampler, cfg.seed_offset, cfg.check_samples)
-    baseline = classify_logits(classifier, decode_images(model, check_samples.x_T, check_samples.noise, sampler))
-    reports: dict[str, Any] = {}
-    for method in CHECKED:
-        effects = attribute_effects(model, classifier, files[method], cfg.check_scale, check_samples, sampler, baseline)
-        reports[method] = supervised_check(names, files[method], effects, baseline)
-    reports["conditional"] = conditional_check(reports["supervised"], reports["supervised_conditional"], conditional)
-    reports["min_moved_supervised"] = min(entry["moved"] for entry in reports["supervised"].values())
-    return PreviewResult(grids, captions, reports)
+    for method, judged in results.items():
+        grids[method], captions[method] = method_grid(method, judged, baselines[method], cfg.grid_samples)
+    return PreviewResult(grids, captions, {"broken_check": reader.describe(), "methods": file_entries(results)})

@@ -3,9 +3,10 @@ pipeline's outputs.
 
 Every input is optional; a missing one is named in a note on the page instead of failing:
 
-- ``metrics/evaluate.json`` and ``plots/evaluate_methods.csv``: the method comparison at matched distortion,
-  each method's directions (auto-label, selectivity, ...) and the conditional check;
-- ``plots/evaluate/<method>.png``: edit grids; ``plots/evaluate_effects.csv``: effect and distortion curves;
+- ``metrics/evaluate.json`` and ``plots/evaluate_methods.csv``: the method comparison at operating scales and
+  the conditional check; ``plots/evaluate/judge.json``: every direction's judged sides (tables, with intervals);
+- ``plots/evaluate/<method>.png``: labelled edit grids; ``plots/evaluate_curves.csv``: clean-flip and broken
+  curves; ``plots/preview/<method>.png``: the preview grids;
 - ``plots/pca_spectrum.csv``, ``plots/jacobian_spectrum.csv``, ``plots/pullback_spectrum.csv``,
   ``plots/pullback_psd.csv``: spectra; ``metrics/*.json``: every stage's metrics; ``params.yaml``: the config.
 
@@ -35,8 +36,10 @@ PARAMS: tuple[str, ...] = ()
 
 EVALUATE_METRICS = "metrics/evaluate.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
-EFFECTS = "plots/evaluate_effects.csv"
+CURVES = "plots/evaluate_curves.csv"
 GRID = "plots/evaluate/{method}.png"
+DETAILS = "plots/evaluate/judge.json"
+PREVIEW = "plots/preview"
 PARAMS_FILE = "params.yaml"
 SPECTRA = (
     # file, x column, y columns (a trailing * matches a prefix), column splitting rows into series, title
@@ -48,12 +51,6 @@ SPECTRA = (
 PALETTE = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
     (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
-DIRECTION_COLUMNS = (
-    ("label", "auto-label"), ("selectivity", "selectivity"), ("target_effect", "target effect"),
-    ("max_off_target", "worst off-target"), ("flipped", "flipped"), ("scale", "matched scale"), ("capped", "capped"),
-    ("distortion", "1 - SSIM"), ("psnr", "PSNR"), ("kid", "KID"), ("truth_label", "true factor"),
-    ("truth_selectivity", "truth selectivity"),
 )  # fmt: skip
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -251,9 +248,12 @@ def build_report(root: str | Path = ".", title: str = "h-space directions: study
     """The report page (HTML text) of the study whose outputs lie under ``root``."""
     page = _Page(Path(root))
     evaluation = _load_json(page, EVALUATE_METRICS)
-    _methods_section(page, evaluation)
+    details = _load_json(page, DETAILS)
+    _methods_section(page, evaluation, details)
+    _supervised_section(page, details)
     _conditional_section(page, evaluation)
-    _per_method_section(page, evaluation)
+    _per_method_section(page, details)
+    _preview_section(page)
     _spectra_section(page)
     _metrics_section(page)
     _config_section(page)
@@ -285,19 +285,41 @@ def _load_json(page: _Page, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _methods_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
+def _rate(entry: Mapping[str, Any] | None) -> str:
+    """A judge rate entry as "0.31 [0.17, 0.49] (n 16)"."""
+    if not entry or entry.get("rate") is None:
+        return "–"
+    return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] (n {entry['n']})"
+
+
+def _worst_off_target(side: Mapping[str, Any]) -> str:
+    rates = {name: value.get("rate") or 0.0 for name, value in side.get("off_target", {}).items()}
+    if not rates or max(rates.values()) == 0:
+        return "–"
+    name = max(rates, key=lambda key: rates[key])
+    return f"{name} {rates[name]:.2f}"
+
+
+def _methods_section(page: _Page, evaluation: Mapping[str, Any] | None, details: Mapping[str, Any] | None) -> None:
     path = page.path(METHOD_TABLE)
-    page.parts.append("<section id=comparison><h2>Methods at matched distortion</h2>")
+    page.parts.append("<section id=comparison><h2>Methods at operating scales</h2>")
     if evaluation is not None:
-        settings = evaluation.get("settings", {})
+        settings = (details or {}).get("settings", {})
+        check = settings.get("broken_check", {})
         page.parts.append(
-            "<p>Each direction is scaled until the mean image change 1 - SSIM reaches "
-            f"{html.escape(_cell(settings.get('distortion_budget')))} on "
-            f"{html.escape(_cell(settings.get('num_samples')))} held-out samples (capped at scale "
-            f"{html.escape(_cell(settings.get('max_scale')))}); selectivity = |largest attribute effect| / "
-            "sum of |effects|; KID against unedited samples of other seeds on the classifier's features "
-            "(unedited_kid: the unedited samples' own, the floor). "
-            f"{html.escape(settings.get('fid_note', ''))}</p>"
+            "<p>Every direction is edited with each sign separately at every scale of its curve, on "
+            f"{html.escape(_cell(evaluation.get('num_samples')))} held-out samples (untargeted files: the first "
+            f"{html.escape(_cell(evaluation.get('untargeted_samples')))}). Per sample the classifier decides every "
+            "attribute before and after: a <b>flip</b> turns the target to the other side, a <b>clean flip</b> "
+            "does so while no other attribute changes and the image is not broken. An image is <b>broken</b> when "
+            f"the {html.escape(_cell(check.get('detector')))} check rejects it (threshold "
+            f"{html.escape(_cell(check.get('threshold')))}, calibrated on "
+            f"{html.escape(_cell(check.get('calibration_samples')))} unedited samples; "
+            f"{html.escape(_cell(evaluation.get('unedited_broken')))} of the unedited held-out samples are flagged). "
+            "Each side's operating scale has the highest clean-flip rate with at most "
+            f"{html.escape(_cell(settings.get('max_broken')))} broken. Rates are over eligible samples (those "
+            "that start on the near side), with Wilson 95% intervals in the tables below; untargeted directions "
+            "are labelled with the attribute they flip most cleanly on the same samples, which favours them.</p>"
         )
     if path is not None:
         rows = read_csv(path)
@@ -307,65 +329,102 @@ def _methods_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
     page.parts.append("</section>")
 
 
+def _supervised_section(page: _Page, details: Mapping[str, Any] | None) -> None:
+    judged = (details or {}).get("methods", {}).get("supervised")
+    if not judged:
+        return
+    rows = []
+    for entry in judged:
+        for side, values in entry["sides"].items():
+            rows.append([
+                entry["name"], side, values["scale"], _rate(values["flip"]), _rate(values["clean_flip"]),
+                _rate(values["broken"]), _worst_off_target(values),
+            ])  # fmt: skip
+    header = ["attribute", "side", "operating scale", "flip", "clean flip", "broken", "worst off-target flip"]
+    page.parts.append(
+        "<section id=supervised><h2>Supervised directions, per attribute and side</h2>"
+        + _table(header, rows, "supervised")
+        + "</section>"
+    )
+
+
 def _conditional_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
     if not evaluation or not evaluation.get("conditional"):
         return
-    rows = []
-    for target, entry in evaluation["conditional"].items():
-        for where in ("matched", "scale_1"):
-            if where in entry:
-                values = entry[where]
-                rows.append([
-                    target, ", ".join(entry.get("partners", [])), where, values.get("partner_effect_plain"),
-                    values.get("partner_effect_conditional"), values.get("partner_reduction"),
-                    values.get("target_kept"),
-                ])  # fmt: skip
-    header = ["target", "partners", "where", "partner effect (plain)", "partner effect (conditional)",
-              "partner reduction", "target kept"]  # fmt: skip
-    page.parts.append("<section id=conditional><h2>Conditional supervised directions</h2>")
-    page.parts.append(_table(header, rows, "conditional") + "</section>")
+    columns = ["flip_plain", "flip_conditional", "partner_flip_plain", "partner_flip_conditional",
+               "new_off_target", "new_off_target_attribute"]  # fmt: skip
+    rows = [
+        [target, side, *(values.get(column) for column in columns)]
+        for target, sides in evaluation["conditional"].items()
+        for side, values in sides.items()
+    ]
+    page.parts.append(
+        "<section id=conditional><h2>Conditional supervised directions</h2><p>Per sample, on the same samples, "
+        "each direction at its own operating scale: the target's flip rate, the rate at which a projected-out "
+        "partner attribute flips too, and the largest rise of another attribute's off-target rate.</p>"
+        + _table(["target", "side", *(c.replace("_", " ") for c in columns)], rows, "conditional")
+        + "</section>"
+    )
 
 
-def _per_method_section(page: _Page, evaluation: Mapping[str, Any] | None) -> None:
-    if not evaluation:
+def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
+    if not details:
         return
-    budget = evaluation.get("settings", {}).get("distortion_budget")
-    effects_path = page.path(EFFECTS)
-    curves = read_csv(effects_path) if effects_path is not None else []
+    curves_path = page.path(CURVES)
+    curves = read_csv(curves_path) if curves_path is not None else []
     page.parts.append("<section id=directions><h2>Directions, method by method</h2>")
-    methods = evaluation.get("methods", {})
+    methods = details.get("methods", {})
     table_path = page.root / METHOD_TABLE
     order = [row["method"] for row in read_csv(table_path)] if table_path.is_file() else []
     for method in sorted(methods, key=lambda name: order.index(name) if name in order else len(order)):
-        entry = methods[method]
         page.parts.append(f'<h3 id="method-{html.escape(method)}">{html.escape(method)}</h3>')
+        rows = []
+        for entry in methods[method]:
+            for side, values in entry["sides"].items():
+                rows.append([
+                    entry["name"], side, f"{values['target']} {values['towards']}", values["scale"],
+                    _rate(values["flip"]), _rate(values["clean_flip"]), _rate(values["broken"]),
+                    _worst_off_target(values), values.get("distortion"), values.get("feasible"),
+                ])  # fmt: skip
+        header = ["direction", "side", "target", "operating scale", "flip", "clean flip", "broken",
+                  "worst off-target flip", "1 - SSIM", "within broken budget"]  # fmt: skip
+        page.parts.append(_table(header, rows, f"table-{method}"))
         grid = page.path(GRID.format(method=method))
         if grid is not None:
             page.parts.append(
-                "<p>One row per direction; for each sample shown: the grid scales (0 = unedited), then the matched "
-                f"distortion.</p>{_img(grid.read_bytes(), f'{method} edit grid', zoom=2)}"
+                "<p>Rows: direction · held-out sample, in the table's order; columns: signed scale (0: unedited). "
+                "Frames: the judge's verdict against each side's target (green clean flip, orange flip with an "
+                "off-target change, grey no flip, red broken; none: the sample was already on that side).</p>"
+                + _img(grid.read_bytes(), f"{method} edit grid")
             )
-        directions = entry.get("directions", {})
-        present = [(key, name) for key, name in DIRECTION_COLUMNS if any(key in d for d in directions.values())]
-        rows = [[name, *(d.get(key) for key, _ in present)] for name, d in directions.items()]
-        page.parts.append(_table(["direction", *(name for _, name in present)], rows))
         mine = [row for row in curves if row.get("method") == method]
         if mine:
-            effect: dict[str, list[tuple[float, float]]] = {}
-            distortion: dict[str, list[tuple[float, float]]] = {}
+            clean: dict[str, list[tuple[float, float]]] = {}
+            broken: dict[str, list[tuple[float, float]]] = {}
             for row in mine:
-                key = f"{row['direction']} ({row.get('target') or row.get('label')})"
-                effect.setdefault(key, []).append((_float(row["scale"]), _float(row["target_effect"])))
-                distortion.setdefault(key, []).append((_float(row["scale"]), _float(row["distortion"])))
+                clean.setdefault(row["direction"], []).append((_float(row["scale"]), _float(row["clean_flip"])))
+                broken.setdefault(row["direction"], []).append((_float(row["scale"]), _float(row["broken"])))
+            budget = details.get("settings", {}).get("max_broken")
             page.parts.append(
                 '<div class="charts">'
-                + _img(line_chart(effect, f"{method}: effect on the label/target", "scale", "logit change"), "")
-                + _img(
-                    line_chart(distortion, f"{method}: 1 - SSIM (red: budget)", "scale", "1 - SSIM", level=budget), ""
-                )
+                + _img(line_chart(clean, f"{method}: clean flip", "signed scale", "rate"), "")
+                + _img(line_chart(broken, f"{method}: broken (red: budget)", "signed scale", "rate", level=budget), "")
                 + "</div>"
             )
     page.parts.append("</section>")
+
+
+def _preview_section(page: _Page) -> None:
+    folder = page.root / PREVIEW
+    grids = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not grids:
+        return
+    page.parts.append(
+        "<section id=preview><h2>Preview grids</h2><p>The preview stage's grids (other held-out seeds, the "
+        "same judge).</p>"
+        + "".join(f"<h3>{html.escape(path.stem)}</h3>{_img(path.read_bytes(), path.stem)}" for path in grids)
+        + "</section>"
+    )
 
 
 def _spectra_section(page: _Page) -> None:
