@@ -70,42 +70,63 @@ def _png(color, size=(8, 8)) -> bytes:
     return buffer.getvalue()
 
 
+def _rate(rate: float, n: int = 8) -> dict:
+    return {"rate": rate, "low": max(0.0, rate - 0.2), "high": min(1.0, rate + 0.2), "n": n}
+
+
+def _side(target: str, towards: str, scale: float, clean: float) -> dict:
+    return {
+        "target": target, "towards": towards, "scale": scale, "feasible": True, "distortion": 0.1,
+        "flip": _rate(0.9), "clean_flip": _rate(clean), "broken": _rate(0.0), "any_off_target": _rate(0.5),
+        "off_target": {"hat": _rate(0.25), "light_hair": _rate(0.5)},
+        "curve": [{"scale": abs(scale), "flip": 0.9, "clean_flip": clean, "broken": 0.0, "distortion": 0.1}],
+    }  # fmt: skip
+
+
 @pytest.fixture()
 def study(tmp_path):
-    """A folder holding what the evaluate stage and the spectral stages write (small, made up)."""
+    """A folder holding what the evaluate stage and the spectral stages write (small, made up); the
+    supervised file lists smiling before eyeglasses, as the real one does."""
     (tmp_path / "params.yaml").write_text("evaluate:\n  num_samples: 4\n")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "plots/evaluate").mkdir(parents=True)
     directions = {
-        "pca_per_step": {"pc0": {"label": "smiling", "selectivity": 0.7, "scale": 1.5, "kid": 0.01}},
-        "supervised": {
-            "smiling": {"label": "smiling", "selectivity": 0.8, "target_effect": 2.0, "flipped": 0.75, "kid": 0.02}
-        },
-        "pullback_global": {"global/v0": {"label": "hat", "selectivity": 0.4, "capped": True, "kid": 0.0}},
+        "pca_per_step": [("pc0", None)],
+        "supervised": [("smiling", "smiling"), ("eyeglasses", "eyeglasses")],
+        "pullback_global": [("global/v0", None)],
     }
+    details = {
+        "settings": {"num_samples": 8, "max_broken": 0.05, "broken_check": {"detector": "rerender", "threshold": 0.1}},
+        "methods": {
+            method: [
+                {"name": name, "target": target, "sides": {
+                    "up": _side(target or "hat", "up", 1.0, 0.5), "down": _side(target or "hat", "down", -1.0, 0.25),
+                }}
+                for name, target in entries
+            ]
+            for method, entries in directions.items()
+        },
+    }  # fmt: skip
+    (tmp_path / "plots/evaluate/judge.json").write_text(json.dumps(details, sort_keys=True))
+    conditional = {"flip_plain": 0.9, "flip_conditional": 0.8, "partner_flip_plain": 0.5,
+                   "partner_flip_conditional": 0.1, "new_off_target": 0.2, "new_off_target_attribute": "eyeglasses"}
     metrics = {
-        "methods": {method: {"summary": {}, "directions": entries} for method, entries in directions.items()},
-        "settings": {"distortion_budget": 0.05, "num_samples": 4, "max_scale": 8.0, "fid_note": "KID only"},
-        "conditional": {
-            "smiling": {
-                "partners": ["light_hair"],
-                "matched": {"partner_effect_plain": 1.0, "partner_effect_conditional": 0.2, "target_kept": 0.9},
-            }
-        },
-    }
+        "num_samples": 8, "untargeted_samples": 8, "unedited_broken": 0.0,
+        "methods": {method: {"mean_clean_flip": 0.4} for method in directions},
+        "conditional": {"smiling": {"up": conditional, "down": conditional}},
+    }  # fmt: skip
     (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics))
     (tmp_path / "metrics/pca.json").write_text(json.dumps({"explained": {"all": 0.5}, "seconds": 1.0}))
-    header = "method,directions,mean_selectivity,mean_ssim,mean_kid\n"
+    header = "method,directions,mean_clean_flip,min_clean_flip,mean_broken,infeasible\n"
     (tmp_path / "plots/evaluate_methods.csv").write_text(
-        header + "".join(f"{method},1,0.5,0.95,0.01\n" for method in METHODS)
+        header + "".join(f"{method},1,0.4,0.25,0.0,0\n" for method in METHODS)
     )
-    rows = ["method,direction,scale,label,label_effect,target,target_effect,distortion,ssim,psnr,matched"]
+    rows = ["method,direction,side,target,scale,flip,clean_flip,broken,distortion,operating"]
     for method, entries in directions.items():
-        for name in entries:
-            rows += [
-                f"{method},{name},{s},smiling,{s / 2},,{s / 2},{abs(s) / 40},{1 - abs(s) / 40},30,0" for s in (-2, 0, 2)
-            ]
-    (tmp_path / "plots/evaluate_effects.csv").write_text("\n".join(rows) + "\n")
+        for name, _ in entries:
+            rows += [f"{method},{name},up,smiling up,{s},0.9,0.5,0.0,0.1,{int(s == 1)}" for s in (0.5, 1, 2)]
+            rows += [f"{method},{name},down,smiling down,{-s},0.9,0.5,0.0,0.1,{int(s == 1)}" for s in (0.5, 1, 2)]
+    (tmp_path / "plots/evaluate_curves.csv").write_text("\n".join(rows) + "\n")
     for method in METHODS:
         (tmp_path / f"plots/evaluate/{method}.png").write_bytes(_png((200, 30, 30), (34, 52)))
     (tmp_path / "plots/pca_spectrum.csv").write_text("component,all_steps,per_step_mean\n0,0.5,0.4\n1,0.2,0.25\n")
@@ -137,7 +158,12 @@ def test_the_page_is_self_contained_with_one_row_per_method(study):
     # 3 grids, 2 curves per method, 2 spectra
     assert len(parsed.images) == 3 + 2 * 3 + 2
     assert [row[0] for row in parsed.tables["methods"]] == METHODS
-    assert parsed.tables["conditional"][0][:2] == ["smiling", "light_hair"]
+    assert parsed.tables["conditional"][0][:2] == ["smiling", "up"]
+    # the supervised tables keep the file's order (the grid's), whatever the JSON's key order
+    assert [row[0] for row in parsed.tables["table-supervised"]] == ["smiling", "smiling", "eyeglasses", "eyeglasses"]
+    assert [row[0] for row in parsed.tables["supervised"]][::2] == ["smiling", "eyeglasses"]
+    assert parsed.tables["supervised"][0][4] == "0.50 [0.30, 0.70] (n 8)"  # clean flip with its interval
+    assert parsed.tables["supervised"][0][6] == "light_hair 0.50"  # the worst off-target flip
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "num_samples: 4" in page  # the config
     assert "metrics/pca.json" in page

@@ -292,6 +292,11 @@ def _rate(entry: Mapping[str, Any] | None) -> str:
     return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] (n {entry['n']})"
 
 
+def _sides(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """A direction's sides, the positive one (up, plus) first."""
+    return sorted(entry["sides"].items(), key=lambda item: item[0] not in ("up", "plus"))
+
+
 def _worst_off_target(side: Mapping[str, Any]) -> str:
     rates = {name: value.get("rate") or 0.0 for name, value in side.get("off_target", {}).items()}
     if not rates or max(rates.values()) == 0:
@@ -335,7 +340,7 @@ def _supervised_section(page: _Page, details: Mapping[str, Any] | None) -> None:
         return
     rows = []
     for entry in judged:
-        for side, values in entry["sides"].items():
+        for side, values in _sides(entry):
             rows.append([
                 entry["name"], side, values["scale"], _rate(values["flip"]), _rate(values["clean_flip"]),
                 _rate(values["broken"]), _worst_off_target(values),
@@ -380,7 +385,7 @@ def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
         page.parts.append(f'<h3 id="method-{html.escape(method)}">{html.escape(method)}</h3>')
         rows = []
         for entry in methods[method]:
-            for side, values in entry["sides"].items():
+            for side, values in _sides(entry):
                 rows.append([
                     entry["name"], side, f"{values['target']} {values['towards']}", values["scale"],
                     _rate(values["flip"]), _rate(values["clean_flip"]), _rate(values["broken"]),
