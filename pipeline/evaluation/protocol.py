@@ -40,7 +40,7 @@ from pipeline.evaluation.measures import ssim_per_image
 from pipeline.evaluation.readout import Reader, Reading
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import WorkCache
-from pipeline.io.images import labelled_grid
+from pipeline.io.grids import labelled_grid
 from pipeline.io.validation import require
 
 TARGETED_SIDES = {"up": 1.0, "down": -1.0}
