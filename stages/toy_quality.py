@@ -22,7 +22,7 @@ def main() -> None:
     classifier = ToyFacesClassifier.load(CLASSIFIER, device=device)
     metrics, picture = step.run(model, classifier, params["toyfaces"], cfg)
     write_json(METRICS, metrics)
-    save_png(picture, GRID, upscale=3)
+    save_png(picture, GRID)
 
 
 if __name__ == "__main__":

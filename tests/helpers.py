@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -79,8 +79,22 @@ EVERY_METHOD_STUDY: dict[str, object] = {
 """Changes to :data:`TINY_STUDY` for a study that evaluates one file of every method, one scale each."""
 
 
+def _evaluate_every_method() -> None:
+    from pipeline.steps.sections import stage_params
+    from stages import evaluate, evaluate_summary
+
+    for method in stage_params("evaluate")["evaluate"].methods:
+        evaluate.main([method])
+    evaluate_summary.main()
+
+
+EVALUATE = SimpleNamespace(main=_evaluate_every_method)
+"""A stand-in stage for :func:`run_study`: the ``evaluate`` stage of every method of ``evaluate.methods``, then
+``evaluate_summary`` (what ``dvc repro`` runs for the DVC ``foreach``)."""
+
+
 @contextlib.contextmanager
-def run_study(folder: Path, overrides: list[str], stages: Sequence[ModuleType]) -> Iterator[Path]:
+def run_study(folder: Path, overrides: list[str], stages: Sequence[ModuleType | SimpleNamespace]) -> Iterator[Path]:
     """Compose ``params.yaml`` in ``folder`` from the real conf/ with ``overrides``, run each stage's ``main()``
     there in order and yield the folder; the working directory is ``folder`` until the block ends."""
     from pipeline.io.params import compose
@@ -101,12 +115,12 @@ def every_method_study(folder: Path, model_dir: Path, changes: dict[str, object]
     """:func:`run_study` of generate -> label -> hstats -> pca -> supervised -> jacobian -> pullback -> evaluate
     on ``model_dir`` (:data:`TINY_STUDY` with :data:`EVERY_METHOD_STUDY` and ``changes``; the committed ToyFaces
     classifier labels). Skips the test when the committed classifier is absent."""
-    from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
+    from stages import generate, hstats, jacobian, label, pca, pullback, supervised
 
     if not CLASSIFIER.is_dir():
         pytest.skip("committed ToyFaces classifier absent")
     overrides = tiny_study_overrides(model_dir, CLASSIFIER, {**EVERY_METHOD_STUDY, **(changes or {})})
-    stages = (generate, label, hstats, pca, supervised, jacobian, pullback, evaluate)
+    stages = (generate, label, hstats, pca, supervised, jacobian, pullback, EVALUATE)
     with run_study(folder, overrides, stages) as study:
         yield study
 
@@ -117,10 +131,10 @@ def assert_every_method_evaluated(folder: Path) -> None:
         assert (folder / f"directions/{name}.safetensors").is_file(), name
     metrics = json.loads((folder / "metrics/evaluate.json").read_text())
     assert set(metrics["methods"]) == set(EVERY_METHOD)
-    details = json.loads((folder / "plots/evaluate/judge.json").read_text())
     for method in EVERY_METHOD:
         assert 0.0 <= metrics["methods"][method]["mean_clean_flip"] <= 1.0
-        for entry in details["methods"][method]:
+        details = json.loads((folder / f"plots/evaluate/{method}/judge.json").read_text())
+        for entry in details["directions"]:
             sides = entry["sides"].values()
             assert sum(side["flip"]["n"] for side in sides) >= 1  # eligible samples on one side at least
             assert all(0.0 <= side["broken"]["low"] <= side["broken"]["high"] <= 1.0 for side in sides)

@@ -9,13 +9,17 @@ import pytest
 import yaml
 
 from pipeline.directions.methods import EVALUATED_METHODS, REGISTRY, directions_path
+from pipeline.evaluation.records import EVALUATION_FOLDER
 from pipeline.io.params import load_params
 from pipeline.steps import preview
 from pipeline.steps.evaluate import EvaluateConfig
 from pipeline.steps.sections import step_module
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+DEFINED = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = {name: stage.get("do", stage) for name, stage in DEFINED.items()}
+"""Every stage's definition; for a ``foreach`` stage its template (``${item}`` in place of the item)."""
+FOREACH = {name: stage["foreach"] for name, stage in DEFINED.items() if "foreach" in stage}
 
 OUTPUT_NEUTRAL_MODULES = {
     "pipeline/io/errors.py",  # exception types and their messages
@@ -96,10 +100,12 @@ def _needed_code(name: str) -> set[str]:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_runs_its_own_script_and_step(name: str) -> None:
     stage = STAGES[name]
-    assert stage["cmd"] == f"python -m stages.{name}"
+    assert stage["cmd"] == f"python -m stages.{name}" + (" ${item}" if name in FOREACH else "")
     assert f"stages/{name}.py" in _dependencies(stage)
     assert f"pipeline/steps/{name}.py" in _dependencies(stage)
-    missing = [dep for dep in _dependencies(stage) if dep not in PRODUCED and not (ROOT / dep).exists()]
+    concrete = [dep for dep in _dependencies(stage) if "${item}" not in dep]
+    produced = PRODUCED | {path.rsplit("/", 1)[0] for path in PRODUCED}  # a folder of foreach outputs counts
+    missing = [dep for dep in concrete if dep not in produced and not (ROOT / dep).exists()]
     assert not missing, f"stage {name}: dependencies that no stage writes and that do not exist: {missing}"
 
 
@@ -141,5 +147,9 @@ def test_directions_files_are_the_method_registry() -> None:
     assert read == {directions_path(method) for method in preview.METHODS}
     evaluated = load_params(ROOT / "params.yaml").evaluate.methods
     assert tuple(evaluated) == EVALUATED_METHODS == tuple(EvaluateConfig().methods)
+    assert FOREACH["evaluate"] == "${evaluate.methods}"  # one evaluate stage per evaluated file
     read = {dep for dep in _dependencies(STAGES["evaluate"]) if dep.startswith("directions/")}
-    assert read == {directions_path(method) for method in evaluated}
+    assert read == {directions_path("${item}")}
+    outs = _paths(STAGES["evaluate"]["outs"])
+    assert outs == {EVALUATION_FOLDER.format(method="${item}")}
+    assert {EVALUATION_FOLDER.format(method="")[:-1]} <= _dependencies(STAGES["evaluate_summary"])

@@ -21,8 +21,8 @@ from pipeline.evaluation.readout import Reading
 from pipeline.io.errors import ConfigError
 from pipeline.io.params import load_params, load_section
 from pipeline.steps.evaluate import EvaluateConfig
-from stages import evaluate, generate, hstats, jacobian, label, pca, preview, pullback, report, supervised
-from tests.helpers import run_study, tiny_study_overrides
+from stages import generate, hstats, jacobian, label, pca, preview, pullback, report, supervised
+from tests.helpers import EVALUATE, run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -100,10 +100,14 @@ class _PixelReader:
     with a channel-2 pixel above 1.5 is broken (a stand-in for the classifier and the broken check)."""
 
     names = ("smiling", "hat", "glasses")
+    factor_names = ()
 
     def __call__(self, images: torch.Tensor) -> Reading:
         decided = images.mean(dim=(2, 3)) > 0.5
         return Reading(images, decided, images[:, 2].flatten(1).amax(dim=1) > 1.5)
+
+    def factor_change(self, before: Reading, after: Reading) -> None:
+        return None
 
 
 class _ShiftEditor:
@@ -258,9 +262,19 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         pytest.skip("committed ToyFaces classifier absent")
     folder = tmp_path_factory.mktemp("evaluate")
     overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER, SAME_EDITS)
-    stages = (generate, label, hstats, pca, supervised, preview, jacobian, pullback, evaluate, report)
+    stages = (generate, label, hstats, pca, supervised, preview, jacobian, pullback, EVALUATE, report)
     with run_study(folder, overrides, stages):
         yield folder
+
+
+def _details(workspace: Path) -> dict:
+    """{"methods": method -> its directions' entries} from every method's plots/evaluate/<method>/judge.json."""
+    return {
+        "methods": {
+            method: json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())["directions"]
+            for method in EvaluateConfig().methods
+        }
+    }
 
 
 def _count_numbers(value) -> int:
@@ -273,7 +287,7 @@ def _count_numbers(value) -> int:
 
 def test_evaluate_writes_a_short_summary_and_every_side_in_the_details(workspace):
     metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
-    details = json.loads((workspace / "plots/evaluate/judge.json").read_text())
+    details = _details(workspace)
     assert not [path for path in (workspace / ".work").rglob("*") if path.is_file()], "resumable work left behind"
     assert "seconds" not in json.dumps(metrics), "timings belong in the log, not in reproducible metrics"
     cfg = EvaluateConfig()
@@ -307,7 +321,9 @@ def test_evaluate_writes_a_short_summary_and_every_side_in_the_details(workspace
     conditional = metrics["conditional"]["smiling"]
     assert set(conditional) == {"up", "down"}
     assert {"partner_flip_plain", "partner_flip_conditional", "flip_plain", "new_off_target"} <= set(conditional["up"])
-    assert details["settings"]["broken_check"]["detector"] == "rerender"
+    for method in cfg.methods:
+        settings = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())["settings"]
+        assert settings["broken_check"]["detector"] == "rerender" and settings["num_samples"] == 4
 
 
 def test_evaluate_writes_curves_method_table_and_grids(workspace):
@@ -323,24 +339,34 @@ def test_evaluate_writes_curves_method_table_and_grids(workspace):
     assert [row["method"] for row in table] == EvaluateConfig().methods
     assert {"mean_clean_flip", "min_clean_flip", "mean_broken", "infeasible"} <= set(table[0])
     for method in EvaluateConfig().methods:
-        assert (workspace / f"plots/evaluate/{method}.png").is_file()
+        assert (workspace / f"plots/evaluate/{method}/grid.png").is_file()
+
+
+def test_the_records_reproduce_every_judged_entry(workspace):
+    """The summary stage judges again from the per-sample records: it must find what the method stage found."""
+    from pipeline.evaluation.records import load_records, records_path
+
+    cfg = load_section("evaluate", EvaluateConfig, load_params(workspace / "params.yaml"))
+    for method in cfg.methods:
+        judged = load_records(workspace / records_path(method)).judge(cfg)
+        entries = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())["directions"]
+        assert json.loads(json.dumps([result.entry() for result in judged.values()])) == entries, method
 
 
 def test_preview_and_evaluate_judge_the_same_edit_alike(workspace):
     """The same seeds, direction and scales give the same verdicts and rates in both stages."""
-    evaluated = json.loads((workspace / "plots/evaluate/judge.json").read_text())
     previewed = json.loads((workspace / "plots/preview/judge.json").read_text())
-    assert previewed["broken_check"] == evaluated["settings"]["broken_check"]
     for method in ("supervised", "supervised_conditional"):
-        assert previewed["methods"][method] == evaluated["methods"][method]
+        evaluated = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())
+        assert previewed["broken_check"] == evaluated["settings"]["broken_check"]
+        assert previewed["methods"][method] == evaluated["directions"]
     assert not (workspace / "metrics/preview.json").exists()
 
 
 def test_report_puts_each_method_table_before_its_grid_in_the_same_order(workspace):
     page = (workspace / "report/index.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    details = json.loads((workspace / "plots/evaluate/judge.json").read_text())
-    for method, judged in details["methods"].items():
+    for method, judged in _details(workspace)["methods"].items():
         table = page.index(f'id="table-{method}"')
         grid = page.index(f'alt="{method} edit grid"')
         assert table < grid

@@ -175,3 +175,28 @@ def test_auto_detector_picks_rerender_for_toyfaces_and_knn_without_a_world(toy_c
     assert make_broken_check(cfg, toy_classifier, features, None, reference, calibration).score.name == "knn"
     with pytest.raises(ConfigError, match=r"evaluate\.broken\.detector"):
         BrokenConfig(detector="vibes")
+
+
+@pytest.mark.skipif(not (ROOT / "models/toyfaces/ddpm").is_dir(), reason="committed ToyFaces DDPM absent")
+def test_rerender_flags_samples_pushed_far_in_h_but_not_the_models_own(toy_world, toy_classifier) -> None:
+    """Decodes of the committed model with a random h push of norm 200 at every step (about twice a supervised
+    direction's length) are washed-out blobs; unedited decodes of other seeds are faces."""
+    from pipeline.diffusion.hspace import hspace_shape
+    from pipeline.diffusion.models import ModelConfig, open_model
+    from pipeline.diffusion.sampling import SamplerConfig
+    from pipeline.editing import decode_images, held_out
+
+    model = open_model(ModelConfig(source=str(ROOT / "models/toyfaces/ddpm"), clip_sample=True), "cpu")
+    sampler = SamplerConfig(steps=20, eta=0.0, batch_size=64, injection="asyrp")
+    calibration = held_out(model, sampler, 97_000_000, 64)
+    check = BrokenCheck(
+        RerenderScore(toy_classifier, toy_world), decode_images(model, calibration.x_T, None, sampler), 0.99, 1.25
+    )
+    samples = held_out(model, sampler, 96_000_000, 16)
+    unedited = decode_images(model, samples.x_T, None, sampler)
+    shape = hspace_shape(model.unet, "after", model.sample_shape)
+    push = torch.randn(16, 20, *shape, generator=torch.Generator().manual_seed(0))
+    push *= 200.0 / push.flatten(2).norm(dim=2)[..., None, None, None]
+    pushed = decode_images(model, samples.x_T, None, sampler, push, "after")
+    assert check(unedited).float().mean() <= 0.1
+    assert check(pushed).float().mean() >= 0.9  # measured 1.0 (the pixel RMS score flagged 0.47)

@@ -53,7 +53,9 @@ MAX_ATTEMPTS = 8
 OUTPUT_FOLDERS = ("data", "data/samples", "metrics")
 TEMP_PREFIX = ".tmp-"
 RUN_TIMEOUT_S = 120.0
-SPECTRAL = ("jacobian", "pullback", "evaluate")
+SPECTRAL = ("jacobian", "pullback", "evaluate@supervised")
+"""The stages killed and resumed; ``name@item`` is an instance of a DVC ``foreach`` stage (``python -m stages.name
+item``), whose work folder is ``.work/name@item``."""
 SPECTRAL_KILLS = 2
 WORK = ".work"
 
@@ -148,8 +150,14 @@ STAGE_ENVIRONMENT = {
 }
 
 
-def run_stage_module(module: str, workspace: str, log: str) -> None:
-    """Body of a forked stage process: what ``python -m <module>`` runs, in ``workspace``, output to ``log``."""
+def _command(stage: str) -> list[str]:
+    """The module and arguments of ``stage`` (``name`` or a foreach instance ``name@item``)."""
+    name, _, item = stage.partition("@")
+    return [f"stages.{name}", *([item] if item else [])]
+
+
+def run_stage_module(stage: str, workspace: str, log: str) -> None:
+    """Body of a forked stage process: what ``python -m stages.<stage>`` runs, in ``workspace``, output to ``log``."""
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
@@ -162,8 +170,8 @@ def run_stage_module(module: str, workspace: str, log: str) -> None:
     # this test process) would report as leaked after every SIGKILL; a thread lock does the same job here.
     tqdm.set_lock(threading.RLock())
     os.chdir(workspace)
-    sys.argv = [module]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.argv = _command(stage)
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 
 class Forked:
@@ -171,7 +179,7 @@ class Forked:
 
     def __init__(self, stage: str, workspace: Path, log: Path) -> None:
         context = multiprocessing.get_context("forkserver")
-        self.process = context.Process(target=run_stage_module, args=(f"stages.{stage}", str(workspace), str(log)))
+        self.process = context.Process(target=run_stage_module, args=(stage, str(workspace), str(log)))
         self.process.start()
         self.pid = self.process.pid
 
@@ -197,7 +205,7 @@ class Command:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         with log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"stages.{stage}"], cwd=workspace, env=environment, stdout=handle, stderr=handle
+                [sys.executable, "-m", *_command(stage)], cwd=workspace, env=environment, stdout=handle, stderr=handle
             )
         self.pid = self.process.pid
 
@@ -477,20 +485,20 @@ def test_killed_jacobian_pullback_and_evaluate_resume_to_identical_outputs(
         stage.main()
     shutil.copytree(reference, workspace)  # the upstream outputs both runs start from
     durations = {}
-    for name, stage in zip(SPECTRAL, (jacobian, pullback, evaluate), strict=True):
+    for name, run in zip(SPECTRAL, (jacobian.main, pullback.main, lambda: evaluate.main(["supervised"])), strict=True):
         begin = time.perf_counter()
-        stage.main()
+        run()
         durations[name] = time.perf_counter() - begin
     monkeypatch.undo()
     expected = _output_files(reference)
     assert not (reference / WORK).exists() or not any((reference / WORK).iterdir()), "work folder left behind"
     assert {"directions/jacobian.safetensors", "directions/pullback_global.safetensors"} <= set(expected)
-    assert "metrics/evaluate.json" in expected
+    assert "plots/evaluate/supervised/records.safetensors" in expected
 
     rng = random.Random(SEED)
     log = tmp_path / "stages.log"
-    folders = ("directions", "metrics", "plots", "plots/evaluate")
-    watcher = Watcher(workspace, expected, folders, frozenset({"plots/evaluate"}))
+    folders = ("directions", "metrics", "plots", "plots/evaluate", "plots/evaluate/supervised")
+    watcher = Watcher(workspace, expected, folders, frozenset({"plots/evaluate", "plots/evaluate/supervised"}))
     watcher.start()
     rounds = {}
     try:

@@ -107,7 +107,10 @@ def study(tmp_path):
             for method, entries in directions.items()
         },
     }  # fmt: skip
-    (tmp_path / "plots/evaluate/judge.json").write_text(json.dumps(details, sort_keys=True))
+    for method, entries in details["methods"].items():
+        (tmp_path / f"plots/evaluate/{method}").mkdir()
+        judge = {"method": method, "settings": details["settings"], "directions": entries}
+        (tmp_path / f"plots/evaluate/{method}/judge.json").write_text(json.dumps(judge, sort_keys=True))
     conditional = {"flip_plain": 0.9, "flip_conditional": 0.8, "partner_flip_plain": 0.5,
                    "partner_flip_conditional": 0.1, "new_off_target": 0.2, "new_off_target_attribute": "eyeglasses"}
     metrics = {
@@ -128,7 +131,7 @@ def study(tmp_path):
             rows += [f"{method},{name},down,smiling down,{-s},0.9,0.5,0.0,0.1,{int(s == 1)}" for s in (0.5, 1, 2)]
     (tmp_path / "plots/evaluate_curves.csv").write_text("\n".join(rows) + "\n")
     for method in METHODS:
-        (tmp_path / f"plots/evaluate/{method}.png").write_bytes(_png((200, 30, 30), (34, 52)))
+        (tmp_path / f"plots/evaluate/{method}/grid.png").write_bytes(_png((200, 30, 30), (34, 52)))
     (tmp_path / "plots/pca_spectrum.csv").write_text("component,all_steps,per_step_mean\n0,0.5,0.4\n1,0.2,0.25\n")
     (tmp_path / "plots/pullback_spectrum.csv").write_text("t,index,sigma\n0.6,0,3.0\n0.6,1,2.0\n0.2,0,1.0\n0.2,1,0.5\n")
     return tmp_path

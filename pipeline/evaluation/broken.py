@@ -4,9 +4,10 @@ Two scores, both "higher is worse", each turned into a verdict by a threshold ca
 (:class:`BrokenCheck`), so that what counts as broken is set by the model's own samples, not by a constant:
 
 * :class:`RerenderScore` (ToyFaces, exact): read every factor of the image with the classifier (attribute
-  decisions and the factor head), paint that face with the ToyFaces renderer and take the root-mean-square
-  pixel difference. A face the world can draw is re-drawn closely; a ghosted, doubled or half-drawn face is
-  not, whatever its attribute logits say.
+  decisions and the factor head), paint that face with the ToyFaces renderer and take the structural
+  dissimilarity 1 - SSIM of the image and the painting. A face the world can draw is re-drawn closely; a
+  ghosted, doubled, half-drawn or washed-out face is not, whatever its attribute logits say. (SSIM, not the
+  pixel RMS: a washed-out blob of face colours has a small RMS difference from a face but no face structure.)
 * :class:`KNNRealismScore` (any model): the k-NN realism score of Kynkäänniemi et al. 2019 ("Improved
   Precision and Recall Metric for Assessing Generative Models", section 5) in the classifier's feature space.
   Every reference (unedited) feature vector r gets the radius rho_r of its k-th nearest reference neighbour;
@@ -26,6 +27,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from pipeline.evaluation.measures import ssim_per_image
 from pipeline.io.errors import ConfigError
 from pipeline.io.validation import require
 
@@ -69,7 +71,7 @@ class ImageScore(Protocol):
 
 
 class RerenderScore:
-    """RMS pixel difference [N] between each image and the ToyFaces face its classifier reading describes."""
+    """1 - SSIM [N] between each image and the ToyFaces face its classifier reading describes."""
 
     name = "rerender"
 
@@ -103,7 +105,7 @@ class RerenderScore:
         drawn = self.rerender(images)
         if images.shape[-2:] != drawn.shape[-2:]:
             images = nn.functional.interpolate(images, size=drawn.shape[-2:], mode="area")
-        return (images.float() - drawn).pow(2).mean(dim=(1, 2, 3)).sqrt()
+        return 1.0 - ssim_per_image(images.float(), drawn)
 
 
 class KNNRealismScore:

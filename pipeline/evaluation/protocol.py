@@ -94,13 +94,16 @@ class ProtocolConfig:
 class SideEdits:
     """The edits of one side of a direction, read: ``scales`` [S] magnitudes, ``after`` [S, M, A] decisions
     (equal to the unedited ones for samples not decoded), ``broken`` [S, M], ``change`` [S, M] (1 - SSIM,
-    NaN where not decoded) and ``tiles`` [S, g, 3, H, W], the grid samples' edited images."""
+    NaN where not decoded), ``factor_change`` [S, M, F] (|change| of the continuous ToyFaces factors in world
+    standard deviations, NaN where not decoded; None without them) and ``tiles`` [S, g, 3, H, W], the grid
+    samples' edited images (empty when loaded from records)."""
 
     sign: float
     scales: list[float]
     after: torch.Tensor
     broken: torch.Tensor
     change: torch.Tensor
+    factor_change: torch.Tensor | None
     tiles: torch.Tensor
 
     def curve(self, before: torch.Tensor, target: int, towards: bool) -> list[CurvePoint]:
@@ -114,27 +117,36 @@ class SideEdits:
 @dataclass
 class SideResult:
     """One side of a direction judged: its edits, the curve against its target, the operating point; ``names``
-    are the attributes."""
+    are the attributes, ``factor_names`` the continuous factors of ``edits.factor_change`` (if any)."""
 
     edits: SideEdits
     curve: list[CurvePoint]
     operating: CurvePoint
     feasible: bool
     names: list[str]
+    factor_names: list[str] = field(default_factory=list)
 
     def entry(self) -> dict[str, Any]:
         """The JSON entry: target, towards, operating scale (signed), feasible, distortion, the judge's rates
-        there (:meth:`EditOutcome.rates`) and the curve (scale, flip, clean flip, broken, distortion)."""
+        there (:meth:`EditOutcome.rates`), the curve (scale, flip, clean flip, broken, distortion) and, on
+        ToyFaces, ``truth``: the mean |change| of each continuous factor over the eligible samples at the
+        operating scale (world standard deviations) and ``truth_label``, the factor that moved most."""
         outcome, names = self.operating.outcome, self.names
-        return {
+        entry = {
             "target": names[outcome.target],
             "towards": "up" if outcome.towards else "down",
             "scale": self.edits.sign * self.operating.scale,
             "feasible": self.feasible,
-            "distortion": self.operating.distortion,
+            "distortion": _finite(self.operating.distortion),
             **outcome.rates(names),
             "curve": [_curve_values(point) for point in self.curve],
         }
+        if self.edits.factor_change is not None and self.factor_names and bool(outcome.eligible.any()):
+            index = self.edits.scales.index(self.operating.scale)
+            changes = self.edits.factor_change[index][outcome.eligible].double().mean(dim=0)
+            entry["truth"] = {name: float(value) for name, value in zip(self.factor_names, changes, strict=True)}
+            entry["truth_label"] = self.factor_names[int(changes.argmax())]
+        return entry
 
     def entry_target(self) -> str:
         """The side's target as "<attribute> up|down" ("up": towards having it)."""
@@ -158,6 +170,11 @@ class SideResult:
         return codes
 
 
+def _finite(value: float) -> float | None:
+    """``value``, or None when it is not finite (JSON has no NaN)."""
+    return value if math.isfinite(value) else None
+
+
 def _curve_values(point: CurvePoint) -> dict[str, Any]:
     outcome = point.outcome
     return {
@@ -165,7 +182,7 @@ def _curve_values(point: CurvePoint) -> dict[str, Any]:
         "flip": Rate.of(outcome.flipped, outcome.eligible).value,
         "clean_flip": Rate.of(outcome.clean, outcome.eligible).value,
         "broken": Rate.of(outcome.broken, outcome.eligible).value,
-        "distortion": point.distortion,
+        "distortion": _finite(point.distortion),
     }
 
 
@@ -213,12 +230,53 @@ def edit_side(
     after = baseline.decisions.unsqueeze(0).repeat(len(scales), 1, 1)
     broken = torch.zeros(len(scales), count, dtype=torch.bool)
     change = torch.full((len(scales), count), math.nan)
+    factor_change = None
+    if baseline.factors is not None:
+        factor_change = torch.full((len(scales), count, baseline.factors.shape[1]), math.nan)
     for i, edited in enumerate(images):
         reading = reader(edited)
         after[i, index] = reading.decisions
         broken[i, index] = reading.broken
         change[i, index] = 1.0 - ssim_per_image(edited, baseline.images[index])
-    return SideEdits(sign, list(scales), after, broken, change, images[:, :grid])
+        moved = reader.factor_change(baseline.subset(index), reading)
+        if factor_change is not None and moved is not None:
+            factor_change[i, index] = moved
+    return SideEdits(sign, list(scales), after, broken, change, factor_change, images[:, :grid])
+
+
+def judge_sides(
+    edits: Mapping[str, SideEdits],
+    before: torch.Tensor,
+    target: int | None,
+    cfg: ProtocolConfig,
+    names: list[str],
+    factor_names: list[str] | None = None,
+) -> dict[str, SideResult]:
+    """Judge the read edits of each side of one direction (side -> :class:`SideEdits`) against the unedited
+    decisions ``before`` [M, A]: a targeted direction (``target`` its attribute's index) against its target, an
+    untargeted one against its best label (see the module docstring)."""
+    sides: dict[str, SideResult] = {}
+    for side, side_edits in edits.items():
+        towards = side_edits.sign > 0
+        if target is not None:
+            curve = side_edits.curve(before, target, towards)
+            point, feasible = operating_point(curve, cfg.max_broken)
+        else:
+            candidates = [
+                side_edits.curve(before, attribute, label_towards)
+                for attribute in range(before.shape[1])
+                for label_towards in (True, False)
+                if int((before[:, attribute] != label_towards).sum()) >= cfg.min_eligible
+            ]
+            if not candidates:
+                raise ConfigError(
+                    f"evaluate.min_eligible={cfg.min_eligible}: no attribute has that many of the {len(before)} "
+                    "samples on either side; lower it or raise evaluate.num_samples"
+                )
+            chosen, point, feasible = best_curve(candidates, cfg.max_broken)
+            curve = list(chosen)
+        sides[side] = SideResult(side_edits, curve, point, feasible, names, list(factor_names or []))
+    return sides
 
 
 def judge_direction(
@@ -231,35 +289,18 @@ def judge_direction(
     scales: Sequence[float],
     cfg: ProtocolConfig,
 ) -> DirectionResult:
-    """Judge direction ``k`` (named ``name``) on both sides at ``scales`` (see the module docstring); ``target``
-    is the index of its attribute for a targeted direction, else None."""
+    """Edit direction ``k`` (named ``name``) on both sides at ``scales`` and judge it (see the module
+    docstring); ``target`` is the index of its attribute for a targeted direction, else None."""
     count = len(baseline.images)
     grid = min(cfg.grid_samples, count)
     shown = torch.arange(count) < grid
     before = baseline.decisions
-    sides: dict[str, SideResult] = {}
+    edits = {}
     for side, sign in (TARGETED_SIDES if target is not None else UNTARGETED_SIDES).items():
-        towards = sign > 0
-        decode = shown | (before[:, target] != towards) if target is not None else torch.ones(count, dtype=torch.bool)
-        edits = edit_side(editor, reader, baseline, k, sign, scales, decode, grid)
-        if target is not None:
-            curve = edits.curve(before, target, towards)
-            point, feasible = operating_point(curve, cfg.max_broken)
-        else:
-            candidates = [
-                edits.curve(before, attribute, label_towards)
-                for attribute in range(before.shape[1])
-                for label_towards in (True, False)
-                if int((before[:, attribute] != label_towards).sum()) >= cfg.min_eligible
-            ]
-            if not candidates:
-                raise ConfigError(
-                    f"evaluate.min_eligible={cfg.min_eligible}: no attribute has that many of the {count} samples "
-                    "on either side; lower it or raise evaluate.num_samples"
-                )
-            chosen, point, feasible = best_curve(candidates, cfg.max_broken)
-            curve = list(chosen)
-        sides[side] = SideResult(edits, curve, point, feasible, reader.names)
+        everyone = torch.ones(count, dtype=torch.bool)
+        decode = shown | (before[:, target] != (sign > 0)) if target is not None else everyone
+        edits[side] = edit_side(editor, reader, baseline, k, sign, scales, decode, grid)
+    sides = judge_sides(edits, before, target, cfg, reader.names, reader.factor_names)
     return DirectionResult(name, None if target is None else reader.names[target], sides)
 
 
@@ -323,7 +364,7 @@ def judge_files(
         return state_at
 
     counts = {method: _count(method, d, max_directions) for method, d in files.items()}
-    bar = tqdm(total=sum(counts.values()), desc="evaluate", unit="direction", disable=not progress)
+    bar = tqdm(total=sum(counts.values()), desc="judge", unit="direction", disable=not progress)
     results: dict[str, dict[str, DirectionResult]] = {}
     baselines: dict[str, Reading] = {}
     seconds: dict[str, float] = {}

@@ -64,3 +64,19 @@ def labelled_grid(
             tile = Image.fromarray(array).resize((width, height), Image.NEAREST)
             picture.paste(tile, (x + frame, y + frame))
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def titled(image: torch.Tensor, title: str, upscale: int = 1) -> torch.Tensor:
+    """``image`` [3, H, W] in [0, 1], enlarged ``upscale`` times (nearest neighbour), under a line of text:
+    [3, 14 + H*upscale, W*upscale] (wider when the title needs it)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=11)
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    body = Image.fromarray(array)
+    body = body.resize((body.width * upscale, body.height * upscale), Image.NEAREST)
+    width = max(body.width, 4 + int(font.getlength(title)))
+    picture = Image.new("RGB", (width, 14 + body.height), "white")
+    ImageDraw.Draw(picture).text((2, 0), title, fill="black", font=font)
+    picture.paste(body, (0, 14))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255.0

@@ -1,10 +1,11 @@
-"""Step ``evaluate``: every directions file judged alike on held-out seeds by the protocol of
-:mod:`pipeline.evaluation.protocol` (docs/methods.md, "Evaluation protocol"; docs/outputs.md, evaluate)."""
+"""Step ``evaluate``: one directions file judged on held-out seeds by the protocol of
+:mod:`pipeline.evaluation.protocol` (docs/methods.md, "Evaluation protocol"; docs/outputs.md, evaluate). The DAG
+runs it once per file of ``evaluate.methods`` (a DVC ``foreach``), so a change to one method's directions
+reruns only that method's evaluation; ``evaluate_summary`` gathers them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,11 @@ from torch import nn
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
-from pipeline.directions.methods import EVALUATED_METHODS, METHODS, TARGETED_METHODS
+from pipeline.directions.methods import EVALUATED_METHODS, METHODS
 from pipeline.editing import held_out
-from pipeline.evaluation.judge import Rate
-from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, file_entries, judge_files, method_grid
-from pipeline.evaluation.readout import calibrated_reader
-from pipeline.evaluation.summary import conditional_comparison, method_summary, targeted_summary
+from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, judge_files, method_grid
+from pipeline.evaluation.readout import Reading, calibrated_reader
+from pipeline.io.errors import ConfigError
 from pipeline.io.files import WorkCache
 from pipeline.io.validation import require
 
@@ -65,114 +65,63 @@ class EvaluateConfig(ProtocolConfig):
 
 
 @dataclass
-class EvaluationResult:
-    """What the evaluate stage writes: the short metrics, the details (every rate with its interval and every
-    curve), the plot rows (curves, method table), one labelled grid per method with its caption, and
-    ``timings`` (seconds per method and in all, decodes resumed), logged but kept out of the metrics."""
+class MethodEvaluation:
+    """One file judged: its directions' results (name -> result, file order), its unedited reading, the
+    labelled grid with its caption, the details JSON (settings and every direction's entry), the comparison
+    the file asks for (``compare``: source method and target -> projected-out partners, for conditional files)
+    and ``timings`` (logged, kept out of the outputs)."""
 
-    metrics: dict[str, Any]
+    method: str
+    results: dict[str, DirectionResult]
+    baseline: Reading
+    names: list[str]
+    factor_names: list[str]
+    grid: torch.Tensor
+    caption: str
     details: dict[str, Any]
-    curve_rows: list[dict[str, Any]]
-    method_rows: list[dict[str, Any]]
-    grids: dict[str, torch.Tensor]
-    captions: dict[str, str]
+    compare: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def run(
     model: DiffusionModel,
     classifier: nn.Module,
-    files: Mapping[str, Directions],
+    method: str,
+    directions: Directions,
     cfg: EvaluateConfig,
     sampler: SamplerConfig,
     world: Any = None,
     progress: bool = True,
     work: WorkCache | None = None,
-) -> EvaluationResult:
-    """Judge every directions file of ``files`` (method -> Directions) by the protocol of the module docstring.
-    ``world`` (a ToyFacesConfig) enables the exact broken check of a ToyFaces classifier."""
+) -> MethodEvaluation:
+    """Judge the directions file of ``method`` by the protocol of the module docstring. ``world`` (a
+    ToyFacesConfig) enables the exact broken check and the true factors of a ToyFaces classifier."""
+    if method not in cfg.methods:
+        raise ConfigError(f"evaluate: method '{method}' is not in evaluate.methods ({', '.join(cfg.methods)})")
     started = time.perf_counter()
     reader = calibrated_reader(model, sampler, classifier, world, cfg.broken)
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
-    results, baselines, seconds = judge_files(
-        model, reader, files, cfg, sampler, samples, cfg.max_directions, cfg.untargeted_samples, work, progress
-    )
-    unedited = next(
-        (baselines[m] for m in baselines if files[m].space != "x_t" and m in TARGETED_METHODS),
-        next(iter(baselines.values())),
-    )
-    summaries = {method: method_summary(judged) for method, judged in results.items()}
-    metrics: dict[str, Any] = {
-        "num_samples": cfg.num_samples,
-        "untargeted_samples": cfg.untargeted_samples,
-        "broken_threshold": reader.check.threshold,
-        "unedited_broken": Rate.of(unedited.broken, torch.ones_like(unedited.broken)).value,
-        "methods": summaries,
-    }
-    details: dict[str, Any] = {
+    results, baselines, _ = judge_files(
+        model, reader, {method: directions}, cfg, sampler, samples, cfg.max_directions, cfg.untargeted_samples,
+        work, progress,
+    )  # fmt: skip
+    judged, baseline = results[method], baselines[method]
+    grid, caption = method_grid(method, judged, baseline, cfg.grid_samples)
+    details = {
+        "method": method,
         "settings": {
-            "num_samples": cfg.num_samples,
-            "untargeted_samples": cfg.untargeted_samples,
-            "scales": {method: cfg.scales_for(method) for method in results},
+            "num_samples": len(baseline.decisions),
+            "scales": cfg.scales_for(method),
             "max_broken": cfg.max_broken,
+            "min_eligible": cfg.min_eligible,
             "broken_check": reader.describe(),
         },
-        "methods": file_entries(results),
+        "directions": [result.entry() for result in judged.values()],
     }
-    if "supervised" in results:
-        metrics["supervised"] = targeted_summary(results["supervised"])
-    conditional = _conditional(files, results, reader.names)
-    if conditional:
-        metrics["conditional"] = details["conditional"] = conditional
-    grids, captions = {}, {}
-    for method, judged in results.items():
-        grids[method], captions[method] = method_grid(method, judged, baselines[method], cfg.grid_samples)
-    timings = {f"seconds/{method}": value for method, value in seconds.items()}
-    timings |= {"seconds": time.perf_counter() - started, "resumed": (work.resumed if work else 0)}
-    return EvaluationResult(
-        metrics, details, curve_rows(results), method_rows(summaries, results), grids, captions, timings
+    compare = {}
+    if directions.extra.get("projected_out") and directions.extra.get("source_method"):
+        compare = {"source_method": directions.extra["source_method"], "partners": directions.extra["projected_out"]}
+    timings = {"seconds": time.perf_counter() - started, "resumed": work.resumed if work else 0}
+    return MethodEvaluation(
+        method, judged, baseline, reader.names, reader.factor_names, grid, caption, details, compare, timings
     )
-
-
-def _conditional(
-    files: Mapping[str, Directions], results: Mapping[str, Mapping[str, DirectionResult]], names: list[str]
-) -> dict[str, Any]:
-    """Conditional against plain directions (:func:`conditional_comparison`) for every conditional file whose
-    source file was evaluated too."""
-    comparison: dict[str, Any] = {}
-    for method, directions in files.items():
-        projected = directions.extra.get("projected_out")
-        source = directions.extra.get("source_method")
-        if not projected or source not in results or method not in results:
-            continue
-        for name, partners in projected.items():
-            if name in results[method] and name in results[source]:
-                comparison[name] = conditional_comparison(
-                    results[source][name], results[method][name], list(partners), names
-                )
-    return comparison
-
-
-def curve_rows(results: Mapping[str, Mapping[str, DirectionResult]]) -> list[dict[str, Any]]:
-    """One row per (method, direction, side, scale): the curve's rates, and whether it is the operating scale."""
-    rows = []
-    for method, judged in results.items():
-        for name, result in judged.items():
-            for side, side_result in result.sides.items():
-                entry = side_result.entry()
-                for point in entry["curve"]:
-                    rows.append({
-                        "method": method, "direction": name, "side": side,
-                        "target": f"{entry['target']} {entry['towards']}",
-                        "scale": side_result.edits.sign * point["scale"],
-                        **{key: point[key] for key in ("flip", "clean_flip", "broken", "distortion")},
-                        "operating": int(side_result.edits.sign * point["scale"] == entry["scale"]),
-                    })  # fmt: skip
-    return rows
-
-
-def method_rows(
-    summaries: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, DirectionResult]]
-) -> list[dict[str, Any]]:
-    """The method table: one row per method (directions judged and its :func:`method_summary`)."""
-    return [{"method": method, "directions": len(results[method]), **summary} for method, summary in summaries.items()]

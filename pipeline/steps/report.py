@@ -37,8 +37,8 @@ PARAMS: tuple[str, ...] = ()
 EVALUATE_METRICS = "metrics/evaluate.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
 CURVES = "plots/evaluate_curves.csv"
-GRID = "plots/evaluate/{method}.png"
-DETAILS = "plots/evaluate/judge.json"
+GRID = "plots/evaluate/{method}/grid.png"
+DETAILS = "plots/evaluate/{method}/judge.json"
 PREVIEW = "plots/preview"
 PARAMS_FILE = "params.yaml"
 SPECTRA = (
@@ -248,7 +248,7 @@ def build_report(root: str | Path = ".", title: str = "h-space directions: study
     """The report page (HTML text) of the study whose outputs lie under ``root``."""
     page = _Page(Path(root))
     evaluation = _load_json(page, EVALUATE_METRICS)
-    details = _load_json(page, DETAILS)
+    details = _load_details(page, evaluation)
     _methods_section(page, evaluation, details)
     _supervised_section(page, details)
     _conditional_section(page, evaluation)
@@ -272,6 +272,23 @@ def write_report(path: str | Path, text: str) -> None:
     """Write the page atomically."""
     with atomic_path(path, ".html") as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _load_details(page: _Page, evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """{"settings": the first method's, "methods": method -> its directions' entries} from every evaluated
+    method's details file (methods in the order of the method table, else of the metrics)."""
+    table = page.root / METHOD_TABLE
+    methods = list((evaluation or {}).get("methods", {}))
+    if table.is_file():
+        methods = [row["method"] for row in read_csv(table)]
+    loaded = {method: _load_json(page, DETAILS.format(method=method)) for method in methods}
+    present = {method: entry for method, entry in loaded.items() if entry is not None}
+    if not present:
+        return None
+    return {
+        "settings": next(iter(present.values())).get("settings", {}),
+        "methods": {method: entry.get("directions", []) for method, entry in present.items()},
+    }
 
 
 def _load_json(page: _Page, name: str) -> dict[str, Any] | None:

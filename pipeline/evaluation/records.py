@@ -1,0 +1,123 @@
+"""The per-sample records of one directions file's evaluation: one safetensors file holding what every edit did
+to every sample (decisions before and after, broken verdicts, image change, factor change), from which every
+judged figure is recomputed by :func:`pipeline.evaluation.protocol.judge_sides`.
+
+The per-method ``evaluate`` stages write them; the ``evaluate_summary`` stage reads all of them, so summaries
+that compare files sample by sample (conditional against plain directions) need no decode of their own.
+
+Layout: tensors ``before`` [M, A] uint8, ``baseline_broken`` [M] uint8 and, for direction i and side s,
+``{i}/{s}/after`` [S, M, A] uint8, ``{i}/{s}/broken`` [S, M] uint8, ``{i}/{s}/change`` [S, M] float32 and, on
+ToyFaces, ``{i}/{s}/factor_change`` [S, M, F] float32; metadata ``format`` (:data:`RECORDS_FORMAT`) and
+``records`` (JSON: method, attribute and factor names, per direction its name, target and each side's sign and
+scales, and the comparison a conditional file asks for).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, SideEdits, judge_sides
+from pipeline.evaluation.readout import Reading
+from pipeline.io.errors import ConfigError
+from pipeline.io.files import save_tensors
+
+RECORDS_FORMAT = "hspace-directions/evaluation-records/1"
+"""The ``format`` metadata of a records file (name and version)."""
+
+EVALUATION_FOLDER = "plots/evaluate/{method}"
+"""Where the ``evaluate`` stage of a method writes its grid, details and records (relative to the study)."""
+
+
+def records_path(method: str) -> str:
+    """The records file of ``method`` in a study: ``plots/evaluate/<method>/records.safetensors``."""
+    return f"{EVALUATION_FOLDER.format(method=method)}/records.safetensors"
+
+
+@dataclass
+class MethodRecords:
+    """The records of one file: attribute ``names`` [A], ``factor_names`` [F] (empty without factors), the
+    unedited decisions ``before`` [M, A] bool and broken verdicts ``baseline_broken`` [M] bool, and per
+    direction (name, target attribute or None, side -> :class:`SideEdits` without tiles); ``compare`` is the
+    comparison a conditional file asks for ({"source_method", "partners": target -> projected-out attributes})
+    or empty."""
+
+    method: str
+    names: list[str]
+    factor_names: list[str]
+    before: torch.Tensor
+    baseline_broken: torch.Tensor
+    directions: list[tuple[str, str | None, dict[str, SideEdits]]]
+    compare: dict[str, Any] = field(default_factory=dict)
+
+    def judge(self, cfg: ProtocolConfig) -> dict[str, DirectionResult]:
+        """Every direction judged again from its records (name -> result, in the file's order)."""
+        results = {}
+        for name, target, edits in self.directions:
+            index = None if target is None else self.names.index(target)
+            sides = judge_sides(edits, self.before, index, cfg, self.names, self.factor_names)
+            results[name] = DirectionResult(name, target, sides)
+        return results
+
+
+def save_records(
+    path: str | Path, method: str, results: Mapping[str, DirectionResult], baseline: Reading, names: list[str],
+    factor_names: list[str], compare: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Write the records of ``results`` (one file's judged directions), their unedited ``baseline`` and the
+    comparison the file asks for (:attr:`MethodRecords.compare`)."""
+    tensors = {"before": baseline.decisions.to(torch.uint8), "baseline_broken": baseline.broken.to(torch.uint8)}
+    described = []
+    for i, result in enumerate(results.values()):
+        sides = {}
+        for side, side_result in result.sides.items():
+            edits = side_result.edits
+            tensors[f"{i}/{side}/after"] = edits.after.to(torch.uint8)
+            tensors[f"{i}/{side}/broken"] = edits.broken.to(torch.uint8)
+            tensors[f"{i}/{side}/change"] = edits.change.float()
+            if edits.factor_change is not None:
+                tensors[f"{i}/{side}/factor_change"] = edits.factor_change.float()
+            sides[side] = {"sign": edits.sign, "scales": edits.scales}
+        described.append({"name": result.name, "target": result.target, "sides": sides})
+    header = {
+        "method": method, "names": names, "factor_names": factor_names, "directions": described,
+        "compare": dict(compare or {}),
+    }  # fmt: skip
+    save_tensors(path, tensors, {"format": RECORDS_FORMAT, "records": json.dumps(header, sort_keys=True)})
+
+
+def load_records(path: str | Path) -> MethodRecords:
+    """Read a records file; a missing, unreadable or foreign file is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"evaluation records '{path}' not found (run: dvc repro evaluate)")
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            metadata = reader.metadata() or {}
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as error:
+        raise ConfigError(f"evaluation records '{path}': not a readable safetensors file ({error})") from error
+    if metadata.get("format") != RECORDS_FORMAT:
+        raise ConfigError(f"evaluation records '{path}': format {metadata.get('format')!r}, expected {RECORDS_FORMAT}")
+    header = json.loads(metadata["records"])
+    directions = []
+    for i, entry in enumerate(header["directions"]):
+        edits = {}
+        for side, values in entry["sides"].items():
+            after = tensors[f"{i}/{side}/after"].bool()
+            edits[side] = SideEdits(
+                values["sign"], [float(s) for s in values["scales"]], after, tensors[f"{i}/{side}/broken"].bool(),
+                tensors[f"{i}/{side}/change"], tensors.get(f"{i}/{side}/factor_change"),
+                torch.empty(len(values["scales"]), 0),
+            )  # fmt: skip
+        directions.append((entry["name"], entry["target"], edits))
+    return MethodRecords(
+        header["method"], header["names"], header["factor_names"], tensors["before"].bool(),
+        tensors["baseline_broken"].bool(), directions, header.get("compare", {}),
+    )  # fmt: skip

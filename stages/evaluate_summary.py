@@ -1,0 +1,27 @@
+"""DVC stage ``evaluate_summary``: the per-method evaluations gathered into metrics/evaluate.json, the method table
+and the curves (pipeline/steps/evaluate_summary.py)."""
+
+from pipeline.evaluation.records import load_records, records_path
+from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.steps import evaluate_summary as step
+from pipeline.steps.sections import stage_params
+
+CURVES = "plots/evaluate_curves.csv"
+METHODS = "plots/evaluate_methods.csv"
+METRICS = "metrics/evaluate.json"
+
+
+def main() -> None:
+    """Read params.yaml and every method's records; write the summary metrics and two plots."""
+    params = stage_params("evaluate_summary")
+    cfg = params["evaluate"]
+    with Tracker("evaluate_summary", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+        records = {method: load_records(records_path(method)) for method in cfg.methods}
+        result = step.run(records, cfg)
+        tracker.plot(CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale")
+        tracker.plot(METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
+        tracker.metrics(METRICS, result.metrics)
+
+
+if __name__ == "__main__":
+    main()
