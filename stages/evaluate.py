@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         classifier = load_classifier(classifier_cfg, device)
         directions = load_directions(path, Expected(model_id=model_cfg.source, num_steps=sampler.steps))
         result = step.run(model, classifier, method, directions, cfg, sampler, world, work=work)
-        save_png(result.grid, GRID.format(method=method))
-        tracker.image(f"grid/{method}", result.grid, caption=result.caption)
+        save_png(result.grid.picture, GRID.format(method=method))
+        tracker.image(f"grid/{method}", result.grid.picture, caption=result.grid.caption)
         write_json(DETAILS.format(method=method), result.details)
         save_records(
             records_path(method), method, result.results, result.baseline, result.names,

@@ -185,9 +185,12 @@ def test_method_grid_rows_follow_the_results_order_with_one_label_per_row():
         name: judge_direction(_ShiftEditor(images), reader, baseline, 0, name, 0, [1.0], cfg)
         for name in ("smiling", "also_smiling")
     }
-    picture, caption = method_grid("supervised", results, baseline, cfg.grid_samples)
-    assert picture.shape[0] == 3 and picture.shape[1] > 4 * images.shape[-2]
-    assert caption.index("smiling: up smiling up") < caption.index("also_smiling: up smiling up")
+    grid = method_grid("supervised", results, baseline, cfg.grid_samples)
+    assert grid.picture.shape[0] == 3 and grid.picture.shape[1] > 4 * images.shape[-2]
+    names = ["smiling", "smiling", "also_smiling", "also_smiling"]
+    assert grid.rows == [f"{name} · sample {i % 2 + 1}" for i, name in enumerate(names)]
+    assert grid.columns == ["-1", "0", "+1"]
+    assert grid.caption.index("smiling: up smiling up") < grid.caption.index("also_smiling: up smiling up")
 
 
 # ---------------------------------------------------------------------------------------------- the editors
@@ -372,5 +375,11 @@ def test_report_puts_each_method_table_before_its_grid_in_the_same_order(workspa
         assert table < grid
         body = page[table:grid]
         positions = [body.index(f"<td>{entry['name']}</td>") for entry in judged]
-        assert positions == sorted(positions), f"{method}: table rows not in the grid's (file) order"
+        assert positions == sorted(positions), f"{method}: table rows not in the file's order"
+        # the grid's row labels, as the evaluate stage drew them, list the directions in the table's order
+        caption = page[page.index(f'id="grid-{method}"') :].split("</figcaption>", 1)[0]
+        rows = caption.split("Rows, top to bottom: ", 1)[1].split(". Columns", 1)[0].split(", ")
+        drawn = list(dict.fromkeys(row.split(" · ")[0] for row in rows))
+        assert drawn == [entry["name"] for entry in judged], method
+        assert "Columns, left to right: -2, -1, +1, +2" not in caption and ", 0, " in caption
     assert "Supervised directions, per attribute and side" in page and 'id="conditional"' in page

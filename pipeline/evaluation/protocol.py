@@ -304,12 +304,23 @@ def judge_direction(
     return DirectionResult(name, None if target is None else reader.names[target], sides)
 
 
+@dataclass
+class MethodGrid:
+    """A labelled grid [3, H, W] of one file's judged directions, its caption, and the labels drawn on it: one
+    per row (direction · sample, top to bottom) and one per column (signed scale, left to right)."""
+
+    picture: torch.Tensor
+    caption: str
+    rows: list[str]
+    columns: list[str]
+
+
 def method_grid(
-    method: str, results: Mapping[str, DirectionResult], baseline: Reading, grid_samples: int, unit: str = ""
-) -> tuple[torch.Tensor, str]:
-    """The labelled grid of one file's judged directions and its caption: one row per (direction, sample) in
-    the order of ``results`` (the file's order, as in every table), one column per signed scale (0: the
-    unedited image), each edited cell framed by its verdict against its side's target."""
+    method: str, results: Mapping[str, DirectionResult], baseline: Reading, grid_samples: int
+) -> MethodGrid:
+    """The labelled grid of one file's judged directions: one row per (direction, sample) in the order of
+    ``results`` (the file's order, as in every table), one column per signed scale (0: the unedited image),
+    each edited cell framed by its verdict against its side's target."""
     grid = min(grid_samples, len(baseline.images))
     rows, labels, scales = [], [], None
     verdicts: list[list[str]] = []
@@ -320,7 +331,8 @@ def method_grid(
         labels += [f"{name} · sample {i + 1}" for i in range(grid)]
     assert scales is not None
     columns = [f"{s:+g}" if s else "0" for s in scales]
-    picture = labelled_grid(torch.cat(rows), labels, columns, verdicts, title=f"{method} (scale{unit})")
+    title = f"{method}: columns = signed scale in the file's unit"
+    picture = labelled_grid(torch.cat(rows), labels, columns, verdicts, title=title)
     targets = "; ".join(
         f"{name}: " + ", ".join(f"{side} {result.sides[side].entry_target()}" for side in result.sides)
         for name, result in results.items()
@@ -329,7 +341,7 @@ def method_grid(
         f"{method}: rows = direction · held-out sample (file order), columns = signed scale, 0 = unedited; "
         f"frames: the judge's verdict against each side's target ({targets})"
     )
-    return picture, caption
+    return MethodGrid(picture, caption, labels, columns)
 
 
 def judge_files(

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from pipeline.diffusion.models import DiffusionModel
@@ -17,7 +16,7 @@ from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import EVALUATED_METHODS, METHODS
 from pipeline.editing import held_out
-from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, judge_files, method_grid
+from pipeline.evaluation.protocol import DirectionResult, MethodGrid, ProtocolConfig, judge_files, method_grid
 from pipeline.evaluation.readout import Reading, calibrated_reader
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import WorkCache
@@ -67,17 +66,16 @@ class EvaluateConfig(ProtocolConfig):
 @dataclass
 class MethodEvaluation:
     """One file judged: its directions' results (name -> result, file order), its unedited reading, the
-    labelled grid with its caption, the details JSON (settings and every direction's entry), the comparison
-    the file asks for (``compare``: source method and target -> projected-out partners, for conditional files)
-    and ``timings`` (logged, kept out of the outputs)."""
+    labelled grid, the details JSON (settings, every direction's entry, the grid's row and column labels), the
+    comparison the file asks for (``compare``: source method and target -> projected-out partners, for
+    conditional files) and ``timings`` (logged, kept out of the outputs)."""
 
     method: str
     results: dict[str, DirectionResult]
     baseline: Reading
     names: list[str]
     factor_names: list[str]
-    grid: torch.Tensor
-    caption: str
+    grid: MethodGrid
     details: dict[str, Any]
     compare: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -106,7 +104,7 @@ def run(
         work, progress,
     )  # fmt: skip
     judged, baseline = results[method], baselines[method]
-    grid, caption = method_grid(method, judged, baseline, cfg.grid_samples)
+    grid = method_grid(method, judged, baseline, cfg.grid_samples)
     details = {
         "method": method,
         "settings": {
@@ -117,11 +115,12 @@ def run(
             "broken_check": reader.describe(),
         },
         "directions": [result.entry() for result in judged.values()],
+        "grid": {"rows": grid.rows, "columns": grid.columns},
     }
     compare = {}
     if directions.extra.get("projected_out") and directions.extra.get("source_method"):
         compare = {"source_method": directions.extra["source_method"], "partners": directions.extra["projected_out"]}
     timings = {"seconds": time.perf_counter() - started, "resumed": work.resumed if work else 0}
     return MethodEvaluation(
-        method, judged, baseline, reader.names, reader.factor_names, grid, caption, details, compare, timings
+        method, judged, baseline, reader.names, reader.factor_names, grid, details, compare, timings
     )

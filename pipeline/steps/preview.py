@@ -83,5 +83,6 @@ def run(
     )
     grids, captions = {}, {}
     for method, judged in results.items():
-        grids[method], captions[method] = method_grid(method, judged, baselines[method], cfg.grid_samples)
+        grid = method_grid(method, judged, baselines[method], cfg.grid_samples)
+        grids[method], captions[method] = grid.picture, grid.caption
     return PreviewResult(grids, captions, {"broken_check": reader.describe(), "methods": file_entries(results)})

@@ -275,8 +275,9 @@ def write_report(path: str | Path, text: str) -> None:
 
 
 def _load_details(page: _Page, evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """{"settings": the first method's, "methods": method -> its directions' entries} from every evaluated
-    method's details file (methods in the order of the method table, else of the metrics)."""
+    """{"settings": the first method's, "methods": method -> its directions' entries, "grids": method -> the
+    row and column labels drawn on its grid} from every evaluated method's details file (methods in the order
+    of the method table, else of the metrics)."""
     table = page.root / METHOD_TABLE
     methods = list((evaluation or {}).get("methods", {}))
     if table.is_file():
@@ -288,6 +289,7 @@ def _load_details(page: _Page, evaluation: Mapping[str, Any] | None) -> dict[str
     return {
         "settings": next(iter(present.values())).get("settings", {}),
         "methods": {method: entry.get("directions", []) for method, entry in present.items()},
+        "grids": {method: entry.get("grid", {}) for method, entry in present.items()},
     }
 
 
@@ -417,7 +419,9 @@ def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
                 "<p>Rows: direction · held-out sample, in the table's order; columns: signed scale (0: unedited). "
                 "Frames: the judge's verdict against each side's target (green clean flip, orange flip with an "
                 "off-target change, grey no flip, red broken; none: the sample was already on that side).</p>"
-                + _img(grid.read_bytes(), f"{method} edit grid")
+                + f"<figure>{_img(grid.read_bytes(), f'{method} edit grid')}"
+                + _grid_caption(method, details.get("grids", {}).get(method, {}))
+                + "</figure>"
             )
         mine = [row for row in curves if row.get("method") == method]
         if mine:
@@ -434,6 +438,18 @@ def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
                 + "</div>"
             )
     page.parts.append("</section>")
+
+
+def _grid_caption(method: str, labels: Mapping[str, Any]) -> str:
+    """The labels drawn on a grid, as text: rows top to bottom, columns left to right."""
+    if not labels:
+        return ""
+    rows = ", ".join(labels.get("rows", []))
+    columns = ", ".join(labels.get("columns", []))
+    return (
+        f'<figcaption id="grid-{html.escape(method)}">Rows, top to bottom: {html.escape(rows)}. '
+        f"Columns, left to right: {html.escape(columns)}.</figcaption>"
+    )
 
 
 def _preview_section(page: _Page) -> None:
