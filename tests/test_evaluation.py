@@ -92,6 +92,16 @@ def test_conf_equals_the_dataclass_defaults():
     assert load_section("evaluate", EvaluateConfig, load_params(ROOT / "params.yaml")) == EvaluateConfig()
 
 
+def test_the_full_profile_judges_at_least_256_seeds():
+    from pipeline.io.params import compose, validate
+
+    composed = OmegaConf.create(compose(ROOT / "conf", overrides=["evaluate=full"]))
+    full = validate(composed.evaluate, EvaluateConfig, "evaluate")
+    assert full.num_samples >= 256 and full.untargeted_samples >= 128
+    assert len(full.scales) > len(EvaluateConfig().scales)
+    assert full.broken == EvaluateConfig().broken
+
+
 # ---------------------------------------------------------------------------------------------- the protocol
 
 

@@ -146,33 +146,3 @@ def test_conditional_directions_record_what_was_removed_and_round_trip(tmp_path:
     loaded = load_directions(tmp_path / "conditional.safetensors")
     assert torch.equal(loaded.directions, conditional.directions)
     assert loaded.extra == conditional.extra and loaded.names == conditional.names
-
-
-def test_moves_towards_other_side_counts_each_sample_in_its_own_direction() -> None:
-    from pipeline.evaluation.supervised import moves_towards_other_side
-
-    before = torch.tensor([-3.0, -3.0, 4.0, 4.0, -1.0])
-    raised = torch.tensor([2.0, -4.0, 99.0, 99.0, -0.5])  # read for samples without the attribute
-    lowered = torch.tensor([-99.0, -99.0, 1.0, 6.0, -99.0])  # read for samples with it
-    moved, flipped = moves_towards_other_side(before, raised, lowered)
-    assert moved.tolist() == [True, False, True, False, True]
-    assert flipped.tolist() == [True, False, False, False, False]
-
-
-def test_supervised_check_ignores_the_noise_of_samples_already_at_the_edited_side() -> None:
-    from pipeline.evaluation.supervised import supervised_check
-
-    names = ["smiling", "hat"]
-    directions = Directions(
-        directions=torch.ones(1, STEPS, *H_SHAPE), method="supervised", space="h", names=["smiling"], origin=ORIGIN
-    )
-    baseline = torch.tensor([[-5.0, 1.0], [-5.0, 1.0], [8.0, 1.0], [8.0, 1.0]])
-    # +scale: the two non-smiling samples rise (one flips); the smiling ones fall slightly (classifier noise).
-    up = torch.tensor([[[7.0, 2.0], [3.0, -2.0], [-0.5, 0.0], [-0.5, 0.0]]])
-    # -scale: the smiling samples fall (one flips); the non-smiling ones rise slightly.
-    down = torch.tensor([[[0.5, 0.0], [0.5, 0.0], [-10.0, 0.0], [-2.0, 0.0]]])
-    report = supervised_check(names, directions, {"up": up, "down": down}, baseline)["smiling"]
-    assert report["moved"] == 1.0 and report["flipped"] == 0.5
-    assert report["moved_up"] == 0.5 and report["moved_down"] == 0.5
-    assert report["target_effect"] == pytest.approx(2.25)
-    assert report["effect/hat"] == pytest.approx(1.0) and report["max_off_target"] == pytest.approx(1.0)
