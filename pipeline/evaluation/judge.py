@@ -35,9 +35,6 @@ from pipeline.io.errors import ConfigError
 WILSON_Z = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
 
-TOWARDS = {"up": True, "down": False}
-"""Edit sides: "up" moves towards having the target attribute, "down" away from it."""
-
 
 def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
     """The Wilson score interval (low, high) of a binomial rate; (0, 1) when there are no trials.

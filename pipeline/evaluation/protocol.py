@@ -48,9 +48,6 @@ TARGETED_SIDES = {"up": 1.0, "down": -1.0}
 UNTARGETED_SIDES = {"plus": 1.0, "minus": -1.0}
 """Sides of an untargeted direction and the sign of their scales."""
 
-VERDICTS = ("clean", "flip", "none", "broken", "")
-"""Per-sample verdict of an edit: clean flip, flip with an off-target change, no flip, broken image, and ""
-for a sample that was not eligible (it already was on the far side)."""
 
 
 @dataclass
@@ -154,8 +151,9 @@ class SideResult:
         return f"{self.names[outcome.target]} {'up' if outcome.towards else 'down'}"
 
     def verdicts(self, scale_index: int, grid: int) -> list[str]:
-        """The verdicts (:data:`VERDICTS`) of the first ``grid`` samples at scale ``scale_index``, read against
-        this side's target."""
+        """The verdicts of the first ``grid`` samples at scale ``scale_index``, read against this side's target:
+        "clean" (clean flip), "flip" (with an off-target change), "none" (no flip), "broken", or "" for a sample
+        that was not eligible (already on the far side); :data:`pipeline.io.grids.FRAME_COLOURS` draws them."""
         outcome = self.curve[scale_index].outcome
         codes = []
         for i in range(grid):
@@ -201,7 +199,7 @@ class DirectionResult:
 
     def grid(self, baseline: Reading, grid: int) -> tuple[list[float], torch.Tensor, list[list[str]]]:
         """The grid rows of this direction: signed scales [C] (ascending, 0 = unedited), tiles [grid, C, 3, H, W]
-        and verdicts [grid][C] (:data:`VERDICTS`; "" for the unedited column)."""
+        and verdicts [grid][C] (:meth:`SideResult.verdicts`; "" for the unedited column)."""
         columns: dict[float, tuple[torch.Tensor, list[str]]] = {0.0: (baseline.images[:grid], [""] * grid)}
         for result in self.sides.values():
             for i, scale in enumerate(result.edits.scales):
