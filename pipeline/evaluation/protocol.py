@@ -49,7 +49,6 @@ UNTARGETED_SIDES = {"plus": 1.0, "minus": -1.0}
 """Sides of an untargeted direction and the sign of their scales."""
 
 
-
 @dataclass
 class ProtocolConfig:
     """How each direction is judged (part of the ``evaluate`` params section; see the module docstring).
