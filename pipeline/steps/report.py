@@ -409,9 +409,10 @@ def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
                     entry["name"], side, f"{values['target']} {values['towards']}", values["scale"],
                     _rate(values["flip"]), _rate(values["clean_flip"]), _rate(values["broken"]),
                     _worst_off_target(values), values.get("distortion"), values.get("feasible"),
+                    _truth(values),
                 ])  # fmt: skip
         header = ["direction", "side", "target", "operating scale", "flip", "clean flip", "broken",
-                  "worst off-target flip", "1 - SSIM", "within broken budget"]  # fmt: skip
+                  "worst off-target flip", "1 - SSIM", "within broken budget", "true factor moved most"]  # fmt: skip
         page.parts.append(_table(header, rows, f"table-{method}"))
         grid = page.path(GRID.format(method=method))
         if grid is not None:
@@ -438,6 +439,14 @@ def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:
                 + "</div>"
             )
     page.parts.append("</section>")
+
+
+def _truth(side: Mapping[str, Any]) -> str:
+    """The world factor a side moves most, with its mean |change| in world standard deviations (ToyFaces)."""
+    label = side.get("truth_label")
+    if not label:
+        return "–"
+    return f"{label} {side['truth'][label]:.2f} sd"
 
 
 def _grid_caption(method: str, labels: Mapping[str, Any]) -> str:
