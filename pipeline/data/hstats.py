@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from pipeline.data.store import Store
 from pipeline.io.errors import ConfigError, PipelineError
-from pipeline.io.files import save_tensors
+from pipeline.io.files import load_tensors, save_tensors
 
 DEFAULT_BATCH_SIZE = 16
 """Samples read from the store at a time: memory of one batch, e.g. 16 x K x 512 x 8 x 8 h values."""
@@ -266,16 +265,7 @@ def save_hstats(path: str | Path, stats: HStats) -> None:
 
 def load_hstats(path: str | Path) -> HStats:
     """Read a file written by :func:`save_hstats`; HStatsFileError naming it when missing or of another format."""
-    path = Path(path)
-    if not path.is_file():
-        raise HStatsFileError(f"hstats file '{path}': not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            stored_names = handle.keys()  # a safetensors handle, not a dict: it cannot be iterated itself
-            tensors = {name: handle.get_tensor(name) for name in stored_names}
-    except SafetensorError as error:
-        raise HStatsFileError(f"hstats file '{path}': not a readable safetensors file ({error})") from error
+    tensors, metadata = load_tensors(path, "hstats file", HStatsFileError)
     if metadata.get("format") != HSTATS_FORMAT or metadata.get("format_version") != str(HSTATS_FORMAT_VERSION):
         raise HStatsFileError(
             f"hstats file '{path}': format {metadata.get('format')!r} version {metadata.get('format_version')!r}; "

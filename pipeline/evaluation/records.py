@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, SideEdits, judge_sides
 from pipeline.evaluation.readout import Reading
 from pipeline.io.errors import ConfigError
-from pipeline.io.files import save_tensors
+from pipeline.io.files import load_tensors, save_tensors
 
 RECORDS_FORMAT = "hspace-directions/evaluation-records/1"
 """The ``format`` metadata of a records file (name and version)."""
@@ -94,15 +93,7 @@ def save_records(
 
 def load_records(path: str | Path) -> MethodRecords:
     """Read a records file; a missing, unreadable or foreign file is a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"evaluation records '{path}' not found (run: dvc repro evaluate)")
-    try:
-        with safe_open(str(path), framework="pt") as reader:
-            metadata = reader.metadata() or {}
-            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError) as error:
-        raise ConfigError(f"evaluation records '{path}': not a readable safetensors file ({error})") from error
+    tensors, metadata = load_tensors(path, "evaluation records", missing_hint=" (run: dvc repro evaluate)")
     if metadata.get("format") != RECORDS_FORMAT:
         raise ConfigError(f"evaluation records '{path}': format {metadata.get('format')!r}, expected {RECORDS_FORMAT}")
     header = json.loads(metadata["records"])

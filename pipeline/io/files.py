@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.io.errors import PipelineError
+from pipeline.io.errors import ConfigError, PipelineError
 
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 """errno values that mean the disk refused the write (full, over quota, file too large, read-only, failing)."""
@@ -95,6 +96,24 @@ def save_tensors(
     with atomic_path(path, ".safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         canonicalize_header(tmp)
+
+
+def load_tensors(
+    path: str | Path, what: str, error: type[Exception] = ConfigError, missing_hint: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a whole safetensors file, on the CPU. A missing or unreadable file raises
+    ``error`` with one line naming ``what`` and the path (``missing_hint`` is appended when it is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} '{path}': not found{missing_hint}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            names = handle.keys()  # a safetensors handle, not a dict: it cannot be iterated itself
+            tensors = {name: handle.get_tensor(name) for name in names}
+    except (SafetensorError, OSError) as failure:
+        raise error(f"{what} '{path}': not a readable safetensors file ({failure})") from failure
+    return tensors, metadata
 
 
 def canonicalize_header(path: str | Path) -> None:
