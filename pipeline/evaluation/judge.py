@@ -145,6 +145,16 @@ class EditOutcome:
             "off_target": {name: Rate.of(off_target[:, i], eligible).as_dict() for i, name in enumerate(others)},
         }
 
+    def headline(self) -> dict[str, float | None]:
+        """``flip``, ``clean_flip`` and ``broken`` rates among eligible samples, without intervals (None without
+        eligible samples)."""
+        eligible = self.eligible
+        return {
+            "flip": Rate.of(self.flipped, eligible).value,
+            "clean_flip": Rate.of(self.clean, eligible).value,
+            "broken": Rate.of(self.broken, eligible).value,
+        }
+
     def clean_flip_rate(self) -> float:
         """The clean-flip rate among eligible samples (0 without eligible samples)."""
         return Rate.of(self.clean, self.eligible).value or 0.0
@@ -197,7 +207,7 @@ def best_curve(
     scored = []
     for order, curve in enumerate(candidates):
         point, feasible = operating_point(curve, max_broken)
-        flip = Rate.of(point.outcome.flipped, point.outcome.eligible).value or 0.0
+        flip = point.outcome.headline()["flip"] or 0.0
         scored.append(((feasible, point.outcome.clean_flip_rate(), flip, -order), curve, point, feasible))
     _, curve, point, feasible = max(scored, key=lambda entry: entry[0])
     return curve, point, feasible

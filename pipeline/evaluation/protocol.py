@@ -35,7 +35,7 @@ from pipeline.directions.methods import TARGETED_METHODS
 from pipeline.directions.pullback import states_at
 from pipeline.editing import AnyEditor, Editor, GuidedEditor, HeldOut, ResumableEditor, decode_images, subset
 from pipeline.evaluation.broken import BrokenConfig
-from pipeline.evaluation.judge import CurvePoint, EditOutcome, Rate, best_curve, operating_point
+from pipeline.evaluation.judge import CurvePoint, EditOutcome, best_curve, operating_point
 from pipeline.evaluation.measures import ssim_per_image
 from pipeline.evaluation.readout import Reader, Reading
 from pipeline.io.errors import ConfigError
@@ -173,14 +173,7 @@ def _finite(value: float) -> float | None:
 
 
 def _curve_values(point: CurvePoint) -> dict[str, Any]:
-    outcome = point.outcome
-    return {
-        "scale": point.scale,
-        "flip": Rate.of(outcome.flipped, outcome.eligible).value,
-        "clean_flip": Rate.of(outcome.clean, outcome.eligible).value,
-        "broken": Rate.of(outcome.broken, outcome.eligible).value,
-        "distortion": _finite(point.distortion),
-    }
+    return {"scale": point.scale, **point.outcome.headline(), "distortion": _finite(point.distortion)}
 
 
 @dataclass
@@ -230,12 +223,13 @@ def edit_side(
     factor_change = None
     if baseline.factors is not None:
         factor_change = torch.full((len(scales), count, baseline.factors.shape[1]), math.nan)
+    unedited = baseline.subset(index)
     for i, edited in enumerate(images):
         reading = reader(edited)
         after[i, index] = reading.decisions
         broken[i, index] = reading.broken
-        change[i, index] = 1.0 - ssim_per_image(edited, baseline.images[index])
-        moved = reader.factor_change(baseline.subset(index), reading)
+        change[i, index] = 1.0 - ssim_per_image(edited, unedited.images)
+        moved = reader.factor_change(unedited, reading)
         if factor_change is not None and moved is not None:
             factor_change[i, index] = moved
     return SideEdits(sign, list(scales), after, broken, change, factor_change, images[:, :grid])

@@ -30,16 +30,6 @@ def method_summary(results: Mapping[str, DirectionResult]) -> dict[str, Any]:
     }
 
 
-def side_rates(side: SideResult) -> dict[str, float | None]:
-    """``flip``, ``clean_flip`` and ``broken`` rates of one side at its operating scale (no intervals)."""
-    outcome = side.operating.outcome
-    return {
-        "flip": Rate.of(outcome.flipped, outcome.eligible).value,
-        "clean_flip": Rate.of(outcome.clean, outcome.eligible).value,
-        "broken": Rate.of(outcome.broken, outcome.eligible).value,
-    }
-
-
 def targeted_summary(results: Mapping[str, DirectionResult]) -> dict[str, dict[str, float | None]]:
     """Per targeted direction: ``flip_up``, ``flip_down``, ``clean_flip_up``, ``clean_flip_down``,
     ``broken_up``, ``broken_down`` at each side's operating scale."""
@@ -48,7 +38,7 @@ def targeted_summary(results: Mapping[str, DirectionResult]) -> dict[str, dict[s
         summary[name] = {
             f"{rate}_{side}": value
             for side, side_result in result.sides.items()
-            for rate, value in side_rates(side_result).items()
+            for rate, value in side_result.operating.outcome.headline().items()
         }
     return summary
 

@@ -54,11 +54,11 @@ class EvaluateConfig(ProtocolConfig):
             "must be in [2, num_samples]",
         )  # fmt: skip
         require(self.max_directions >= 1, f"{key}.max_directions", self.max_directions, "must be >= 1")
-        seeds = range(self.seed_offset, self.seed_offset + self.num_samples)
-        calibration = range(self.broken.seed_offset, self.broken.seed_offset + self.broken.calibration_samples
-                            + self.broken.reference_samples)  # fmt: skip
+        broken = self.broken
+        calibration_end = broken.seed_offset + broken.calibration_samples + broken.reference_samples
+        overlap = max(self.seed_offset, broken.seed_offset) < min(self.seed_offset + self.num_samples, calibration_end)
         require(
-            not set(seeds) & set(calibration), f"{key}.broken.seed_offset", self.broken.seed_offset,
+            not overlap, f"{key}.broken.seed_offset", self.broken.seed_offset,
             "its calibration seeds overlap the evaluated ones",
         )  # fmt: skip
 
