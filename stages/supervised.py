@@ -1,7 +1,7 @@
-"""DVC stage ``supervised``: mean-difference directions in h and x_T, and conditional ones."""
+"""DVC stage ``supervised``: supervised directions in h (the configured estimator) and x_T, and conditional ones."""
 
 from pipeline.data.hstats import load_hstats
-from pipeline.data.labels import read_labels
+from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.directions import save_directions
 from pipeline.directions.methods import directions_path
@@ -17,9 +17,12 @@ METRICS = "metrics/supervised.json"
 
 def main() -> None:
     """Read params.yaml and the statistics, write one directions file per supervised method."""
-    cfg = stage_params("supervised")["directions.supervised"]
-    _, names, _ = read_labels(LABELS)
-    methods = step.run(open_store(SAMPLES), load_hstats(HSTATS), names, cfg)
+    params = stage_params("supervised")
+    cfg = params["directions.supervised"]
+    store = open_store(SAMPLES)
+    seeds, names, scores = read_labels(LABELS)
+    check_labels_match(store, seeds)
+    methods = step.run(store, load_hstats(HSTATS), names, cfg, scores, params["hstats"].threshold)
     for method, directions in methods.items():
         save_directions(directions_path(method), directions)
     norms = {method: {name: d.direction(name).norm().item() for name in d.names} for method, d in methods.items()}

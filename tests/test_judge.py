@@ -15,6 +15,7 @@ from pipeline.evaluation.judge import (
     best_curve,
     decisions,
     operating_point,
+    stop_at_flip,
     wilson_interval,
 )
 from pipeline.evaluation.measures import ClassifierFeatures
@@ -109,6 +110,18 @@ def test_operating_point_is_the_cleanest_scale_within_the_broken_budget() -> Non
     assert point.scale == 2.0 and feasible and point.distortion == pytest.approx(0.2)
     point, feasible = operating_point([_point(3.0, damaged, 0.4)], max_broken=0.05)
     assert point.scale == 3.0 and not feasible
+
+
+def test_stop_at_flip_takes_each_samples_smallest_flipping_scale() -> None:
+    # sample 0 flips cleanly at 1 and drags attribute 1 at 2; sample 1 flips only at 2 (with the drag);
+    # sample 2 never flips; sample 3 flips at 1 on a broken image and cleanly at 2
+    small = _outcome([[0, 0, 0]] * 4, [[1, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]], broken=[False, False, False, True])
+    large = _outcome([[0, 0, 0]] * 4, [[1, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    stopped = stop_at_flip([_point(2.0, large, 0.3), _point(1.0, small, 0.1)])
+    assert stopped.flipped.tolist() == [True, True, False, True]
+    assert stopped.clean.tolist() == [True, False, False, True]
+    assert stopped.after[2].tolist() == [False, False, True]  # never flipped: read at the largest scale
+    assert small.clean_flip_rate() == 0.25 and large.clean_flip_rate() == 0.25 and stopped.clean_flip_rate() == 0.5
 
 
 def test_distortion_is_averaged_over_the_eligible_samples_only() -> None:

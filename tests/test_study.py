@@ -145,16 +145,19 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
 
     store, stats = open_store(workspace / "data/samples"), load_hstats(workspace / "data/hstats.safetensors")
     _, names, _ = read_labels(workspace / "data/labels.csv")
-    extremes = supervised_methods(store, stats, names, SupervisedConfig(groups="extremes"))["supervised"]
+    extremes_cfg = SupervisedConfig(groups="extremes", estimator="mean_difference")
+    extremes = supervised_methods(store, stats, names, extremes_cfg)["supervised"]
     for name in names:
         expected = stats.group_means["h"][f"{name}/top"] - stats.group_means["h"][f"{name}/bottom"]
         torch.testing.assert_close(extremes.direction(name).double(), expected.double(), rtol=1e-5, atol=1e-6)
     assert extremes.extra["groups"] == "extremes" and extremes.extra["group_sizes"][names[0]] == [3, 3]
 
     with pytest.raises(ConfigError, match=r"^directions.supervised.groups 'labels'.*hstats.label_conditioned"):
-        supervised_methods(store, stats, names, SupervisedConfig(groups="labels"))
+        supervised_methods(store, stats, names, SupervisedConfig(groups="labels", estimator="mean_difference"))
     with pytest.raises(ConfigError, match=r"directions\.supervised\.groups"):
         SupervisedConfig(groups="top")
+    with pytest.raises(ConfigError, match=r"^params: directions\.supervised\.groups='extremes': extremes serve"):
+        SupervisedConfig(groups="extremes", estimator="joint_regression")
 
 
 def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace):
@@ -168,3 +171,67 @@ def test_top_k_larger_than_half_the_samples_is_one_line_naming_the_key(workspace
     with pytest.raises(ConfigError, match=r"^hstats\.top_k=7: .* need hstats\.top_k <= 6 or more generate") as error:
         compute_stats(store, names, scores, HStatsConfig(top_k=7, label_conditioned=False), progress=False)
     assert "\n" not in str(error.value)
+
+
+def balanced_scores(count: int, attributes: int, seed: int = 0) -> torch.Tensor:
+    """[count, attributes] 0/1 scores with at least 2 samples per side of every attribute and labels that are not
+    collinear (so every estimator is defined)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        labels = (torch.rand(count, attributes, generator=generator) < 0.5).double()
+        design = torch.cat([torch.ones(count, 1, dtype=torch.float64), labels], dim=1)
+        sides = torch.stack([labels.sum(0), count - labels.sum(0)])
+        if int(torch.linalg.matrix_rank(design)) == attributes + 1 and bool((sides >= 2).all()):
+            return labels.float()
+
+
+def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, tmp_path):
+    import csv
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from pipeline.data.labels import write_labels
+    from stages import supervised_study
+
+    folder = tmp_path / "study"
+    shutil.copytree(workspace, folder, ignore=shutil.ignore_patterns(".work"))
+    params = OmegaConf.load(folder / "params.yaml")
+    params.hstats.label_conditioned = True
+    params.directions.supervised.groups = "labels"
+    params.directions.supervised.estimator = "mean_difference"  # the few-samples arms: 2 per side, 7 attributes
+    params.supervised_study = {
+        "seed_offset": 500, "num_samples": 3, "scales": [1.0], "samples_per_side": [2], "draws": 1, "max_broken": 0.5,
+        "variants": [
+            {"name": "joint", "estimator": "joint_regression"},
+            {"name": "late", "estimator": "projection", "window": [0.5, 1.0], "injection": "symmetric"},
+        ],
+    }  # fmt: skip
+    OmegaConf.save(params, folder / "params.yaml")
+    seeds, names, _ = read_labels(folder / "data/labels.csv")
+    write_labels(folder / "data/labels.csv", seeds, names, balanced_scores(len(seeds), len(names)))
+    with run_study(folder, [], ()):
+        (folder / "params.yaml").write_text(OmegaConf.to_yaml(params))
+        hstats.main()
+        supervised.main()
+        supervised_study.main()
+    assert load_directions(folder / "directions/supervised.safetensors").extra["estimator"] == "mean_difference"
+    with (folder / "plots/supervised_study/variants.csv").open() as handle:
+        variants = list(csv.DictReader(handle))
+    assert [row["variant"] for row in variants] == ["default", "joint", "late"]
+    assert [row["estimator"] for row in variants] == ["mean_difference", "joint_regression", "projection"]
+    assert [row["window"] for row in variants] == ["all", "all", "0.5-1"]
+    assert [row["injection"] for row in variants] == ["asyrp", "asyrp", "symmetric"]
+    for row in variants:
+        assert 0 <= float(row["min_clean_flip"]) <= float(row["mean_clean_flip"]) <= 1
+        assert row["worst_side"].split()[0] in names and row["worst_side"].split()[1] in ("up", "down")
+    with (folder / "plots/supervised_study/samples.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert [row["samples_per_side"] for row in curve] == ["2", "all"]
+    assert -1 <= float(curve[0]["mean_cosine_to_all"]) <= 1 and float(curve[1]["mean_cosine_to_all"]) == 1
+    details = json.loads((folder / "plots/supervised_study/judge.json").read_text())
+    assert set(details["variants"]) == {"default", "joint", "late"}
+    for entries in details["variants"].values():
+        assert [entry["name"] for entry in entries] == names
+        for entry in entries:
+            assert set(entry["sides"]) == {"up", "down"} and "stop_at_flip" in entry["sides"]["up"]

@@ -9,8 +9,14 @@ import torch
 from pipeline.directions import Directions, Origin, load_directions, save_directions
 from pipeline.directions.supervised import (
     conditional_directions,
+    joint_regression,
+    logistic_probe,
     mean_difference,
+    normalise_steps,
+    probe_direction,
+    project_each_out,
     project_out,
+    restrict_window,
     supervised_directions,
 )
 from pipeline.io.errors import ConfigError
@@ -146,3 +152,122 @@ def test_conditional_directions_record_what_was_removed_and_round_trip(tmp_path:
     loaded = load_directions(tmp_path / "conditional.safetensors")
     assert torch.equal(loaded.directions, conditional.directions)
     assert loaded.extra == conditional.extra and loaded.names == conditional.names
+
+
+def correlated_world(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A world where the answer is known: 4 binary attributes, the first two drawn with correlation about 0.6,
+    and h = sum_a y_a c_a + small noise with random columns c_a. Returns (labels [N, 4], columns [4, T, *h],
+    samples [N, T, *h])."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.rand(count, generator=generator) < 0.5
+    follows = torch.rand(count, generator=generator) < 0.8
+    second = torch.where(follows, first, torch.rand(count, generator=generator) < 0.5)
+    others = torch.rand(count, 2, generator=generator) < torch.tensor([0.3, 0.6])
+    labels = torch.cat([first[:, None], second[:, None], others], dim=1)
+    columns = random_directions(4, seed=seed + 1)
+    samples = torch.einsum("na,a...->n...", labels.double(), columns)
+    samples = samples + 0.01 * torch.randn(samples.shape, generator=generator, dtype=torch.float64)
+    return labels, columns, samples
+
+
+def cosine(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Cosine of two tensors over all entries."""
+    return float(torch.nn.functional.cosine_similarity(first.reshape(-1), second.reshape(-1), dim=0))
+
+
+def test_joint_regression_recovers_each_column_where_the_mean_difference_does_not() -> None:
+    labels, columns, samples = correlated_world(2000)
+    positive_sums = torch.stack([samples[labels[:, a]].sum(0) for a in range(4)])
+    joint = joint_regression(samples.sum(0), positive_sums, labels)
+    for a in range(4):
+        assert cosine(joint[a], columns[a]) > 0.999
+    plain = torch.stack(
+        [mean_difference(samples[labels[:, a]].mean(0), samples[~labels[:, a]].mean(0)) for a in range(4)]
+    )
+    assert cosine(plain[0], columns[0]) < 0.9 and cosine(plain[1], columns[1]) < 0.9  # the correlated pair drags
+    assert cosine(plain[2], columns[2]) > 0.99  # an independent attribute is fine either way
+    design = torch.cat([torch.ones(len(labels), 1, dtype=torch.float64), labels.double()], dim=1)
+    reference = torch.linalg.lstsq(design, samples.reshape(len(samples), -1)).solution[1:]
+    torch.testing.assert_close(joint.reshape(4, -1), reference, rtol=1e-9, atol=1e-9)
+
+
+def test_joint_regression_refuses_collinear_labels() -> None:
+    labels, _, samples = correlated_world(200)
+    labels = torch.cat([labels, labels[:, :1]], dim=1)
+    positive_sums = torch.stack([samples[labels[:, a]].sum(0) for a in range(5)])
+    with pytest.raises(ConfigError, match=r"^joint_regression: the labels are collinear \(rank 5 of 6"):
+        joint_regression(samples.sum(0), positive_sums, labels)
+
+
+def test_logistic_probe_finds_the_separating_direction_and_keeps_the_unit() -> None:
+    generator = torch.Generator().manual_seed(3)
+    count, dim = 400, 30
+    informative = torch.nn.functional.normalize(torch.randn(dim, generator=generator, dtype=torch.float64), dim=0)
+    labels = torch.rand(count, generator=generator) < 0.5
+    features = torch.randn(count, dim, generator=generator, dtype=torch.float64) + 3.0 * labels[:, None] * informative
+    probe = logistic_probe(features, labels, l2=1e-2, iterations=100)
+    assert cosine(probe, informative) > 0.9
+    difference = features[labels].mean(0) - features[~labels].mean(0)
+    along = probe_direction(probe, difference)
+    assert cosine(along, probe) > 0.999999
+    assert float(along @ informative) == pytest.approx(float(difference @ informative), rel=0.2)
+    with pytest.raises(ConfigError, match="one class only"):
+        logistic_probe(features, torch.zeros(count), l2=1e-2, iterations=5)
+
+
+def test_project_each_out_is_orthogonal_to_all_other_attributes() -> None:
+    directions = random_directions(3)
+    projected = project_each_out(directions)
+    for a in range(3):
+        for b in range(3):
+            if a != b:
+                assert abs(inner(projected[a], directions[b])) < 1e-9
+    assert torch.equal(project_each_out(directions[:1]), directions[:1])
+
+
+def test_window_and_step_normalisation() -> None:
+    directions = random_directions(2)
+    windowed = restrict_window(directions, [0.25, 0.75])
+    assert torch.equal(windowed[:, 1:3], directions[:, 1:3]) and not windowed[:, [0, 3]].any()
+    assert restrict_window(directions, None) is directions
+    with pytest.raises(ConfigError, match=r"^window \[0.5, 2.0\]: expected \[start, end\) fractions"):
+        restrict_window(directions, [0.5, 2.0])
+    with pytest.raises(ConfigError, match=r"^window \[0.5, 0.55\]: holds no step of a 4-step grid"):
+        restrict_window(directions, [0.5, 0.55])
+    even = normalise_steps(windowed)
+    step_norms = even.reshape(2, STEPS, -1).norm(dim=2)
+    torch.testing.assert_close(step_norms[:, 1], step_norms[:, 2])
+    assert not step_norms[:, [0, 3]].any()
+    torch.testing.assert_close(even.reshape(2, -1).norm(dim=1), windowed.reshape(2, -1).norm(dim=1))
+
+
+def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Path) -> None:
+    from pipeline.data.store_writing import synthetic_store
+    from pipeline.steps.supervised import SupervisedConfig, estimate, labelled_subsets
+
+    store = synthetic_store(tmp_path / "store", 96, h_shape=(2, 2, 2), steps=3, shard_size=40, h_dtype="float32")
+    samples = store.load("h", range(96)).double()
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.rand(96, 3, generator=generator) < torch.tensor([0.5, 0.3, 0.6])
+    labels[:, 1] |= samples[:, 0, 0, 0, 0] > 1.0  # a label that depends on h
+
+    joint = estimate(store, labels, None, SupervisedConfig(estimator="joint_regression"), "abc")
+    design = torch.cat([torch.ones(96, 1, dtype=torch.float64), labels.double()], dim=1)
+    reference = torch.linalg.lstsq(design, samples.reshape(96, -1)).solution[1:].reshape(joint.shape)
+    torch.testing.assert_close(joint, reference, rtol=1e-6, atol=1e-6)
+
+    subsets = labelled_subsets(labels, 10, 0, ["a", "b", "c"])
+    for a, subset in enumerate(subsets):
+        assert len(subset) == 20 and int(labels[subset, a].sum()) == 10
+    few = estimate(store, labels, subsets, SupervisedConfig(estimator="mean_difference", samples_per_side=10), "abc")
+    for a, subset in enumerate(subsets):
+        chosen, side = samples[subset], labels[subset, a]
+        torch.testing.assert_close(few[a], chosen[side].mean(0) - chosen[~side].mean(0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"samples_per_side=60: attribute 'a' has only \d+ samples with label 1"):
+        labelled_subsets(labels, 60, 0, ["a", "b", "c"])
+
+    probed = estimate(store, labels, None, SupervisedConfig(estimator="logistic", probe_iterations=20), "abc")
+    plain = estimate(store, labels, None, SupervisedConfig(estimator="mean_difference"), "abc")
+    flat_probed, flat_plain = probed.reshape(3, 3, -1), plain.reshape(3, 3, -1)
+    assert ((flat_probed * (flat_plain - flat_probed)).sum(-1).abs() < 1e-8).all()  # an orthogonal projection per step
+    assert cosine(probed[1, 0], plain[1, 0]) > 0.5  # the h-dependent label's probe follows its signal

@@ -1,6 +1,18 @@
 """Supervised directions from labelled samples, and their conditional (disentangled) projections
 (Haas et al. 2024; docs/methods.md, "Supervised directions").
 
+Estimators (``ESTIMATORS``), all in the unit of the mean difference (h per unit of the label):
+
+* ``mean_difference``: mean(positive) - mean(negative), every attribute on its own.
+* ``joint_regression``: the coefficient of attribute a in one least-squares regression of h on every label at
+  once, h ~ b_0 + sum_a y_a b_a (per coordinate), i.e. the change of h with a while the others are held fixed.
+  Computed from the label Gram matrix and per-group sums, so it needs no pass over the samples beyond the
+  group means (:func:`joint_regression`).
+* ``projection``: each mean difference with the span of all the other attributes' mean differences projected
+  out (:func:`project_out`).
+* ``logistic``: per step, an L2-regularised logistic probe w_t of the label on h_t; the direction at step t is
+  the mean difference's component along w_t, (w_t . d_t / |w_t|^2) w_t (:func:`probe_direction`).
+
 * A supervised direction is the difference of group means, mean(positive) - mean(negative), unnormalised:
   its natural unit is the raw difference (``scales`` absent), so ``delta(k, alpha)`` is alpha times it.
   Positive means "more of the attribute". The group means come from a streaming pass elsewhere.
@@ -23,6 +35,9 @@ from pipeline.directions.format import Directions, Origin
 from pipeline.io.errors import ConfigError
 
 DEFAULT_DEPENDENCE_TOLERANCE = 1e-6
+
+ESTIMATORS = ("mean_difference", "joint_regression", "projection", "logistic")
+"""How a supervised direction is estimated from the labelled samples (module docstring)."""
 
 
 def mean_difference(positive_mean: torch.Tensor, negative_mean: torch.Tensor) -> torch.Tensor:
@@ -187,3 +202,124 @@ def _check_independent(flat_conditions: torch.Tensor, names: list[str], toleranc
                 f"(rank deficient conditions, relative residual {float(residual.norm() / norm):.1e})"
             )
         basis.append(residual / residual.norm())
+
+
+def joint_regression(total_sum: torch.Tensor, positive_sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Coefficients of every label in one least-squares regression of h on all labels with an intercept.
+
+    With X = [1, Y] ([N, 1 + A], Y the 0/1 labels) and H the samples ([N, D]), B = (X^T X)^{-1} X^T H. X^T H is
+    made of sums alone: its first row is the sum of h over all samples, row 1 + a the sum over the samples with
+    label a, so the group sums of one streaming pass suffice.
+
+    Args:
+        total_sum: sum of h over all N samples, [*shape].
+        positive_sums: [A, *shape], row a the sum over the samples with y_a = 1.
+        labels: [N, A] 0/1 labels in any numeric or bool dtype.
+
+    Returns:
+        [A, *shape] float64: b_a, the expected change of h when attribute a goes from 0 to 1 with the others
+        fixed. ConfigError when the labels are collinear (an attribute constant or equal to a combination of
+        others), in which case the coefficients are not identified.
+    """
+    labels = labels.to(torch.float64)
+    if labels.dim() != 2 or positive_sums.shape[0] != labels.shape[1]:
+        raise ConfigError(f"labels {tuple(labels.shape)}: expected [N, {positive_sums.shape[0]}]")
+    design = torch.cat([torch.ones(len(labels), 1, dtype=torch.float64), labels], dim=1)
+    gram = design.T @ design
+    rank = int(torch.linalg.matrix_rank(gram))
+    if rank < len(gram):
+        raise ConfigError(
+            f"joint_regression: the labels are collinear (rank {rank} of {len(gram)} with the intercept); "
+            "an attribute is constant or a combination of others"
+        )
+    moments = torch.cat([total_sum.reshape(1, -1), positive_sums.reshape(len(positive_sums), -1)]).to(torch.float64)
+    coefficients = torch.linalg.solve(gram, moments)
+    return coefficients[1:].reshape(positive_sums.shape)
+
+
+def logistic_probe(features: torch.Tensor, labels: torch.Tensor, l2: float, iterations: int) -> torch.Tensor:
+    """Weights w [D] of an L2-regularised logistic regression of ``labels`` on centred ``features``.
+
+    Minimises mean_i log(1 + exp(-s_i (w . (x_i - mean x) + c))) + l2/2 |w|^2 with s_i = +-1, by L-BFGS on
+    features scaled by their overall standard deviation (w is returned in the original units).
+
+    Args:
+        features: [N, D] samples.
+        labels: [N] 0/1 (or bool) labels; both classes must occur.
+        l2: the penalty's weight (> 0) in units of the scaled features.
+        iterations: L-BFGS iterations.
+    """
+    labels = labels.to(torch.float64)
+    if labels.min() == labels.max():
+        raise ConfigError("logistic probe: the labels hold one class only")
+    x = features.to(torch.float64)
+    x = x - x.mean(dim=0)
+    spread = x.std().clamp_min(torch.finfo(torch.float64).tiny)
+    x = x / spread
+    signs = 2 * labels - 1
+    weights = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimiser.zero_grad()
+        margins = signs * (x @ weights[:-1] + weights[-1])
+        value = torch.nn.functional.softplus(-margins).mean() + 0.5 * l2 * weights[:-1].square().sum()
+        value.backward()
+        return value
+
+    optimiser.step(loss)
+    return (weights[:-1].detach() / spread).to(features.dtype)
+
+
+def probe_direction(probe: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
+    """The component of ``difference`` along ``probe`` (both [D]): (w . d / |w|^2) w, in d's unit."""
+    norm_squared = probe.square().sum()
+    if norm_squared == 0:
+        return torch.zeros_like(difference)
+    return (probe @ difference / norm_squared) * probe
+
+
+def project_each_out(directions: torch.Tensor, tolerance: float = DEFAULT_DEPENDENCE_TOLERANCE) -> torch.Tensor:
+    """[A, ...] directions, each with the span of all the others projected out jointly (:func:`project_out`)."""
+    if len(directions) < 2:
+        return directions.clone()
+    rows = []
+    for index in range(len(directions)):
+        others = torch.cat([directions[:index], directions[index + 1 :]])
+        rows.append(project_out(directions[index], others, tolerance=tolerance))
+    return torch.stack(rows)
+
+
+def window_steps(window: Sequence[float], steps: int) -> tuple[int, int]:
+    """Grid step indices [first, stop) of a window given as fractions [start, end) of the sampler's steps
+    (0 the noisiest step, 1 past the last): round(start * steps), round(end * steps). ConfigError unless
+    0 <= start < end <= 1 and the window holds at least one step."""
+    if len(window) != 2 or not 0 <= window[0] < window[1] <= 1:
+        raise ConfigError(f"window {list(window)}: expected [start, end) fractions with 0 <= start < end <= 1")
+    first, stop = round(window[0] * steps), round(window[1] * steps)
+    if stop <= first:
+        raise ConfigError(f"window {list(window)}: holds no step of a {steps}-step grid")
+    return first, stop
+
+
+def restrict_window(directions: torch.Tensor, window: Sequence[float] | None) -> torch.Tensor:
+    """[A, T, ...] h directions with every step outside ``window`` (:func:`window_steps`, fractions of the T
+    steps, 0 the noisiest) set to zero, so the edit leaves those steps alone; None keeps every step."""
+    if window is None:
+        return directions
+    first, stop = window_steps(window, directions.shape[1])
+    restricted = torch.zeros_like(directions)
+    restricted[:, first:stop] = directions[:, first:stop]
+    return restricted
+
+
+def normalise_steps(directions: torch.Tensor) -> torch.Tensor:
+    """[A, T, ...] h directions rescaled per step so that every non-zero step has the same norm, the root mean
+    square of the non-zero steps' norms (the total norm is kept): the edit pushes every edited step equally."""
+    flat = directions.reshape(*directions.shape[:2], -1)
+    norms = flat.norm(dim=2, keepdim=True)
+    nonzero = norms > 0
+    counts = nonzero.sum(dim=1, keepdim=True).clamp_min(1)
+    target = (norms.square().sum(dim=1, keepdim=True) / counts).sqrt()
+    factors = torch.where(nonzero, target / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms))
+    return (flat * factors).reshape(directions.shape)

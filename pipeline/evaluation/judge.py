@@ -194,6 +194,24 @@ def operating_point(curve: Sequence[CurvePoint], max_broken: float) -> tuple[Cur
     return min(curve, key=lambda p: (p.outcome.broken_rate(), p.scale)), False
 
 
+def stop_at_flip(curve: Sequence[CurvePoint]) -> EditOutcome:
+    """Each sample's outcome at its own scale: the smallest scale of ``curve`` (one side, ascending) at which its
+    target flips on an image that is not broken, or the largest scale when none does. This is an edit that
+    watches the classifier and stops at the decision boundary (a per-sample scale, no longer one scale for
+    all samples); its clean-flip rate says whether the off-target changes come from overshooting."""
+    if not curve:
+        raise ConfigError("stop_at_flip: empty curve")
+    points = sorted(curve, key=lambda p: p.scale)
+    first = points[0].outcome
+    chosen = torch.full((len(first.before),), len(points) - 1, dtype=torch.int64)
+    for index in reversed(range(len(points))):
+        chosen[points[index].outcome.flipped] = index
+    rows = torch.arange(len(chosen))
+    after = torch.stack([p.outcome.after for p in points])[chosen, rows]
+    broken = torch.stack([p.outcome.broken for p in points])[chosen, rows]
+    return EditOutcome(first.before, after, broken, first.target, first.towards)
+
+
 def best_curve(
     candidates: Sequence[Sequence[CurvePoint]], max_broken: float
 ) -> tuple[Sequence[CurvePoint], CurvePoint, bool]:

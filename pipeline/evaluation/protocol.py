@@ -35,7 +35,7 @@ from pipeline.directions.methods import TARGETED_METHODS
 from pipeline.directions.pullback import states_at
 from pipeline.editing import AnyEditor, Editor, GuidedEditor, HeldOut, ResumableEditor, decode_images, subset
 from pipeline.evaluation.broken import BrokenConfig
-from pipeline.evaluation.judge import CurvePoint, EditOutcome, best_curve, operating_point
+from pipeline.evaluation.judge import CurvePoint, EditOutcome, best_curve, operating_point, stop_at_flip
 from pipeline.evaluation.measures import ssim_per_image
 from pipeline.evaluation.readout import Reader, Reading
 from pipeline.io.errors import ConfigError
@@ -136,6 +136,7 @@ class SideResult:
             "distortion": _finite(self.operating.distortion),
             **outcome.rates(names),
             "curve": [_curve_values(point) for point in self.curve],
+            "stop_at_flip": _stop_values(stop_at_flip(self.curve), names),
         }
         if self.edits.factor_change is not None and self.factor_names and bool(outcome.eligible.any()):
             index = self.edits.scales.index(self.operating.scale)
@@ -170,6 +171,16 @@ class SideResult:
 def _finite(value: float) -> float | None:
     """``value``, or None when it is not finite (JSON has no NaN)."""
     return value if math.isfinite(value) else None
+
+
+STOP_RATES = ("flip", "clean_flip", "broken", "any_off_target")
+"""The rates the per-sample-scale edit (:func:`stop_at_flip`) reports."""
+
+
+def _stop_values(outcome: EditOutcome, names: list[str]) -> dict[str, Any]:
+    """The per-sample-scale edit's :data:`STOP_RATES` with intervals."""
+    rates = outcome.rates(names)
+    return {key: rates[key] for key in STOP_RATES}
 
 
 def _curve_values(point: CurvePoint) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.evaluation.judge import EditOutcome, Rate
+from pipeline.evaluation.judge import EditOutcome, Rate, stop_at_flip
 from pipeline.evaluation.protocol import DirectionResult, SideResult
 
 
@@ -18,13 +18,17 @@ def _sides(results: Mapping[str, DirectionResult]) -> list[SideResult]:
 
 def method_summary(results: Mapping[str, DirectionResult]) -> dict[str, Any]:
     """Over every (direction, side) of one method at its operating scale: ``mean_clean_flip``,
-    ``min_clean_flip``, ``mean_broken`` and ``infeasible`` (sides with no scale within the broken budget)."""
+    ``min_clean_flip``, ``mean_broken`` and ``infeasible`` (sides with no scale within the broken budget); and
+    ``mean_clean_flip_stop``, the mean clean flip when each sample stops at its own smallest flipping scale
+    (:func:`pipeline.evaluation.judge.stop_at_flip`)."""
     sides = _sides(results)
     clean = [side.operating.outcome.clean_flip_rate() for side in sides]
     broken = [side.operating.outcome.broken_rate() for side in sides]
+    stopped = [stop_at_flip(side.curve).clean_flip_rate() for side in sides]
     return {
         "mean_clean_flip": sum(clean) / len(clean),
         "min_clean_flip": min(clean),
+        "mean_clean_flip_stop": sum(stopped) / len(stopped),
         "mean_broken": sum(broken) / len(broken),
         "infeasible": sum(not side.feasible for side in sides),
     }

@@ -224,8 +224,6 @@ def _img(png: bytes, alt: str, zoom: int = 1) -> str:
     return f'<img src="{data_uri(png)}" alt="{html.escape(alt)}"{style}>'
 
 
-
-
 # ---------------------------------------------------------------------------------------------- the page
 
 
@@ -362,9 +360,12 @@ def _supervised_section(page: _Page, details: Mapping[str, Any] | None) -> None:
         for side, values in _sides(entry):
             rows.append([
                 entry["name"], side, values["scale"], _rate(values["flip"]), _rate(values["clean_flip"]),
-                _rate(values["broken"]), _worst_off_target(values),
+                _rate(values["broken"]), _worst_off_target(values), _rate(values["stop_at_flip"]["clean_flip"]),
             ])  # fmt: skip
-    header = ["attribute", "side", "operating scale", "flip", "clean flip", "broken", "worst off-target flip"]
+    header = [
+        "attribute", "side", "operating scale", "flip", "clean flip", "broken", "worst off-target flip",
+        "clean flip, each sample stopped at its first flip",
+    ]  # fmt: skip
     page.parts.append(
         "<section id=supervised><h2>Supervised directions, per attribute and side</h2>"
         + _table(header, rows, "supervised")

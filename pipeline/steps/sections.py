@@ -27,6 +27,7 @@ from pipeline.steps.pca import PCAConfig
 from pipeline.steps.preview import PreviewConfig
 from pipeline.steps.pullback import PullbackConfig
 from pipeline.steps.supervised import SupervisedConfig
+from pipeline.steps.supervised_study import SupervisedStudyConfig
 from pipeline.steps.toy_quality import ToyQualityConfig
 from pipeline.steps.train_toy_classifier import TrainToyClassifierConfig
 from pipeline.steps.train_toy_model import TrainToyModelConfig
@@ -45,6 +46,7 @@ SECTIONS: dict[str, type] = {
     "directions.pullback": PullbackConfig,
     "preview": PreviewConfig,
     "evaluate": EvaluateConfig,
+    "supervised_study": SupervisedStudyConfig,
     "toy_quality": ToyQualityConfig,
     "train_toy_model": TrainToyModelConfig,
     "train_toy_classifier": TrainToyClassifierConfig,

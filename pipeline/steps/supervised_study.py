@@ -1,0 +1,229 @@
+"""Step ``supervised_study``: which supervised estimator, timestep window and injection make an edit change its
+attribute and nothing else, and how many labelled samples a direction needs (docs/methods.md, "Supervised
+study"; docs/results.md).
+
+Every variant is a change of ``directions.supervised`` (estimator, window, step normalisation) and of the
+injection, applied to the same samples store and labels, and judged by the evaluation protocol
+(:mod:`pipeline.evaluation.protocol`) on its own held-out seeds, disjoint from ``evaluate``'s, so that picking
+the default here does not flatter the figures the ``evaluate`` stage reports. The few-samples curve estimates
+the configured default direction from ``samples_per_side`` random samples per side and judges it the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.data.hstats import HStats
+from pipeline.data.store import Store
+from pipeline.diffusion.ddim import INJECTIONS
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.directions.format import Directions
+from pipeline.directions.supervised import ESTIMATORS
+from pipeline.editing import held_out
+from pipeline.evaluation.broken import BrokenConfig
+from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, judge_files
+from pipeline.evaluation.readout import calibrated_reader
+from pipeline.evaluation.summary import method_summary
+from pipeline.io.files import WorkCache
+from pipeline.io.validation import require
+from pipeline.steps import supervised
+
+PARAMS = (
+    "model", "sampler", "classifier", "toyfaces", "hstats", "directions.supervised", "evaluate.broken",
+    "supervised_study",
+)  # fmt: skip
+"""The params this step reads (its stage's ``params`` in dvc.yaml)."""
+
+DEFAULT_VARIANT = "default"
+"""The name of the configured ``directions.supervised`` itself in the variants table."""
+
+
+@dataclass
+class StudyVariant:
+    """One arm of the study, in full: its name, the estimator, the edited window (null: every step), whether steps
+    are normalised, and the injection (null: ``sampler.injection``); the rest of ``directions.supervised`` is
+    kept."""
+
+    name: str = "mean_difference"
+    estimator: str = "mean_difference"
+    window: list[float] | None = None
+    normalise_steps: bool = False
+    injection: str | None = None
+
+    def check(self, key: str) -> None:
+        """ConfigError naming ``key`` for an unknown estimator or injection."""
+        require(
+            self.estimator in ESTIMATORS, f"{key}.estimator", self.estimator,
+            f"unknown; expected one of {', '.join(ESTIMATORS)}",
+        )  # fmt: skip
+        require(
+            self.injection is None or self.injection in INJECTIONS, f"{key}.injection", self.injection,
+            f"unknown; expected one of {', '.join(INJECTIONS)}",
+        )  # fmt: skip
+
+    def apply(
+        self, cfg: supervised.SupervisedConfig, sampler: SamplerConfig
+    ) -> tuple[supervised.SupervisedConfig, SamplerConfig]:
+        """(the supervised config, the sampler) of this arm."""
+        changes = {"estimator": self.estimator, "window": self.window, "normalise_steps": self.normalise_steps}
+        arm_sampler = sampler if self.injection is None else dataclasses.replace(sampler, injection=self.injection)
+        return dataclasses.replace(cfg, **changes), arm_sampler
+
+
+@dataclass
+class SupervisedStudyConfig:
+    """The ``supervised_study`` params section: ``num_samples`` held-out seeds from ``seed_offset``, each
+    direction edited at ``scales`` (both signs, in the mean difference's unit); the ``variants`` (name -> what
+    it changes) besides the configured default; the few-samples curve at each of ``samples_per_side`` (each
+    attribute's direction from that many random samples per side, ``draws`` draws each)."""
+
+    seed_offset: int = 96_000_000
+    num_samples: int = 64
+    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    variants: list[StudyVariant] = field(
+        default_factory=lambda: [
+            StudyVariant("mean_difference", "mean_difference"),
+            StudyVariant("projection", "projection"),
+            StudyVariant("logistic", "logistic"),
+            StudyVariant("joint_regression", "joint_regression"),
+            StudyVariant("joint_late_half", "joint_regression", window=[0.5, 1.0]),
+            StudyVariant("joint_early_half", "joint_regression", window=[0.0, 0.5]),
+            StudyVariant("joint_normalised", "joint_regression", normalise_steps=True),
+            StudyVariant("joint_symmetric", "joint_regression", injection="symmetric"),
+        ]
+    )
+    samples_per_side: list[int] = field(default_factory=lambda: [10, 30, 100, 300])
+    draws: int = 1
+    max_broken: float = 0.05
+
+    def __post_init__(self) -> None:
+        key = "supervised_study"
+        require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2")
+        names = [variant.name for variant in self.variants]
+        require(DEFAULT_VARIANT not in names, f"{key}.variants", DEFAULT_VARIANT, "is a reserved name")
+        require(len(set(names)) == len(names), f"{key}.variants", names, "has duplicate names")
+        for index, variant in enumerate(self.variants):
+            variant.check(f"{key}.variants[{index}]")
+        require(
+            all(n >= 2 for n in self.samples_per_side), f"{key}.samples_per_side", self.samples_per_side,
+            "must list sizes >= 2",
+        )  # fmt: skip
+        require(self.draws >= 1, f"{key}.draws", self.draws, "must be >= 1")
+        ProtocolConfig(scales=self.scales, max_broken=self.max_broken)  # checks the scales and the budget
+
+
+@dataclass
+class StudyResult:
+    """The study's tables (lists of rows, one dict per row) and the judge's entries of every arm."""
+
+    variants: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    details: dict[str, Any]
+
+
+def run(
+    model: DiffusionModel,
+    classifier: nn.Module,
+    store: Store,
+    stats: HStats,
+    names: Sequence[str],
+    scores: torch.Tensor,
+    threshold: float,
+    base: supervised.SupervisedConfig,
+    sampler: SamplerConfig,
+    cfg: SupervisedStudyConfig,
+    broken: BrokenConfig,
+    world: Any = None,
+    work: Callable[[str], WorkCache] | None = None,
+    progress: bool = True,
+) -> StudyResult:
+    """Judge the configured supervised directions (``base``), every variant of ``cfg.variants`` and the
+    few-samples arms on ``cfg.num_samples`` held-out seeds. ``work(arm)`` gives each arm's resumable cache."""
+    protocol = ProtocolConfig(scales=cfg.scales, max_broken=cfg.max_broken, broken=broken)
+    reader = calibrated_reader(model, sampler, classifier, world, broken)
+    samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
+
+    def judged(arm: str, arm_cfg: supervised.SupervisedConfig, arm_sampler: SamplerConfig) -> dict[str, Any]:
+        directions = supervised.run(store, stats, names, arm_cfg, scores, threshold)["supervised"]
+        cache = work(arm) if work is not None else None
+        results, _, _ = judge_files(
+            model, reader, {"supervised": directions}, protocol, arm_sampler, samples, directions.num_directions,
+            work=cache, progress=False,
+        )  # fmt: skip
+        return {"directions": directions, "results": results["supervised"]}
+
+    arms = {DEFAULT_VARIANT: (base, sampler)} | {v.name: v.apply(base, sampler) for v in cfg.variants}
+    variant_rows, entries = [], {}
+    default_directions = None
+    for name, (arm_cfg, arm_sampler) in tqdm(arms.items(), desc="study variants", unit="variant", disable=not progress):
+        outcome = judged(f"variant-{name}", arm_cfg, arm_sampler)
+        if name == DEFAULT_VARIANT:
+            default_directions = outcome["directions"]
+        settings = {
+            "variant": name, "estimator": arm_cfg.estimator, "window": _window_label(arm_cfg.window),
+            "normalise_steps": arm_cfg.normalise_steps, "injection": arm_sampler.injection,
+        }  # fmt: skip
+        variant_rows.append({**settings, **arm_summary(outcome["results"])})
+        entries[name] = [result.entry() for result in outcome["results"].values()]
+    assert default_directions is not None
+
+    sample_rows = []
+    arms_by_size = [(size, draw) for size in cfg.samples_per_side for draw in range(cfg.draws)]
+    for size, draw in tqdm(arms_by_size, desc="few-samples curve", unit="arm", disable=not progress):
+        arm_cfg = dataclasses.replace(base, samples_per_side=size, seed=base.seed + draw)
+        outcome = judged(f"samples-{size}-{draw}", arm_cfg, sampler)
+        cosines = _cosines(outcome["directions"], default_directions)
+        sample_rows.append({
+            "samples_per_side": size, "draw": draw, "mean_cosine_to_all": sum(cosines) / len(cosines),
+            **arm_summary(outcome["results"]),
+        })  # fmt: skip
+    sample_rows.append({
+        "samples_per_side": "all", "draw": 0, "mean_cosine_to_all": 1.0,
+        **{key: variant_rows[0][key] for key in SUMMARY_KEYS},
+    })  # fmt: skip
+    details = {
+        "num_samples": cfg.num_samples,
+        "seed_offset": cfg.seed_offset,
+        "scales": cfg.scales,
+        "broken_check": reader.describe(),
+        "variants": entries,
+    }
+    return StudyResult(variant_rows, sample_rows, details)
+
+
+SUMMARY_KEYS = ("mean_clean_flip", "min_clean_flip", "worst_side", "mean_clean_flip_stop", "mean_broken", "infeasible")
+"""The columns :func:`arm_summary` adds to each row of the study's tables."""
+
+
+def arm_summary(results: dict[str, DirectionResult]) -> dict[str, Any]:
+    """One arm's row: :func:`method_summary` over every (attribute, side) at its operating scale, and the
+    side with the lowest clean-flip rate (``worst_side``, "<attribute> up|down")."""
+    summary = method_summary(results)
+    sides = [(result.sides[side], f"{name} {side}") for name, result in results.items() for side in result.sides]
+    worst = min(sides, key=lambda pair: pair[0].operating.outcome.clean_flip_rate())[1]
+    row = {**summary, "worst_side": worst}
+    return {key: row[key] for key in SUMMARY_KEYS}
+
+
+def _window_label(window: list[float] | None) -> str:
+    """The window as "all" or "<start>-<end>" (fractions of the steps, 0 the noisiest)."""
+    return "all" if window is None else f"{window[0]:g}-{window[1]:g}"
+
+
+def _cosines(directions: Directions, reference: Directions) -> list[float]:
+    """Per attribute, the cosine of ``directions`` with ``reference`` over all steps together."""
+    return [
+        float(torch.nn.functional.cosine_similarity(
+            directions.direction(name).reshape(-1).double(), reference.direction(name).reshape(-1).double(), dim=0
+        ))
+        for name in directions.names
+    ]  # fmt: skip
