@@ -41,8 +41,8 @@ def main() -> None:
 
         result = step.run(
             open_model(model_cfg, device), load_classifier(classifier_cfg, device), store, load_hstats(HSTATS),
-            names, scores, params["hstats"].threshold, params["directions.supervised"], params["sampler"],
-            params["supervised_study"], params["evaluate.broken"], world, work,
+            names, scores, params["hstats"].threshold, params["sampler"], params["supervised_study"],
+            params["evaluate.broken"], world, work,
         )  # fmt: skip
         tracker.plot(VARIANTS, result.variants, x="variant", y="mean_clean_flip", title="Clean flip per variant")
         tracker.plot(FEW_SAMPLES, result.samples, x="samples_per_side", y="mean_clean_flip", title="Few samples")

@@ -80,6 +80,7 @@ def _side(target: str, towards: str, scale: float, clean: float) -> dict:
         "flip": _rate(0.9), "clean_flip": _rate(clean), "broken": _rate(0.0), "any_off_target": _rate(0.5),
         "off_target": {"hat": _rate(0.25), "light_hair": _rate(0.5)},
         "curve": [{"scale": abs(scale), "flip": 0.9, "clean_flip": clean, "broken": 0.0, "distortion": 0.1}],
+        "stop_at_flip": {"flip": _rate(0.9), "clean_flip": _rate(0.75), "broken": _rate(0.0)},
     }  # fmt: skip
 
 
@@ -134,6 +135,18 @@ def study(tmp_path):
         (tmp_path / f"plots/evaluate/{method}/grid.png").write_bytes(_png((200, 30, 30), (34, 52)))
     (tmp_path / "plots/pca_spectrum.csv").write_text("component,all_steps,per_step_mean\n0,0.5,0.4\n1,0.2,0.25\n")
     (tmp_path / "plots/pullback_spectrum.csv").write_text("t,index,sigma\n0.6,0,3.0\n0.6,1,2.0\n0.2,0,1.0\n0.2,1,0.5\n")
+    (tmp_path / "plots/supervised_study").mkdir()
+    summary = "mean_clean_flip,min_clean_flip,worst_side,mean_clean_flip_stop,mean_broken,infeasible"
+    (tmp_path / "plots/supervised_study/variants.csv").write_text(
+        f"variant,estimator,window,normalise_steps,injection,{summary}\n"
+        "default,joint_regression,all,False,asyrp,0.5,0.25,smiling up,0.6,0.0,0\n"
+        "mean_difference,mean_difference,all,False,asyrp,0.3,0.1,light_hair down,0.4,0.0,0\n"
+    )
+    (tmp_path / "plots/supervised_study/samples.csv").write_text(
+        f"samples_per_side,draw,mean_cosine_to_all,{summary}\n"
+        "10,0,0.3,0.2,0.0,hat up,0.3,0.0,0\n100,0,0.8,0.4,0.2,hat up,0.5,0.0,0\n"
+        "all,0,1.0,0.5,0.25,smiling up,0.6,0.0,0\n"
+    )
     return tmp_path
 
 
@@ -158,8 +171,11 @@ def test_the_page_is_self_contained_with_one_row_per_method(study):
     page = build_report(study)
     parsed = _parse(page)
     _check_images(parsed.images)
-    # 3 grids, 2 curves per method, 2 spectra
-    assert len(parsed.images) == 3 + 2 * 3 + 2
+    # 3 grids, 2 curves per method, 2 spectra, the few-samples chart
+    assert len(parsed.images) == 3 + 2 * 3 + 2 + 1
+    assert [row[0] for row in parsed.tables["supervised-study"]] == ["default", "mean_difference"]
+    assert [row[0] for row in parsed.tables["few-samples"]] == ["10", "100", "all"]
+    assert parsed.tables["supervised"][0][7] == "0.75 [0.55, 0.95] (n 8)"  # each sample stopped at its first flip
     assert [row[0] for row in parsed.tables["methods"]] == METHODS
     assert parsed.tables["conditional"][0][:2] == ["smiling", "up"]
     # the supervised tables keep the file's order (the grid's), whatever the JSON's key order

@@ -199,11 +199,13 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
     params = OmegaConf.load(folder / "params.yaml")
     params.hstats.label_conditioned = True
     params.directions.supervised.groups = "labels"
-    params.directions.supervised.estimator = "mean_difference"  # the few-samples arms: 2 per side, 7 attributes
+    params.directions.supervised.estimator = "joint_regression"
     params.supervised_study = {
         "seed_offset": 500, "num_samples": 3, "scales": [1.0], "samples_per_side": [2], "draws": 1, "max_broken": 0.5,
+        "few_samples_variant": "plain",  # 2 per side and 7 attributes: a mean difference, not a regression
         "variants": [
-            {"name": "joint", "estimator": "joint_regression"},
+            {"name": "plain", "estimator": "mean_difference"},
+            {"name": "joint", "estimator": "joint_regression", "significance": 1.0},
             {"name": "late", "estimator": "projection", "window": [0.5, 1.0], "injection": "symmetric"},
         ],
     }  # fmt: skip
@@ -215,11 +217,12 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
         hstats.main()
         supervised.main()
         supervised_study.main()
-    assert load_directions(folder / "directions/supervised.safetensors").extra["estimator"] == "mean_difference"
+    assert load_directions(folder / "directions/supervised.safetensors").extra["estimator"] == "joint_regression"
     with (folder / "plots/supervised_study/variants.csv").open() as handle:
         variants = list(csv.DictReader(handle))
-    assert [row["variant"] for row in variants] == ["default", "joint", "late"]
+    assert [row["variant"] for row in variants] == ["plain", "joint", "late"]
     assert [row["estimator"] for row in variants] == ["mean_difference", "joint_regression", "projection"]
+    assert [row["significance"] for row in variants] == ["", "1.0", ""]
     assert [row["window"] for row in variants] == ["all", "all", "0.5-1"]
     assert [row["injection"] for row in variants] == ["asyrp", "asyrp", "symmetric"]
     for row in variants:
@@ -230,7 +233,7 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
     assert [row["samples_per_side"] for row in curve] == ["2", "all"]
     assert -1 <= float(curve[0]["mean_cosine_to_all"]) <= 1 and float(curve[1]["mean_cosine_to_all"]) == 1
     details = json.loads((folder / "plots/supervised_study/judge.json").read_text())
-    assert set(details["variants"]) == {"default", "joint", "late"}
+    assert set(details["variants"]) == {"plain", "joint", "late"} and details["few_samples_variant"] == "plain"
     for entries in details["variants"].values():
         assert [entry["name"] for entry in entries] == names
         for entry in entries:

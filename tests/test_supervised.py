@@ -8,8 +8,10 @@ import torch
 
 from pipeline.directions import Directions, Origin, load_directions, save_directions
 from pipeline.directions.supervised import (
+    coefficient_t_values,
     conditional_directions,
     joint_regression,
+    keep_significant,
     logistic_probe,
     mean_difference,
     normalise_steps,
@@ -266,8 +268,39 @@ def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"samples_per_side=60: attribute 'a' has only \d+ samples with label 1"):
         labelled_subsets(labels, 60, 0, ["a", "b", "c"])
 
+    significant = estimate(store, labels, None, SupervisedConfig(estimator="joint_regression", significance=1.5), "abc")
+    squares = samples.square().sum(0)
+    positive_sums = torch.stack([samples[labels[:, a]].sum(0) for a in range(3)])
+    t_values = coefficient_t_values(samples.sum(0), positive_sums, squares, labels)
+    torch.testing.assert_close(significant, torch.where(t_values.abs() > 1.5, reference, 0.0), rtol=1e-6, atol=1e-6)
+    assert 0 < int((significant == 0).sum()) < significant.numel()
+
     probed = estimate(store, labels, None, SupervisedConfig(estimator="logistic", probe_iterations=20), "abc")
     plain = estimate(store, labels, None, SupervisedConfig(estimator="mean_difference"), "abc")
     flat_probed, flat_plain = probed.reshape(3, 3, -1), plain.reshape(3, 3, -1)
     assert ((flat_probed * (flat_plain - flat_probed)).sum(-1).abs() < 1e-8).all()  # an orthogonal projection per step
     assert cosine(probed[1, 0], plain[1, 0]) > 0.5  # the h-dependent label's probe follows its signal
+
+
+def test_t_values_match_ordinary_least_squares_and_the_two_sample_t_test() -> None:
+    from scipy import stats
+
+    labels, _, samples = correlated_world(300, seed=4)
+    samples = samples + torch.randn(samples.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    flat = samples.reshape(len(samples), -1)
+    positive_sums = torch.stack([samples[labels[:, a]].sum(0) for a in range(4)])
+    squares = samples.square().sum(0)
+    t_values = coefficient_t_values(samples.sum(0), positive_sums, squares, labels).reshape(4, -1)
+    design = torch.cat([torch.ones(len(labels), 1, dtype=torch.float64), labels.double()], dim=1)
+    solution = torch.linalg.lstsq(design, flat).solution
+    residual = flat - design @ solution
+    variance = residual.square().sum(0) / (len(flat) - design.shape[1])
+    errors = (variance[None] * torch.diagonal(torch.linalg.inv(design.T @ design))[1:, None]).sqrt()
+    torch.testing.assert_close(t_values, solution[1:] / errors, rtol=1e-8, atol=1e-8)
+
+    single = coefficient_t_values(samples.sum(0), positive_sums[2:3], squares, labels[:, 2:3]).reshape(-1)
+    reference = stats.ttest_ind(flat[labels[:, 2]].numpy(), flat[~labels[:, 2]].numpy(), equal_var=True).statistic
+    torch.testing.assert_close(single, torch.from_numpy(reference), rtol=1e-8, atol=1e-8)
+
+    kept = keep_significant(samples[0], t_values[0].reshape(samples.shape[1:]), 3.0)
+    assert torch.equal(kept != 0, (t_values[0].abs() > 3.0).reshape(kept.shape) & (samples[0] != 0))

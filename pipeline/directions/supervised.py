@@ -237,6 +237,46 @@ def joint_regression(total_sum: torch.Tensor, positive_sums: torch.Tensor, label
     return coefficients[1:].reshape(positive_sums.shape)
 
 
+def coefficient_t_values(
+    total_sum: torch.Tensor, positive_sums: torch.Tensor, sum_squares: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """t statistics of the coefficients of :func:`joint_regression`, per coordinate: b_a / se(b_a) with
+    se(b_a)^2 = s^2 [(X^T X)^{-1}]_aa and s^2 = RSS / (N - 1 - A), RSS = sum h^2 - b^T X^T h (the residual sum
+    of squares of each coordinate). With one label the coefficient is the mean difference and t its two-sample
+    (pooled-variance) t statistic.
+
+    Args:
+        total_sum, positive_sums, labels: as for :func:`joint_regression`.
+        sum_squares: sum of h^2 over all N samples, [*shape].
+
+    Returns:
+        [A, *shape] float64 t values (0 where a coordinate has no residual variance and no effect).
+    """
+    coefficients = joint_regression(total_sum, positive_sums, labels).reshape(len(positive_sums), -1)
+    labels = labels.to(torch.float64)
+    count, attributes = labels.shape
+    if count <= attributes + 1:
+        raise ConfigError(f"t values: {count} samples leave no residual degrees of freedom for {attributes} labels")
+    design = torch.cat([torch.ones(count, 1, dtype=torch.float64), labels], dim=1)
+    gram = design.T @ design
+    moments = torch.cat([total_sum.reshape(1, -1), positive_sums.reshape(attributes, -1)]).to(torch.float64)
+    intercept = torch.linalg.solve(gram, moments)[:1]
+    fitted = torch.cat([intercept, coefficients])
+    residual = (sum_squares.reshape(-1).to(torch.float64) - (fitted * moments).sum(dim=0)).clamp_min(0)
+    variance = residual / (count - attributes - 1)
+    scale = torch.diagonal(torch.linalg.inv(gram))[1:, None]
+    errors = (variance[None] * scale).sqrt()
+    safe = torch.where(errors > 0, errors, torch.ones_like(errors))
+    t_values = torch.where(errors > 0, coefficients / safe, torch.zeros_like(coefficients))
+    return t_values.reshape(positive_sums.shape)
+
+
+def keep_significant(direction: torch.Tensor, t_values: torch.Tensor, z: float) -> torch.Tensor:
+    """``direction`` with every coordinate whose |t| <= ``z`` set to zero: a denoised estimate that keeps the
+    coordinates the labels move beyond their sampling noise (hard thresholding of the t map)."""
+    return torch.where(t_values.abs() > z, direction, torch.zeros_like(direction))
+
+
 def logistic_probe(features: torch.Tensor, labels: torch.Tensor, l2: float, iterations: int) -> torch.Tensor:
     """Weights w [D] of an L2-regularised logistic regression of ``labels`` on centred ``features``.
 

@@ -40,6 +40,8 @@ CURVES = "plots/evaluate_curves.csv"
 GRID = "plots/evaluate/{method}/grid.png"
 DETAILS = "plots/evaluate/{method}/judge.json"
 PREVIEW = "plots/preview"
+STUDY_VARIANTS = "plots/supervised_study/variants.csv"
+STUDY_SAMPLES = "plots/supervised_study/samples.csv"
 PARAMS_FILE = "params.yaml"
 SPECTRA = (
     # file, x column, y columns (a trailing * matches a prefix), column splitting rows into series, title
@@ -250,6 +252,7 @@ def build_report(root: str | Path = ".", title: str = "h-space directions: study
     _methods_section(page, evaluation, details)
     _supervised_section(page, details)
     _conditional_section(page, evaluation)
+    _supervised_study_section(page)
     _per_method_section(page, details)
     _preview_section(page)
     _spectra_section(page)
@@ -360,7 +363,8 @@ def _supervised_section(page: _Page, details: Mapping[str, Any] | None) -> None:
         for side, values in _sides(entry):
             rows.append([
                 entry["name"], side, values["scale"], _rate(values["flip"]), _rate(values["clean_flip"]),
-                _rate(values["broken"]), _worst_off_target(values), _rate(values["stop_at_flip"]["clean_flip"]),
+                _rate(values["broken"]), _worst_off_target(values),
+                _rate(values.get("stop_at_flip", {}).get("clean_flip")),
             ])  # fmt: skip
     header = [
         "attribute", "side", "operating scale", "flip", "clean flip", "broken", "worst off-target flip",
@@ -390,6 +394,43 @@ def _conditional_section(page: _Page, evaluation: Mapping[str, Any] | None) -> N
         + _table(["target", "side", *(c.replace("_", " ") for c in columns)], rows, "conditional")
         + "</section>"
     )
+
+
+def _supervised_study_section(page: _Page) -> None:
+    variants, samples = page.path(STUDY_VARIANTS), page.path(STUDY_SAMPLES)
+    if variants is None:
+        return
+    rows = read_csv(variants)
+    page.parts.append(
+        "<section id=supervised-study><h2>Supervised study: estimator, window and injection</h2><p>Each arm "
+        "recomputes the supervised directions from the same labelled samples and judges every attribute on both "
+        "sides on the study's own held-out seeds (the supervised_study params; disjoint from the seeds above). "
+        "<i>default</i> is the configured <code>directions.supervised</code>. Clean flips are at each side's "
+        "operating scale; the stop-at-flip column stops each sample at its own smallest flipping scale; window "
+        "fractions count from the noisiest step.</p>"
+    )
+    if rows:
+        header = list(rows[0])
+        page.parts.append(_table(header, [[row[c] for c in header] for row in rows], "supervised-study"))
+    curve = read_csv(samples) if samples is not None else []
+    if curve:
+        header = list(curve[0])
+        page.parts.append(
+            "<h3>How many labelled samples a direction needs</h3><p>The default estimator from N random samples "
+            "per side of each attribute (all: every labelled sample).</p>"
+            + _table(header, [[row[c] for c in header] for row in curve], "few-samples")
+        )
+        numeric = [row for row in curve if _is_number(row["samples_per_side"])]
+        series = {
+            name: [(math.log10(_float(row["samples_per_side"])), _float(row[name])) for row in numeric]
+            for name in ("mean_clean_flip", "min_clean_flip", "mean_cosine_to_all")
+        }
+        page.parts.append(
+            '<div class="charts">'
+            + _img(line_chart(series, "few samples", "log10 samples per side", "rate / cosine"), "")
+            + "</div>"
+        )
+    page.parts.append("</section>")
 
 
 def _per_method_section(page: _Page, details: Mapping[str, Any] | None) -> None:

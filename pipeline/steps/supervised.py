@@ -40,6 +40,7 @@ class SupervisedConfig:
     window: list[float] | None = None
     normalise_steps: bool = False
     samples_per_side: int | None = None
+    significance: float | None = None
     seed: int = 0
     probe_l2: float = 1.0e-3
     probe_iterations: int = 50
@@ -62,6 +63,12 @@ class SupervisedConfig:
         require(
             self.samples_per_side is None or self.samples_per_side >= 2, f"{key}.samples_per_side",
             self.samples_per_side, "must be null (every labelled sample) or >= 2",
+        )  # fmt: skip
+        require(
+            self.significance is None
+            or (self.significance > 0 and self.estimator in ("mean_difference", "joint_regression")),
+            f"{key}.significance", self.significance,
+            "must be null or a z > 0, with the mean_difference or joint_regression estimator",
         )  # fmt: skip
         require(self.probe_l2 > 0, f"{key}.probe_l2", self.probe_l2, "must be > 0")
         require(self.probe_iterations >= 1, f"{key}.probe_iterations", self.probe_iterations, "must be >= 1")
@@ -101,7 +108,7 @@ def run(
     sizes = {name: [stats.group_sizes[f"{name}/{side}"] for side in (positive, negative)] for name in names}
     extra = {"groups": cfg.groups, "group_sizes": sizes}
     plain = supervised.supervised_directions(means("h", positive), means("h", negative), origin, space="h")
-    if cfg.estimator == "mean_difference" and cfg.samples_per_side is None:
+    if cfg.estimator == "mean_difference" and cfg.samples_per_side is None and cfg.significance is None:
         estimated = plain.directions
     else:
         if scores is None:
@@ -110,6 +117,7 @@ def run(
         subsets = labelled_subsets(labels, cfg.samples_per_side, cfg.seed, names)
         estimated = estimate(store, labels, subsets, cfg, names)
         extra["samples_per_side"] = cfg.samples_per_side
+        extra["significance"] = cfg.significance
     directions = supervised.restrict_window(estimated.to(plain.directions.dtype), cfg.window)
     if cfg.normalise_steps:
         directions = supervised.normalise_steps(directions)
@@ -173,7 +181,7 @@ def estimate(
         groups[f"{a}|not"] = subset[~labels[subset, a]]
         for b in range(count) if joint else [a]:
             groups[f"{a}|{b}"] = subset[labels[subset, b]]
-        if joint:
+        if joint or cfg.significance is not None:
             groups[f"{a}"] = subset
     for a, name in enumerate(names):
         for side in (f"{a}|{a}", f"{a}|not"):
@@ -186,22 +194,49 @@ def estimate(
         name: unique_means[alias[name]] * len(positions) if len(positions) else zero
         for name, positions in groups.items()
     }
+    squares = _sums_of_squares(store, members) if cfg.significance is not None else None
     directions = []
     for a, subset in enumerate(members):
-        if joint:
-            positive_sums = torch.stack([sums[f"{a}|{b}"] for b in range(count)])
-            try:
-                directions.append(supervised.joint_regression(sums[f"{a}"], positive_sums, labels[subset])[a])
-            except ConfigError as error:
-                raise ConfigError(f"directions.supervised: attribute '{names[a]}': {error}") from None
-        else:
-            directions.append(sums[f"{a}|{a}"] / len(groups[f"{a}|{a}"]) - sums[f"{a}|not"] / len(groups[f"{a}|not"]))
+        columns = list(range(count)) if joint else [a]
+        positive_sums = torch.stack([sums[f"{a}|{b}"] for b in columns])
+        try:
+            if joint:
+                direction = supervised.joint_regression(sums[f"{a}"], positive_sums, labels[subset])[a]
+            else:
+                direction = sums[f"{a}|{a}"] / len(groups[f"{a}|{a}"]) - sums[f"{a}|not"] / len(groups[f"{a}|not"])
+            if squares is not None and cfg.significance is not None:
+                t_values = supervised.coefficient_t_values(
+                    sums[f"{a}"], positive_sums, squares[a], labels[subset][:, columns]
+                )[columns.index(a)]
+                direction = supervised.keep_significant(direction, t_values, cfg.significance)
+        except ConfigError as error:
+            raise ConfigError(f"directions.supervised: attribute '{names[a]}': {error}") from None
+        directions.append(direction)
     stacked = torch.stack(directions)
     if cfg.estimator == "projection":
         return supervised.project_each_out(stacked)
     if cfg.estimator == "logistic":
         return _probe_directions(store, labels, members, stacked, cfg)
     return stacked
+
+
+def _sums_of_squares(store: Store, members: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per attribute, the sum of h^2 over its subset of store positions ([K, *h_shape] float64), in one pass
+    (identical subsets are summed once)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    for subset in members:
+        distinct.setdefault(tuple(subset.tolist()), len(distinct))
+    masks = torch.zeros(len(distinct), len(store), dtype=torch.bool)
+    for key, index in distinct.items():
+        masks[index, list(key)] = True
+    totals = torch.zeros(len(distinct), len(store.h_steps), *store.h_shape, dtype=torch.float64)
+    for batch in store.iter_batches(("h",), dtype=None):
+        squared = batch["h"].to(torch.float64).square()
+        for index in range(len(distinct)):
+            chosen = masks[index, batch["index"]]
+            if chosen.any():
+                totals[index] += squared[chosen].sum(dim=0)
+    return [totals[distinct[tuple(subset.tolist())]] for subset in members]
 
 
 def _probe_directions(

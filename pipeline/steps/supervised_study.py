@@ -2,11 +2,13 @@
 attribute and nothing else, and how many labelled samples a direction needs (docs/methods.md, "Supervised
 study"; docs/results.md).
 
-Every variant is a change of ``directions.supervised`` (estimator, window, step normalisation) and of the
-injection, applied to the same samples store and labels, and judged by the evaluation protocol
-(:mod:`pipeline.evaluation.protocol`) on its own held-out seeds, disjoint from ``evaluate``'s, so that picking
-the default here does not flatter the figures the ``evaluate`` stage reports. The few-samples curve estimates
-the configured default direction from ``samples_per_side`` random samples per side and judges it the same way.
+Every variant is a full setting of the supervised directions (estimator, window, step normalisation,
+significance filter) and of the injection, applied to the same samples store and labels, and judged by the
+evaluation protocol (:mod:`pipeline.evaluation.protocol`) on the study's own held-out seeds, disjoint from
+``evaluate``'s, so that picking ``directions.supervised`` from this table does not flatter the figures the
+``evaluate`` stage reports. The study does not read ``directions.supervised``: changing the default reruns only
+the stages that use it. The few-samples curve estimates the ``few_samples_variant`` from ``samples_per_side``
+random samples per side of each attribute and judges it the same way.
 """
 
 from __future__ import annotations
@@ -37,25 +39,22 @@ from pipeline.io.validation import require
 from pipeline.steps import supervised
 
 PARAMS = (
-    "model", "sampler", "classifier", "toyfaces", "hstats", "directions.supervised", "evaluate.broken",
-    "supervised_study",
+    "model", "sampler", "classifier", "toyfaces", "hstats", "evaluate.broken", "supervised_study",
 )  # fmt: skip
 """The params this step reads (its stage's ``params`` in dvc.yaml)."""
-
-DEFAULT_VARIANT = "default"
-"""The name of the configured ``directions.supervised`` itself in the variants table."""
 
 
 @dataclass
 class StudyVariant:
     """One arm of the study, in full: its name, the estimator, the edited window (null: every step), whether steps
-    are normalised, and the injection (null: ``sampler.injection``); the rest of ``directions.supervised`` is
-    kept."""
+    are normalised, the significance filter (null: none) and the injection (null: ``sampler.injection``); the
+    other fields of ``directions.supervised`` keep their defaults."""
 
     name: str = "mean_difference"
     estimator: str = "mean_difference"
     window: list[float] | None = None
     normalise_steps: bool = False
+    significance: float | None = None
     injection: str | None = None
 
     def check(self, key: str) -> None:
@@ -69,13 +68,14 @@ class StudyVariant:
             f"unknown; expected one of {', '.join(INJECTIONS)}",
         )  # fmt: skip
 
-    def apply(
-        self, cfg: supervised.SupervisedConfig, sampler: SamplerConfig
-    ) -> tuple[supervised.SupervisedConfig, SamplerConfig]:
+    def apply(self, sampler: SamplerConfig) -> tuple[supervised.SupervisedConfig, SamplerConfig]:
         """(the supervised config, the sampler) of this arm."""
-        changes = {"estimator": self.estimator, "window": self.window, "normalise_steps": self.normalise_steps}
+        arm_cfg = supervised.SupervisedConfig(
+            estimator=self.estimator, window=self.window, normalise_steps=self.normalise_steps,
+            significance=self.significance, conditional={},
+        )  # fmt: skip
         arm_sampler = sampler if self.injection is None else dataclasses.replace(sampler, injection=self.injection)
-        return dataclasses.replace(cfg, **changes), arm_sampler
+        return arm_cfg, arm_sampler
 
 
 @dataclass
@@ -83,7 +83,8 @@ class SupervisedStudyConfig:
     """The ``supervised_study`` params section: ``num_samples`` held-out seeds from ``seed_offset``, each
     direction edited at ``scales`` (both signs, in the mean difference's unit); the ``variants`` (name -> what
     it changes) besides the configured default; the few-samples curve at each of ``samples_per_side`` (each
-    attribute's direction from that many random samples per side, ``draws`` draws each)."""
+    attribute's ``few_samples_variant`` direction from that many random samples per side, ``draws`` draws
+    each)."""
 
     seed_offset: int = 96_000_000
     num_samples: int = 64
@@ -94,12 +95,15 @@ class SupervisedStudyConfig:
             StudyVariant("projection", "projection"),
             StudyVariant("logistic", "logistic"),
             StudyVariant("joint_regression", "joint_regression"),
+            StudyVariant("joint_significant", "joint_regression", significance=3.0),
+            StudyVariant("joint_significant_late_half", "joint_regression", window=[0.5, 1.0], significance=3.0),
             StudyVariant("joint_late_half", "joint_regression", window=[0.5, 1.0]),
             StudyVariant("joint_early_half", "joint_regression", window=[0.0, 0.5]),
             StudyVariant("joint_normalised", "joint_regression", normalise_steps=True),
             StudyVariant("joint_symmetric", "joint_regression", injection="symmetric"),
         ]
     )
+    few_samples_variant: str = "mean_difference"
     samples_per_side: list[int] = field(default_factory=lambda: [10, 30, 100, 300])
     draws: int = 1
     max_broken: float = 0.05
@@ -109,10 +113,14 @@ class SupervisedStudyConfig:
         require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
         require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2")
         names = [variant.name for variant in self.variants]
-        require(DEFAULT_VARIANT not in names, f"{key}.variants", DEFAULT_VARIANT, "is a reserved name")
+        require(len(names) >= 1, f"{key}.variants", names, "must list at least one variant")
         require(len(set(names)) == len(names), f"{key}.variants", names, "has duplicate names")
         for index, variant in enumerate(self.variants):
             variant.check(f"{key}.variants[{index}]")
+        require(
+            self.few_samples_variant in names, f"{key}.few_samples_variant", self.few_samples_variant,
+            f"must name one of the variants ({', '.join(names)})",
+        )  # fmt: skip
         require(
             all(n >= 2 for n in self.samples_per_side), f"{key}.samples_per_side", self.samples_per_side,
             "must list sizes >= 2",
@@ -138,7 +146,6 @@ def run(
     names: Sequence[str],
     scores: torch.Tensor,
     threshold: float,
-    base: supervised.SupervisedConfig,
     sampler: SamplerConfig,
     cfg: SupervisedStudyConfig,
     broken: BrokenConfig,
@@ -146,8 +153,8 @@ def run(
     work: Callable[[str], WorkCache] | None = None,
     progress: bool = True,
 ) -> StudyResult:
-    """Judge the configured supervised directions (``base``), every variant of ``cfg.variants`` and the
-    few-samples arms on ``cfg.num_samples`` held-out seeds. ``work(arm)`` gives each arm's resumable cache."""
+    """Judge every variant of ``cfg.variants`` and the few-samples arms on ``cfg.num_samples`` held-out seeds.
+    ``work(arm)`` gives each arm's resumable cache."""
     protocol = ProtocolConfig(scales=cfg.scales, max_broken=cfg.max_broken, broken=broken)
     reader = calibrated_reader(model, sampler, classifier, world, broken)
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
@@ -161,39 +168,40 @@ def run(
         )  # fmt: skip
         return {"directions": directions, "results": results["supervised"]}
 
-    arms = {DEFAULT_VARIANT: (base, sampler)} | {v.name: v.apply(base, sampler) for v in cfg.variants}
-    variant_rows, entries = [], {}
-    default_directions = None
+    arms = {variant.name: variant.apply(sampler) for variant in cfg.variants}
+    variant_rows, entries, directions_of = [], {}, {}
     for name, (arm_cfg, arm_sampler) in tqdm(arms.items(), desc="study variants", unit="variant", disable=not progress):
         outcome = judged(f"variant-{name}", arm_cfg, arm_sampler)
-        if name == DEFAULT_VARIANT:
-            default_directions = outcome["directions"]
+        directions_of[name] = outcome["directions"]
         settings = {
             "variant": name, "estimator": arm_cfg.estimator, "window": _window_label(arm_cfg.window),
-            "normalise_steps": arm_cfg.normalise_steps, "injection": arm_sampler.injection,
+            "normalise_steps": arm_cfg.normalise_steps, "significance": arm_cfg.significance,
+            "injection": arm_sampler.injection,
         }  # fmt: skip
         variant_rows.append({**settings, **arm_summary(outcome["results"])})
         entries[name] = [result.entry() for result in outcome["results"].values()]
-    assert default_directions is not None
 
     sample_rows = []
     arms_by_size = [(size, draw) for size in cfg.samples_per_side for draw in range(cfg.draws)]
+    base_cfg, base_sampler = arms[cfg.few_samples_variant]
+    base_row = variant_rows[list(arms).index(cfg.few_samples_variant)]
     for size, draw in tqdm(arms_by_size, desc="few-samples curve", unit="arm", disable=not progress):
-        arm_cfg = dataclasses.replace(base, samples_per_side=size, seed=base.seed + draw)
-        outcome = judged(f"samples-{size}-{draw}", arm_cfg, sampler)
-        cosines = _cosines(outcome["directions"], default_directions)
+        arm_cfg = dataclasses.replace(base_cfg, samples_per_side=size, seed=base_cfg.seed + draw)
+        outcome = judged(f"samples-{size}-{draw}", arm_cfg, base_sampler)
+        cosines = _cosines(outcome["directions"], directions_of[cfg.few_samples_variant])
         sample_rows.append({
             "samples_per_side": size, "draw": draw, "mean_cosine_to_all": sum(cosines) / len(cosines),
             **arm_summary(outcome["results"]),
         })  # fmt: skip
     sample_rows.append({
         "samples_per_side": "all", "draw": 0, "mean_cosine_to_all": 1.0,
-        **{key: variant_rows[0][key] for key in SUMMARY_KEYS},
+        **{key: base_row[key] for key in SUMMARY_KEYS},
     })  # fmt: skip
     details = {
         "num_samples": cfg.num_samples,
         "seed_offset": cfg.seed_offset,
         "scales": cfg.scales,
+        "few_samples_variant": cfg.few_samples_variant,
         "broken_check": reader.describe(),
         "variants": entries,
     }
