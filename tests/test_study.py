@@ -206,7 +206,8 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
         "variants": [
             {"name": "plain", "estimator": "mean_difference"},
             {"name": "joint", "estimator": "joint_regression", "significance": 1.0},
-            {"name": "late", "estimator": "projection", "window": [0.5, 1.0], "injection": "symmetric"},
+            {"name": "late", "estimator": "projection", "window": [0.5, 1.0], "injection": "symmetric",
+             "shared_steps": True},
         ],
     }  # fmt: skip
     OmegaConf.save(params, folder / "params.yaml")
@@ -223,6 +224,7 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
     assert [row["variant"] for row in variants] == ["plain", "joint", "late"]
     assert [row["estimator"] for row in variants] == ["mean_difference", "joint_regression", "projection"]
     assert [row["significance"] for row in variants] == ["", "1.0", ""]
+    assert [row["shared_steps"] for row in variants] == ["False", "False", "True"]
     assert [row["window"] for row in variants] == ["all", "all", "0.5-1"]
     assert [row["injection"] for row in variants] == ["asyrp", "asyrp", "symmetric"]
     for row in variants:

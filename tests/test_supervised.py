@@ -19,6 +19,7 @@ from pipeline.directions.supervised import (
     project_each_out,
     project_out,
     restrict_window,
+    share_over_steps,
     supervised_directions,
 )
 from pipeline.io.errors import ConfigError
@@ -241,6 +242,9 @@ def test_window_and_step_normalisation() -> None:
     torch.testing.assert_close(step_norms[:, 1], step_norms[:, 2])
     assert not step_norms[:, [0, 3]].any()
     torch.testing.assert_close(even.reshape(2, -1).norm(dim=1), windowed.reshape(2, -1).norm(dim=1))
+    shared = share_over_steps(windowed)
+    torch.testing.assert_close(shared[:, 1], (directions[:, 1] + directions[:, 2]) / 2)
+    assert torch.equal(shared[:, 1], shared[:, 2]) and not shared[:, [0, 3]].any()
 
 
 def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Path) -> None:

@@ -353,6 +353,15 @@ def restrict_window(directions: torch.Tensor, window: Sequence[float] | None) ->
     return restricted
 
 
+def share_over_steps(directions: torch.Tensor) -> torch.Tensor:
+    """[A, T, ...] h directions with every non-zero step replaced by the mean of the non-zero steps: one direction
+    for all edited steps (an "all-step" direction) instead of one per step; zero steps stay zero."""
+    flat = directions.reshape(*directions.shape[:2], -1)
+    edited = flat.norm(dim=2, keepdim=True) > 0
+    shared = flat.sum(dim=1, keepdim=True) / edited.sum(dim=1, keepdim=True).clamp_min(1)
+    return torch.where(edited, shared, torch.zeros_like(flat)).reshape(directions.shape)
+
+
 def normalise_steps(directions: torch.Tensor) -> torch.Tensor:
     """[A, T, ...] h directions rescaled per step so that every non-zero step has the same norm, the root mean
     square of the non-zero steps' norms (the total norm is kept): the edit pushes every edited step equally."""

@@ -39,6 +39,7 @@ class SupervisedConfig:
     estimator: str = "joint_regression"
     window: list[float] | None = None
     normalise_steps: bool = False
+    shared_steps: bool = False
     samples_per_side: int | None = None
     significance: float | None = None
     seed: int = 0
@@ -82,8 +83,8 @@ def run(
     scores: torch.Tensor | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Directions]:
-    """Supervised directions in h (``cfg.estimator`` on the ``cfg.groups`` sides, then ``cfg.window`` and
-    ``cfg.normalise_steps``), the mean difference in x_T, and conditional ones in h.
+    """Supervised directions in h (``cfg.estimator`` on the ``cfg.groups`` sides, then ``cfg.window``,
+    ``cfg.shared_steps`` and ``cfg.normalise_steps``), the mean difference in x_T, and conditional ones in h.
 
     ``scores`` [N, A] (store order) and ``threshold`` give the 0/1 labels the estimators other than the plain
     mean difference need. Returns ``{"supervised": ..., "supervised_conditional": ..., "noise_supervised": ...}``;
@@ -119,9 +120,13 @@ def run(
         extra["samples_per_side"] = cfg.samples_per_side
         extra["significance"] = cfg.significance
     directions = supervised.restrict_window(estimated.to(plain.directions.dtype), cfg.window)
+    if cfg.shared_steps:
+        directions = supervised.share_over_steps(directions)
     if cfg.normalise_steps:
         directions = supervised.normalise_steps(directions)
-    extra.update(estimator=cfg.estimator, window=cfg.window, normalise_steps=cfg.normalise_steps)
+    extra.update(
+        estimator=cfg.estimator, window=cfg.window, shared_steps=cfg.shared_steps, normalise_steps=cfg.normalise_steps
+    )
     in_h = Directions(directions=directions, method="supervised", space="h", names=list(names), origin=origin,
                       extra=extra)  # fmt: skip
     noise_origin = Origin(model_id=origin.model_id, sampler_steps=origin.sampler_steps, eta=origin.eta)

@@ -47,13 +47,14 @@ PARAMS = (
 @dataclass
 class StudyVariant:
     """One arm of the study, in full: its name, the estimator, the edited window (null: every step), whether steps
-    are normalised, the significance filter (null: none) and the injection (null: ``sampler.injection``); the
-    other fields of ``directions.supervised`` keep their defaults."""
+    share one direction and are normalised, the significance filter (null: none) and the injection (null:
+    ``sampler.injection``); the other fields of ``directions.supervised`` keep their defaults."""
 
     name: str = "mean_difference"
     estimator: str = "mean_difference"
     window: list[float] | None = None
     normalise_steps: bool = False
+    shared_steps: bool = False
     significance: float | None = None
     injection: str | None = None
 
@@ -72,7 +73,7 @@ class StudyVariant:
         """(the supervised config, the sampler) of this arm."""
         arm_cfg = supervised.SupervisedConfig(
             estimator=self.estimator, window=self.window, normalise_steps=self.normalise_steps,
-            significance=self.significance, conditional={},
+            shared_steps=self.shared_steps, significance=self.significance, conditional={},
         )  # fmt: skip
         arm_sampler = sampler if self.injection is None else dataclasses.replace(sampler, injection=self.injection)
         return arm_cfg, arm_sampler
@@ -100,6 +101,7 @@ class SupervisedStudyConfig:
             StudyVariant("joint_late_half", "joint_regression", window=[0.5, 1.0]),
             StudyVariant("joint_early_half", "joint_regression", window=[0.0, 0.5]),
             StudyVariant("joint_normalised", "joint_regression", normalise_steps=True),
+            StudyVariant("joint_shared_steps", "joint_regression", shared_steps=True),
             StudyVariant("joint_symmetric", "joint_regression", injection="symmetric"),
         ]
     )
@@ -175,7 +177,8 @@ def run(
         directions_of[name] = outcome["directions"]
         settings = {
             "variant": name, "estimator": arm_cfg.estimator, "window": _window_label(arm_cfg.window),
-            "normalise_steps": arm_cfg.normalise_steps, "significance": arm_cfg.significance,
+            "shared_steps": arm_cfg.shared_steps, "normalise_steps": arm_cfg.normalise_steps,
+            "significance": arm_cfg.significance,
             "injection": arm_sampler.injection,
         }  # fmt: skip
         variant_rows.append({**settings, **arm_summary(outcome["results"])})
