@@ -6,7 +6,7 @@ from pipeline.data.hstats import load_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
-from pipeline.io.files import stage_work, write_json
+from pipeline.io.files import WorkCache, stage_work, write_json
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import supervised_study as step
 from pipeline.steps.sections import stage_params
@@ -31,11 +31,12 @@ def main() -> None:
         seeds, names, scores = read_labels(LABELS)
         check_labels_match(store, seeds)
         inputs = [model_cfg.source, classifier_cfg.path, SAMPLES, LABELS, HSTATS]
-        fingerprint = {**params.tracked, "device": device}
+        shared = {key: value for key, value in params.tracked.items() if key != "supervised_study"}
+        shared.update(device=device, study=params["supervised_study"].shared())
         works = []
 
-        def work(arm: str):
-            cache = stage_work(f"supervised_study/{arm}", fingerprint, inputs)
+        def work(arm: str, spec: dict) -> WorkCache:
+            cache = stage_work(f"supervised_study/{arm}", {**shared, "arm": spec}, inputs)
             works.append(cache)
             return cache
 
