@@ -52,7 +52,8 @@ def probe(folder: Path, batch_size: int = 64) -> dict[str, Any]:
     pca.run(store, stats, PCAConfig(), batch_size=batch_size)
     seconds["pca"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    supervised.run(store, stats, ATTRIBUTES, SupervisedConfig(conditional={"attribute_a": ["attribute_b"]}))
+    supervised_cfg = SupervisedConfig(conditional={"attribute_a": ["attribute_b"]})
+    supervised.run(store, stats, ATTRIBUTES, supervised_cfg, scores, cfg.threshold)
     seconds["supervised"] = time.perf_counter() - begin
     return {"num_samples": len(store), "rss_after_open_mib": opened, "peak_rss_mib": peak_rss_mib(),
             "seconds": seconds}  # fmt: skip

@@ -156,6 +156,9 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
         supervised_methods(store, stats, names, SupervisedConfig(groups="labels", estimator="mean_difference"))
     with pytest.raises(ConfigError, match=r"directions\.supervised\.groups"):
         SupervisedConfig(groups="top")
+    unknown = SupervisedConfig(groups="extremes", estimator="mean_difference", attribute_windows={"nose": None})
+    with pytest.raises(ConfigError, match=r"^directions\.supervised\.attribute_windows: unknown attribute 'nose'"):
+        supervised_methods(store, stats, names, unknown)
     with pytest.raises(ConfigError, match=r"^params: directions\.supervised\.groups='extremes': extremes serve"):
         SupervisedConfig(groups="extremes", estimator="joint_regression")
 
@@ -200,6 +203,8 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
     params.hstats.label_conditioned = True
     params.directions.supervised.groups = "labels"
     params.directions.supervised.estimator = "joint_regression"
+    params.directions.supervised.window = [0.5, 1.0]
+    params.directions.supervised.attribute_windows = {"smiling": None, "hat": [0.75, 1.0]}
     params.supervised_study = {
         "seed_offset": 500, "num_samples": 3, "scales": [1.0], "samples_per_side": [2], "draws": 1, "max_broken": 0.5,
         "few_samples_variant": "plain",  # 2 per side and 7 attributes: a mean difference, not a regression
@@ -218,7 +223,11 @@ def test_supervised_study_judges_every_arm_and_the_few_samples_curve(workspace, 
         hstats.main()
         supervised.main()
         supervised_study.main()
-    assert load_directions(folder / "directions/supervised.safetensors").extra["estimator"] == "joint_regression"
+    made = load_directions(folder / "directions/supervised.safetensors")
+    assert made.extra["estimator"] == "joint_regression"
+    edited_steps = {name: made.direction(name).flatten(1).norm(dim=1).nonzero().flatten().tolist() for name in names}
+    assert edited_steps["smiling"] == [0, 1, 2, 3] and edited_steps["hat"] == [3]  # of a 4-step grid
+    assert all(edited_steps[name] == [2, 3] for name in names if name not in ("smiling", "hat"))
     with (folder / "plots/supervised_study/variants.csv").open() as handle:
         variants = list(csv.DictReader(handle))
     assert [row["variant"] for row in variants] == ["plain", "joint", "late"]

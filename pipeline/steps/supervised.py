@@ -38,6 +38,7 @@ class SupervisedConfig:
     conditional: dict[str, list[str]] = field(default_factory=lambda: {"smiling": ["light_hair"]})
     estimator: str = "joint_regression"
     window: list[float] | None = None
+    attribute_windows: dict[str, list[float] | None] = field(default_factory=dict)
     normalise_steps: bool = False
     shared_steps: bool = False
     samples_per_side: int | None = None
@@ -61,6 +62,12 @@ class SupervisedConfig:
             self.window is None or (len(self.window) == 2 and 0 <= self.window[0] < self.window[1] <= 1),
             f"{key}.window", self.window, "must be null or [start, end) fractions of the steps, 0 <= start < end <= 1",
         )  # fmt: skip
+        for name, window in self.attribute_windows.items():
+            require(
+                window is None or (len(window) == 2 and 0 <= window[0] < window[1] <= 1),
+                f"{key}.attribute_windows.{name}", window,
+                "must be null (every step) or [start, end) fractions of the steps, 0 <= start < end <= 1",
+            )  # fmt: skip
         require(
             self.samples_per_side is None or self.samples_per_side >= 2, f"{key}.samples_per_side",
             self.samples_per_side, "must be null (every labelled sample) or >= 2",
@@ -83,7 +90,8 @@ def run(
     scores: torch.Tensor | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Directions]:
-    """Supervised directions in h (``cfg.estimator`` on the ``cfg.groups`` sides, then ``cfg.window``,
+    """Supervised directions in h (``cfg.estimator`` on the ``cfg.groups`` sides, then ``cfg.window`` or the
+    attribute's entry of ``cfg.attribute_windows``,
     ``cfg.shared_steps`` and ``cfg.normalise_steps``), the mean difference in x_T, and conditional ones in h.
 
     ``scores`` [N, A] (store order) and ``threshold`` give the 0/1 labels the estimators other than the plain
@@ -94,6 +102,12 @@ def run(
         for name in (target, *conditions):
             if name not in names:
                 raise ConfigError(f"directions.supervised.conditional: unknown attribute '{name}'")
+    for name in cfg.attribute_windows:
+        if name not in names:
+            raise ConfigError(
+                f"directions.supervised.attribute_windows: unknown attribute '{name}'; "
+                f"expected one of {', '.join(names)}"
+            )
     origin = Origin.of_store(store)
 
     positive, negative = GROUP_SIDES[cfg.groups]
@@ -119,13 +133,21 @@ def run(
         estimated = estimate(store, labels, subsets, cfg, names)
         extra["samples_per_side"] = cfg.samples_per_side
         extra["significance"] = cfg.significance
-    directions = supervised.restrict_window(estimated.to(plain.directions.dtype), cfg.window)
+    estimated = estimated.to(plain.directions.dtype)
+    windows = [cfg.attribute_windows.get(name, cfg.window) for name in names]  # an entry of null: every step
+    directions = torch.stack(
+        [supervised.restrict_window(row[None], window)[0] for row, window in zip(estimated, windows, strict=True)]
+    )
     if cfg.shared_steps:
         directions = supervised.share_over_steps(directions)
     if cfg.normalise_steps:
         directions = supervised.normalise_steps(directions)
     extra.update(
-        estimator=cfg.estimator, window=cfg.window, shared_steps=cfg.shared_steps, normalise_steps=cfg.normalise_steps
+        estimator=cfg.estimator,
+        window=cfg.window,
+        attribute_windows=cfg.attribute_windows,
+        shared_steps=cfg.shared_steps,
+        normalise_steps=cfg.normalise_steps,
     )
     in_h = Directions(directions=directions, method="supervised", space="h", names=list(names), origin=origin,
                       extra=extra)  # fmt: skip
