@@ -35,6 +35,7 @@ TINY_STUDY: dict[str, object] = {
     "hstats.label_conditioned": "false",
     "directions.supervised.groups": "extremes",  # a random classifier on 12 samples leaves label groups empty
     "directions.supervised.estimator": "mean_difference",  # the one estimator extremes serve
+    "directions.supervised.significance": "null",
     "directions.pca.n_components": 3,
     "directions.jacobian.num_samples": 1,
     "directions.jacobian.k": 2,

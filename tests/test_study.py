@@ -145,7 +145,7 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
 
     store, stats = open_store(workspace / "data/samples"), load_hstats(workspace / "data/hstats.safetensors")
     _, names, _ = read_labels(workspace / "data/labels.csv")
-    extremes_cfg = SupervisedConfig(groups="extremes", estimator="mean_difference")
+    extremes_cfg = SupervisedConfig(groups="extremes", estimator="mean_difference", significance=None, window=None)
     extremes = supervised_methods(store, stats, names, extremes_cfg)["supervised"]
     for name in names:
         expected = stats.group_means["h"][f"{name}/top"] - stats.group_means["h"][f"{name}/bottom"]
@@ -153,10 +153,12 @@ def test_supervised_groups_pick_the_sides_of_the_mean_difference(workspace):
     assert extremes.extra["groups"] == "extremes" and extremes.extra["group_sizes"][names[0]] == [3, 3]
 
     with pytest.raises(ConfigError, match=r"^directions.supervised.groups 'labels'.*hstats.label_conditioned"):
-        supervised_methods(store, stats, names, SupervisedConfig(groups="labels", estimator="mean_difference"))
+        supervised_methods(store, stats, names, SupervisedConfig(estimator="mean_difference", significance=None))
     with pytest.raises(ConfigError, match=r"directions\.supervised\.groups"):
         SupervisedConfig(groups="top")
-    unknown = SupervisedConfig(groups="extremes", estimator="mean_difference", attribute_windows={"nose": None})
+    unknown = SupervisedConfig(
+        groups="extremes", estimator="mean_difference", significance=None, attribute_windows={"nose": None}
+    )
     with pytest.raises(ConfigError, match=r"^directions\.supervised\.attribute_windows: unknown attribute 'nose'"):
         supervised_methods(store, stats, names, unknown)
     with pytest.raises(ConfigError, match=r"^params: directions\.supervised\.groups='extremes': extremes serve"):

@@ -257,7 +257,7 @@ def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Pat
     labels = torch.rand(96, 3, generator=generator) < torch.tensor([0.5, 0.3, 0.6])
     labels[:, 1] |= samples[:, 0, 0, 0, 0] > 1.0  # a label that depends on h
 
-    joint = estimate(store, labels, None, SupervisedConfig(estimator="joint_regression"), "abc")
+    joint = estimate(store, labels, None, SupervisedConfig(estimator="joint_regression", significance=None), "abc")
     design = torch.cat([torch.ones(96, 1, dtype=torch.float64), labels.double()], dim=1)
     reference = torch.linalg.lstsq(design, samples.reshape(96, -1)).solution[1:].reshape(joint.shape)
     torch.testing.assert_close(joint, reference, rtol=1e-6, atol=1e-6)
@@ -265,7 +265,13 @@ def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Pat
     subsets = labelled_subsets(labels, 10, 0, ["a", "b", "c"])
     for a, subset in enumerate(subsets):
         assert len(subset) == 20 and int(labels[subset, a].sum()) == 10
-    few = estimate(store, labels, subsets, SupervisedConfig(estimator="mean_difference", samples_per_side=10), "abc")
+    few = estimate(
+        store,
+        labels,
+        subsets,
+        SupervisedConfig(estimator="mean_difference", samples_per_side=10, significance=None),
+        "abc",
+    )
     for a, subset in enumerate(subsets):
         chosen, side = samples[subset], labels[subset, a]
         torch.testing.assert_close(few[a], chosen[side].mean(0) - chosen[~side].mean(0), rtol=1e-6, atol=1e-6)
@@ -279,8 +285,10 @@ def test_step_estimators_from_the_store_match_in_memory_references(tmp_path: Pat
     torch.testing.assert_close(significant, torch.where(t_values.abs() > 1.5, reference, 0.0), rtol=1e-6, atol=1e-6)
     assert 0 < int((significant == 0).sum()) < significant.numel()
 
-    probed = estimate(store, labels, None, SupervisedConfig(estimator="logistic", probe_iterations=20), "abc")
-    plain = estimate(store, labels, None, SupervisedConfig(estimator="mean_difference"), "abc")
+    probed = estimate(
+        store, labels, None, SupervisedConfig(estimator="logistic", probe_iterations=20, significance=None), "abc"
+    )
+    plain = estimate(store, labels, None, SupervisedConfig(estimator="mean_difference", significance=None), "abc")
     flat_probed, flat_plain = probed.reshape(3, 3, -1), plain.reshape(3, 3, -1)
     assert ((flat_probed * (flat_plain - flat_probed)).sum(-1).abs() < 1e-8).all()  # an orthogonal projection per step
     assert cosine(probed[1, 0], plain[1, 0]) > 0.5  # the h-dependent label's probe follows its signal

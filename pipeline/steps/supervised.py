@@ -37,12 +37,12 @@ class SupervisedConfig:
     groups: str = "labels"
     conditional: dict[str, list[str]] = field(default_factory=lambda: {"smiling": ["light_hair"]})
     estimator: str = "joint_regression"
-    window: list[float] | None = None
+    window: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
     attribute_windows: dict[str, list[float] | None] = field(default_factory=dict)
     normalise_steps: bool = False
     shared_steps: bool = False
     samples_per_side: int | None = None
-    significance: float | None = None
+    significance: float | None = 3.0
     seed: int = 0
     probe_l2: float = 1.0e-3
     probe_iterations: int = 50
@@ -55,8 +55,10 @@ class SupervisedConfig:
             f"unknown; expected one of {', '.join(supervised.ESTIMATORS)}",
         )  # fmt: skip
         require(
-            self.groups == "labels" or (self.estimator == "mean_difference" and self.samples_per_side is None),
-            f"{key}.groups", self.groups, "extremes serve the plain mean_difference estimator only; use labels",
+            self.groups == "labels"
+            or (self.estimator == "mean_difference" and self.samples_per_side is None and self.significance is None),
+            f"{key}.groups", self.groups,
+            "extremes serve the plain mean_difference estimator only (significance null); use labels",
         )  # fmt: skip
         require(
             self.window is None or (len(self.window) == 2 and 0 <= self.window[0] < self.window[1] <= 1),

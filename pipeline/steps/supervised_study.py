@@ -103,7 +103,7 @@ class SupervisedStudyConfig:
         ]
     )
     few_samples_variant: str = "mean_difference"
-    samples_per_side: list[int] = field(default_factory=lambda: [10, 100])
+    samples_per_side: list[int] = field(default_factory=lambda: [10])
     draws: int = 1
     max_broken: float = 0.05
 
