@@ -151,7 +151,9 @@ class Tracker:
             import wandb
 
             columns = list(rows[0])
-            table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+            mixed = {c for c in columns if len({type(row[c]) for row in rows if row[c] is not None}) > 1}
+            data = [[str(row[c]) if c in mixed and row[c] is not None else row[c] for c in columns] for row in rows]
+            table = wandb.Table(columns=columns, data=data)  # a column of mixed types is logged as text
             key = f"{self.stage}/{Path(path).stem}"
             self._run.log({key: wandb.plot.line(table, x, y, title=title or key)})
 
