@@ -13,6 +13,7 @@ returns one logit per attribute [N, A], with ``attribute_names`` (A names), ``fe
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,32 @@ def _load_failure(error: Exception) -> str:
     ]
     cause = next((line for line in causes if line), "")
     return f"not a plain state dict; the weights-only loader refused it: {cause or 'unsupported content'}"
+
+
+def check_classifier(cfg: ClassifierConfig) -> None:
+    """Preflight: raise a one-line error naming the key and the fix when the configured classifier cannot be
+    loaded on this machine (unknown name, weights missing, optional extra not installed), without loading it
+    (milliseconds), so a run stops before its expensive stages."""
+    if cfg.name == "toyfaces":
+        folder = Path(cfg.path)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ModelNotFoundError(
+                f"classifier.path '{cfg.path}': no ToyFaces classifier there (config.json and model.safetensors); "
+                "train it with: dvc repro train_toy_classifier"
+            )
+        return
+    if cfg.name == "celeba_attributes":
+        if importlib.util.find_spec("torchvision") is None:
+            raise ModelNotFoundError("classifier 'celeba_attributes' needs torchvision: pip install -e '.[celeba]'")
+        if cfg.path and not Path(cfg.path).is_file():
+            raise ModelNotFoundError(
+                f"classifier.path '{cfg.path}': no such file; the README ('Labellers') says where CelebA attribute "
+                "weights come from"
+            )
+        if not cfg.path and not cfg.url:
+            raise ConfigError("classifier.path and classifier.url are both empty for 'celeba_attributes'")
+        return
+    raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
 
 
 def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -> nn.Module:
