@@ -8,7 +8,7 @@ from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
 from pipeline.evaluation.records import EVALUATION_FOLDER, records_path, save_records
-from pipeline.io.errors import ConfigError
+from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.files import stage_work, write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import LoggingConfig, Tracker
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

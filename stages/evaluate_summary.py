@@ -2,6 +2,7 @@
 and the curves (pipeline/steps/evaluate_summary.py)."""
 
 from pipeline.evaluation.records import load_records, records_path
+from pipeline.io.errors import run_main
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import evaluate_summary as step
 from pipeline.steps.sections import stage_params
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.images import make_grid
 from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
 from pipeline.io.tracking import LoggingConfig, Tracker
@@ -40,4 +41,4 @@ def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

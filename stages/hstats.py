@@ -3,6 +3,7 @@
 from pipeline.data.hstats import save_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
+from pipeline.io.errors import run_main
 from pipeline.steps import hstats as step
 from pipeline.steps.sections import stage_params
 
@@ -21,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,6 +10,7 @@ from pipeline.classifiers import load_classifier
 from pipeline.data.labels import read_labels, write_labels
 from pipeline.data.store import INDEX_FILE, open_store
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.files import WORK_ROOT, stage_work
 from pipeline.io.launch import LaunchConfig, ShardJob, job_shards, label_part_path, merge_label_parts, run_shard_jobs
 from pipeline.io.tracking import LoggingConfig, Tracker
@@ -61,4 +62,4 @@ def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

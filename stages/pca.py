@@ -4,6 +4,7 @@ from pipeline.data.hstats import load_hstats
 from pipeline.data.store import open_store
 from pipeline.directions import save_directions
 from pipeline.directions.methods import directions_path
+from pipeline.io.errors import run_main
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import pca as step
 from pipeline.steps.sections import stage_params
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

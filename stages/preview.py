@@ -5,6 +5,7 @@ from pipeline.classifiers import load_classifier
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
+from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import LoggingConfig, Tracker
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

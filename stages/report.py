@@ -1,5 +1,6 @@
 """DVC stage ``report``: one self-contained HTML page of the study (report/index.html, pipeline/steps/report.py)."""
 
+from pipeline.io.errors import run_main
 from pipeline.steps.report import build_report, write_report
 
 OUTPUT = "report/index.html"
@@ -11,4 +12,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

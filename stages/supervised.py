@@ -5,6 +5,7 @@ from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.directions import save_directions
 from pipeline.directions.methods import directions_path
+from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.steps import supervised as step
 from pipeline.steps.sections import stage_params
@@ -30,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

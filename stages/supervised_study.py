@@ -6,6 +6,7 @@ from pipeline.data.hstats import load_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.files import WorkCache, stage_work, write_json
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import supervised_study as step
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,6 +1,7 @@
 """DVC stage ``toy_quality``: judge the trained ToyFaces DDPM with the ToyFaces classifier."""
 
 from pipeline.diffusion.models import load_model, resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import save_png
 from pipeline.steps import toy_quality as step
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,6 +2,7 @@
 (committed)."""
 
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.steps import train_toy_classifier as step
 from pipeline.steps.sections import stage_params
@@ -20,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

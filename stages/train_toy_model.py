@@ -1,6 +1,7 @@
 """DVC stage ``train_toy_model``: train the ToyFaces DDPM; writes models/toyfaces/ddpm (committed)."""
 
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.steps import train_toy_model as step
 from pipeline.steps.sections import stage_params
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
