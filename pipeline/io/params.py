@@ -7,19 +7,25 @@ Stages read only ``params.yaml`` (what DVC tracks); ``conf/`` is the Hydra tree 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import dataclasses
+import difflib
+import re
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from pipeline.io.errors import ConfigError
+from pipeline.io.errors import ConfigError, run_main
 
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 _MISSING = object()
+_REFUSED_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+"""Hydra's message for an override of a key the composed config does not have (it suggests ``+key``)."""
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> DictConfig:
@@ -36,16 +42,43 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> DictConfig:
     return params
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The hint for an unknown key ``name``: "did you mean 'x'?" with the closest of ``known`` (difflib), or the
+    list of known keys when none is close."""
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"expected one of {', '.join(known)}" if known else "this level takes no keys"
+
+
+def unknown_key(full_key: str, known: Iterable[str]) -> ConfigError:
+    """The one-line error of an unknown params key ``full_key`` (dotted) among the ``known`` keys of its level."""
+    return ConfigError(f"params: {full_key}: unknown key; {did_you_mean(full_key.rpartition('.')[2], known)}")
+
+
+def schema_fields(schema: type, path: Sequence[str] = ()) -> list[str]:
+    """The field names of the dataclass ``schema`` at the nested ``path`` (field names, following dataclass-typed
+    and optional dataclass-typed fields), or [] where the path leaves the dataclasses."""
+    for name in path:
+        hint = typing.get_type_hints(schema).get(name) if dataclasses.is_dataclass(schema) else None
+        schema = next((arg for arg in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(arg)), None)
+    return [field.name for field in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+
+
 def validate(section: Any, schema: type[T], key: str) -> T:
     """Merge ``section`` (a mapping) onto ``schema``'s defaults and return the typed object.
 
-    Unknown keys and values of the wrong type raise ConfigError with one line naming the full key.
+    Unknown keys and values of the wrong type raise ConfigError with one line naming the full key; an unknown
+    key gets the closest field name of its level ("did you mean").
     """
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), section if section is not None else {})
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as error:
         full_key = f"{key}.{error.full_key}" if error.full_key else key
+        if isinstance(error, ConfigKeyError) and error.full_key and str(error).startswith("Key '"):
+            raise unknown_key(full_key, schema_fields(schema, str(error.full_key).split(".")[:-1])) from error
         message = str(error).splitlines()[0]
         raise ConfigError(f"params: {full_key}: {message}") from error
 
@@ -130,18 +163,61 @@ def _plain(value: Any) -> Any:
 def compose(
     conf_dir: str | Path = "conf", config_name: str = "config", overrides: list[str] | None = None
 ) -> str:
-    """Compose the Hydra tree as DVC does (compose, resolve, dump) and return the YAML text."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """Compose the Hydra tree as DVC does (compose, resolve, dump) and return the YAML text.
 
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+    An override Hydra refuses is a one-line ConfigError: an unknown key names the closest key of its level in
+    the composed config ("did you mean", where Hydra would suggest appending it with ``+``), an unknown group
+    option the closest option, and an override that does not parse its first line of explanation.
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    overrides = list(overrides or [])
+    try:
+        cfg = _hydra_compose(conf_dir, config_name, overrides)
+    except MissingConfigException as error:
+        missing = str(error.missing_cfg_file or "")
+        group, _, option = missing.rpartition("/")
+        if not group or not error.options:
+            raise ConfigError(f"conf: {str(error).splitlines()[0]}") from error
+        raise ConfigError(f"conf: {group}={option}: no such option; {did_you_mean(option, error.options)}") from error
+    except OverrideParseException as error:
+        raise ConfigError(f"conf: override not understood: {str(error).splitlines()[0]}") from error
+    except ConfigCompositionException as error:
+        refused = _REFUSED_OVERRIDE.match(str(error))
+        full_key = refused.group(1) if refused else None
+        rest = [item for item in overrides if item.split("=", 1)[0] != full_key]
+        if full_key is None or len(rest) == len(overrides):
+            raise ConfigError(f"conf: {str(error).splitlines()[0]}") from error
+        raise _unknown_composed_key(full_key, _hydra_compose(conf_dir, config_name, rest)) from error
     OmegaConf.resolve(cfg)
     return OmegaConf.to_yaml(cfg)
 
 
+def _hydra_compose(conf_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition of ``config_name`` in ``conf_dir`` with ``overrides`` (unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def _unknown_composed_key(full_key: str, cfg: DictConfig) -> ConfigError:
+    """The error of ``full_key``, a dotted key absent from the composed ``cfg``: named down to its first missing
+    part, with the closest key of that level."""
+    node: Any = cfg
+    parts = full_key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            known = [str(name) for name in node] if isinstance(node, DictConfig) else []
+            return unknown_key(".".join(parts[: depth + 1]), known)
+        node = node[part]
+    return ConfigError(f"conf: {full_key}: cannot be overridden")
+
+
 def main() -> None:
-    """``python -m pipeline.io.params [overrides...]``: rewrite params.yaml from conf/ (what dvc exp run does)."""
+    """``python -m pipeline.io.params [overrides...]``: rewrite params.yaml from conf/ (what dvc exp run does);
+    a refused override (an unknown key, with the closest known one) stops it with one line."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sampler.steps=20")
     parser.add_argument("--conf-dir", default="conf")
@@ -154,4 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

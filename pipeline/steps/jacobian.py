@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,7 +68,49 @@ class JacobianConfig:
         )  # fmt: skip
         require(self.apply in ("global", "per_step"), f"{key}.apply", self.apply, "must be 'global' or 'per_step'")
         require(self.unit > 0, f"{key}.unit", self.unit, "must be > 0")
+        check_mask_setting(self.mask)
         self.solver.check(f"{key}.solver")
+
+
+MASK_KEY = "directions.jacobian.mask"
+MASK_CHOICES = f"{', '.join(REGIONS)}, a rectangle [top, left, bottom, right] or an image file"
+"""What ``directions.jacobian.mask`` may be besides null, as error messages list it."""
+
+
+def check_mask_setting(mask: Any) -> None:
+    """Check ``directions.jacobian.mask`` without any model (milliseconds): null, a ToyFaces region of
+    :data:`~pipeline.toyfaces.world.REGIONS`, a rectangle [top, left, bottom, right] of fractions with
+    top < bottom and left < right, or an existing image file. A string that is neither a region nor a file is
+    an unknown region, or a missing file when it looks like a path (a folder or a suffix); ConfigError names the
+    key, the value and what is expected."""
+    if mask is None or (isinstance(mask, str) and mask in REGIONS):
+        return
+    if isinstance(mask, str):
+        if Path(mask).is_file():
+            return
+        if "/" in mask or Path(mask).suffix:
+            raise ConfigError(f"{MASK_KEY} '{mask}': no such image file (expected one of {MASK_CHOICES})")
+        raise ConfigError(f"{MASK_KEY} '{mask}': unknown region; expected one of {MASK_CHOICES}")
+    box = list(mask) if isinstance(mask, Sequence) else None
+    numbers = box is not None and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    if not numbers or len(box) != 4:
+        raise ConfigError(f"{MASK_KEY} {mask!r}: expected null or one of {MASK_CHOICES}")
+    top, left, bottom, right = (float(v) for v in box)
+    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+        raise ConfigError(
+            f"{MASK_KEY} {box}: a rectangle [top, left, bottom, right] needs fractions of the image in [0, 1] "
+            "with top < bottom and left < right"
+        )
+
+
+def check_mask_classifier(mask: Any, classifier: str) -> None:
+    """ConfigError when ``mask`` is a ToyFaces region but the classifier (``classifier.name``) cannot locate it:
+    regions are found on each sample by the ToyFaces classifier."""
+    if isinstance(mask, str) and mask in REGIONS and classifier != "toyfaces":
+        raise ConfigError(
+            f"{MASK_KEY} '{mask}': a ToyFaces region needs classifier.name 'toyfaces', not '{classifier}'; "
+            "set the mask to a rectangle [top, left, bottom, right], an image file or null"
+        )
 
 
 def sample_masks(
