@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from pipeline.diffusion.loading import DEFAULT_TRAIN_SCHEDULE
-from pipeline.diffusion.models import load_model, resolve_device, resolve_dtype
+from pipeline.diffusion.models import DEFAULT_CLIP_SAMPLE, load_model, resolve_device, resolve_dtype
 from pipeline.io.errors import ConfigError, ModelNotFoundError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -34,7 +34,7 @@ def test_pipeline_folder_loads_same_unet_and_ddim_scheduler(
 
     assert torch.allclose(_eps(model.unet), _eps(tiny_unet), atol=1e-5)
     assert isinstance(model.scheduler, DDIMScheduler)
-    assert model.scheduler.config.clip_sample is False
+    assert model.scheduler.config.clip_sample is DEFAULT_CLIP_SAMPLE  # the study's setting, not the folder's
     assert model.scheduler.config.beta_end == pytest.approx(0.002)  # the folder's schedule, not the default
     assert model.sample_shape == (3, 16, 16)
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
@@ -51,7 +51,7 @@ def test_bare_unet_folder_gets_default_linear_schedule(tiny_unet: UNet2DModel, t
     assert torch.allclose(_eps(model.unet), _eps(tiny_unet), atol=1e-5)
     for key, value in DEFAULT_TRAIN_SCHEDULE.items():
         assert model.scheduler.config[key] == value
-    assert model.scheduler.config.clip_sample is False
+    assert model.scheduler.config.clip_sample is DEFAULT_CLIP_SAMPLE
 
 
 def test_dtype_is_applied(tiny_model_dir: Path) -> None:

@@ -29,12 +29,15 @@ from pipeline.diffusion.models import DEFAULT_LOCATION
 from pipeline.io.errors import ConfigError
 from pipeline.io.validation import as_int, require
 
-DEFAULT_STEPS = 50
-"""T of :class:`DecodeSettings` when none is given."""
+DEFAULT_STEPS = 20
+"""T of the DDIM grid when none is given: the study's ``sampler.steps`` (:class:`SamplerConfig` and
+:class:`DecodeSettings` share it, so a library call walks the grid the DAG's directions were made on)."""
 DEFAULT_BATCH_SIZE = 16
 """Samples per UNet batch of :class:`DecodeSettings` when none is given."""
 INJECTIONS = ("symmetric", "asyrp")
 """How an h edit enters a DDIM step (see :class:`DecodeSettings`)."""
+DEFAULT_INJECTION = "asyrp"
+"""The study's ``sampler.injection``, also the library's default (the directions' scales are calibrated in it)."""
 _MAX_SEED = 2**63
 
 
@@ -66,7 +69,7 @@ class DecodeSettings:
     steps: int = DEFAULT_STEPS
     eta: float = 0.0
     location: str = DEFAULT_LOCATION
-    injection: str = "symmetric"
+    injection: str = DEFAULT_INJECTION
     batch_size: int = DEFAULT_BATCH_SIZE
     h_dtype: torch.dtype = torch.float32
     progress: bool = False
@@ -96,10 +99,10 @@ class SamplerConfig:
     scaled by c_t = b_t / a_t per step, see :func:`asyrp_equivalent_scales`).
     """
 
-    steps: int = 20
+    steps: int = DEFAULT_STEPS
     eta: float = 0.0
     batch_size: int = 64
-    injection: str = "asyrp"
+    injection: str = DEFAULT_INJECTION
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "sampler.steps", self.steps, "must be >= 1")

@@ -28,6 +28,11 @@ from pipeline.io.errors import ConfigError, ModelNotFoundError
 DEFAULT_LOCATION = "after"
 """Default h-space site: the output of the UNet's middle block (see :mod:`pipeline.diffusion.hspace`)."""
 
+DEFAULT_CLIP_SAMPLE = True
+"""Whether DDIM clamps the predicted x_0 to [-1, 1] when nothing says otherwise: the study's default model's
+setting (``model.clip_sample`` of the embedded ToyFaces DDPM), shared by :func:`load_model` and
+:class:`ModelConfig`; the real models' configs set False."""
+
 DECODE_BATCH_SIZE = 16
 """Latents decoded per autoencoder call (bounds the decoder's activation memory at 256+ px)."""
 
@@ -251,7 +256,7 @@ def load_model(
     source: str,
     device: str = "auto",
     dtype: str = "float32",
-    clip_sample: bool = False,
+    clip_sample: bool = DEFAULT_CLIP_SAMPLE,
     text: TextPrompts | None = None,
     autocast: str = "none",
     channels_last: bool = False,
@@ -265,9 +270,10 @@ def load_model(
     cache (safetensors preferred; no remote code is ever run; see :mod:`pipeline.diffusion.loading`). A bare
     folder without a scheduler config gets :data:`~pipeline.diffusion.loading.DEFAULT_TRAIN_SCHEDULE`. The
     scheduler is always ``DDIMScheduler.from_config`` of the
-    model's scheduler config with ``clip_sample`` as given: False (the reference code's choice for
-    well-trained models) keeps the predicted x_0 unclamped; True clamps it to [-1, 1] at every step, which
-    keeps a small or undertrained model's samples in range. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
+    model's scheduler config with ``clip_sample`` as given: True (the default, :data:`DEFAULT_CLIP_SAMPLE`, the
+    study's setting for its small model) clamps the predicted x_0 to [-1, 1] at every step, which keeps a small
+    or undertrained model's samples in range; False (the reference code's choice for well-trained models, set
+    by ``conf/model/`` for the real ones) keeps it unclamped. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
 
     A Stable Diffusion pipeline folder (``text_encoder/``, ``tokenizer/``, ``vae/``) also loads its CLIP text
     encoder and encodes ``text`` (default: :class:`TextPrompts`, the empty prompt without guidance); ``text``
@@ -336,7 +342,7 @@ class ModelConfig:
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
-    clip_sample: bool = True
+    clip_sample: bool = DEFAULT_CLIP_SAMPLE
     text: TextPrompts | None = None
     autocast: str = "none"
     channels_last: bool = False
