@@ -11,6 +11,9 @@ their config files alone (fetched before any weights):
 * a hub id 'owner/name' in either layout, fetched through the Hugging Face cache (safetensors preferred; no
   remote code is ever run).
 
+:func:`check_source` is the preflight: it finds the same files, the weights included, without loading any of them
+and without the network (milliseconds).
+
 :func:`compile_unet_blocks` is the ``model.compile`` option: ``torch.compile`` of the UNet's layers.
 """
 
@@ -22,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import huggingface_hub.constants
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
 from huggingface_hub import snapshot_download
@@ -87,6 +91,9 @@ _LAYOUT_FILES = [
     *(f"{name}/config.json" for name in AUTOENCODER_SUBFOLDERS),
 ]
 
+TEXT_ENCODER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+"""Weights of a pipeline's ``text_encoder/`` (safetensors only: see :func:`_text_encoder`)."""
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -118,6 +125,79 @@ def load_parts(source: str, torch_dtype: torch.dtype, clip_sample: bool) -> Load
         f"model source '{source}': no such folder and not a hub id 'owner/name'; "
         f"known ids: {', '.join(KNOWN_HUB_MODELS)}"
     )
+
+
+class ModelFiles(NamedTuple):
+    """What a model's files say, found without loading them (:func:`check_source`): ``folder`` holds them (the
+    local folder, or the cached snapshot of a hub id), ``unet_class`` is the UNet's diffusers class,
+    ``scheduler_config`` the training schedule (None: :data:`DEFAULT_TRAIN_SCHEDULE`), ``text_conditioned``
+    whether it is a Stable Diffusion layout with a CLIP text encoder."""
+
+    folder: Path
+    unet_class: str
+    scheduler_config: dict[str, Any] | None
+    text_conditioned: bool
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """Length of the training schedule: the largest number of DDIM steps the model can be sampled with."""
+        schedule = self.scheduler_config or DEFAULT_TRAIN_SCHEDULE
+        return int(schedule.get("num_train_timesteps", DEFAULT_TRAIN_SCHEDULE["num_train_timesteps"]))
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts according to its scheduler config ("epsilon" unless it says otherwise)."""
+        return str((self.scheduler_config or {}).get("prediction_type", "epsilon"))
+
+
+def check_source(source: str, key: str = "model.source") -> ModelFiles:
+    """Preflight of :func:`load_parts`: find the model's config files and weights, local folder or hub id in the
+    local Hugging Face cache, without loading any weights and without the network (milliseconds).
+
+    ModelNotFoundError names ``key`` and the fix: a missing folder or file of the layout, or for a hub id whose
+    files are not cached, ``hf download <id>``. ConfigError names an unsupported class.
+    """
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return _check_files(folder, f"{key} '{source}'", "save the model there again")
+    if not _HUB_ID.fullmatch(source):
+        raise ModelNotFoundError(
+            f"{key} '{source}': no such folder and not a hub id 'owner/name'; known ids: {', '.join(KNOWN_HUB_MODELS)}"
+        )
+    fix = f"download the model with `hf download {source}` on a machine with internet (and set HF_HOME to that cache)"
+    try:
+        snapshot = Path(snapshot_download(source, allow_patterns=_LAYOUT_FILES, local_files_only=True))
+    except OSError as error:  # nothing of this repository in the cache (or no cache at all)
+        raise ModelNotFoundError(
+            f"{key} '{source}': not in the local Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}); {fix}"
+        ) from error
+    return _check_files(snapshot, f"{key} '{source}'", fix)
+
+
+def _check_files(folder: Path, named: str, fix: str) -> ModelFiles:
+    """:class:`ModelFiles` of the layout in ``folder``; ModelNotFoundError ("``named``: what is missing; ``fix``")
+    for a part without its weights."""
+    try:
+        unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(f"{named}: {str(error).partition(': ')[2]}; {fix}") from error
+    unet_folder = folder / unet_subfolder if unet_subfolder else folder
+    unet_class = _unet_class(unet_folder / "config.json", named)
+    parts = {unet_folder: WEIGHT_FILES}
+    parts.update(
+        {folder / name: WEIGHT_FILES for name in AUTOENCODER_SUBFOLDERS if (folder / name / "config.json").is_file()}
+    )
+    text_conditioned = (folder / "text_encoder" / "config.json").is_file()
+    if text_conditioned:
+        parts[folder / "text_encoder"] = TEXT_ENCODER_WEIGHTS
+        if not (folder / "tokenizer").is_dir():
+            raise ModelNotFoundError(f"{named}: no tokenizer/ beside text_encoder/; {fix}")
+    for part, names in parts.items():
+        if not any((part / name).is_file() for name in names):
+            where = part.relative_to(folder).as_posix()
+            raise ModelNotFoundError(f"{named}: no weights in {where if where != '.' else 'the folder'} "
+                                     f"(expected {' or '.join(names[:2])}); {fix}")  # fmt: skip
+    return ModelFiles(folder, unet_class.__name__, scheduler_config, text_conditioned)
 
 
 def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> int:
@@ -178,7 +258,7 @@ def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> Load
     offline = _hub_offline()
     not_local = ModelNotFoundError(
         f"the weights for '{repo_id}' are not available locally: download them once with "
-        f"`huggingface-cli download {repo_id}` on a machine with internet and set HF_HOME to that cache, "
+        f"`hf download {repo_id}` on a machine with internet and set HF_HOME to that cache, "
         "or pass a local model folder"
     )
     try:

@@ -1,0 +1,24 @@
+"""DVC stage ``preflight``: the first stage, checking in seconds that the run's resources and settings are all
+there (metrics/preflight.json lists what it checked); ``generate`` depends on it, so nothing expensive starts
+before it passes."""
+
+from pipeline.io.errors import run_main
+from pipeline.io.files import write_json
+from pipeline.io.launch import LaunchConfig
+from pipeline.steps import preflight as step
+from pipeline.steps.sections import stage_params
+
+CHECKED = "metrics/preflight.json"
+
+
+def main() -> None:
+    """Read and validate params.yaml, run the checks, write the list of what passed."""
+    params = stage_params("preflight")
+    sections = {key: params[key] for key in step.PARAMS}
+    checked = step.run(sections, params.device, params.runtime("launch", LaunchConfig))
+    write_json(CHECKED, checked)
+    print(f"preflight: {len(checked)} checks passed ({CHECKED})")
+
+
+if __name__ == "__main__":
+    run_main(main)
