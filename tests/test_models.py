@@ -101,7 +101,7 @@ def test_offline_hub_id_says_how_to_provide_weights(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ModelNotFoundError) as error:
         load_model("google/ddpm-ema-celebahq-256", device="cpu")
 
-    _assert_one_line(error, "'google/ddpm-ema-celebahq-256'", "huggingface-cli download", "HF_HOME")
+    _assert_one_line(error, "'google/ddpm-ema-celebahq-256'", "hf download", "HF_HOME")
 
 
 def test_non_epsilon_prediction_is_rejected(tiny_unet: UNet2DModel, tmp_path: Path) -> None:
