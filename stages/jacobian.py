@@ -19,14 +19,15 @@ METRICS = "metrics/jacobian.json"
 def main() -> None:
     """Read params.yaml; write the directions file, the spectrum plot, the preview grid and the metrics."""
     params = stage_params("jacobian")
-    model_cfg, classifier_cfg = params["model"], params["classifier"]
+    model_cfg, classifier_cfg, cfg = params["model"], params["classifier"], params["directions.jacobian"]
+    step.check_mask_classifier(cfg.mask, classifier_cfg.name)  # before loading anything
     device = str(resolve_device(params.device))
     with Tracker("jacobian", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
         work = stage_work("jacobian", {**params.tracked, "device": device}, [model_cfg.source, classifier_cfg.path])
         model = open_model(model_cfg, device)
         classifier = load_classifier(classifier_cfg, device)
         result = step.run(
-            model, params["directions.jacobian"], params["sampler"], model_cfg.hspace_location, classifier,
+            model, cfg, params["sampler"], model_cfg.hspace_location, classifier,
             params["toyfaces"], preview_scales=params["preview.scales"], work=work,
         )  # fmt: skip
         for method, directions in result.directions.items():
