@@ -137,6 +137,16 @@ class DiffusionModel:
         return (int(self.unet.config.in_channels), int(height), int(width))
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels of the images the model makes and inverts: x_t's own size for a pixel model, times
+        the autoencoder's downsampling factor 2^(levels - 1) for a latent one."""
+        _, height, width = self.sample_shape
+        if self.vae is None:
+            return height, width
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return height * factor, width * factor
+
+    @property
     def latent(self) -> bool:
         """True when x_t lives in an autoencoder's latent space."""
         return self.vae is not None

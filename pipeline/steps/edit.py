@@ -1,0 +1,257 @@
+"""Step ``edit``: edit the user's own images with any directions file, judge every edit on every attribute, and
+draw a labelled grid (:mod:`pipeline.image_edits`; docs/methods.md, "Editing your own images").
+
+Each image is inverted (edit-friendly DDPM by default; DDIM as an option), edited with each chosen direction at
+every scale, and read by the classifier and the broken check the ``evaluate`` stage uses (the same
+``evaluate.broken`` calibration), against its unedited reconstruction: which attributes changed, whether the
+target flipped, whether the image is broken.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.classifiers import classify_logits
+from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.directions.format import Directions
+from pipeline.evaluation.broken import BrokenConfig
+from pipeline.evaluation.judge import decisions
+from pipeline.evaluation.readout import calibrated_reader
+from pipeline.image_edits import (
+    CROPS,
+    IMAGE_SPECIFIC,
+    INVERSIONS,
+    EditedRow,
+    ImageSpecificSettings,
+    Inverted,
+    edit_images,
+    inversion_settings,
+    invert_images,
+    list_images,
+    read_images,
+    select_directions,
+)
+from pipeline.io.grids import labelled_grid
+from pipeline.io.validation import require
+from pipeline.steps.jacobian import JacobianConfig, sample_masks
+from pipeline.steps.pullback import PullbackConfig
+
+PARAMS = ("model", "sampler", "classifier", "toyfaces", "evaluate.broken", "directions.jacobian",
+          "directions.pullback", "edit")  # fmt: skip
+"""The params this step reads (its stage's ``params`` in dvc.yaml)."""
+
+
+@dataclass
+class EditConfig:
+    """The ``edit`` params section: which images, which directions file and directions, which scales, how to invert.
+
+    ``inputs`` are image files or folders (their image files in name order); ``directions`` a directions file of
+    any method; ``names`` the directions to apply (the file's names; "k0", "k1", ... for Jacobian files and "v0",
+    ... for local pullback files, whose directions are recomputed on each image), empty for the first
+    ``max_directions``; ``scales`` in the file's own unit (0 is always drawn: the reconstruction);
+    ``inversion`` "edit_friendly" (exact) or "ddim"; ``inversion_seed`` seeds the edit-friendly noise; ``crop``
+    "none" (refuse another aspect ratio) or "center"; ``upscale`` enlarges the grid's tiles.
+    """
+
+    inputs: list[str] = field(default_factory=lambda: ["inputs/toyfaces"])
+    directions: str = "directions/supervised.safetensors"
+    names: list[str] = field(default_factory=lambda: ["smiling"])
+    max_directions: int = 4
+    scales: list[float] = field(default_factory=lambda: [-4.0, -2.0, 2.0, 4.0])
+    inversion: str = "edit_friendly"
+    inversion_seed: int = 0
+    crop: str = "none"
+    upscale: int = 3
+
+    def __post_init__(self) -> None:
+        require(len(self.inputs) >= 1, "edit.inputs", self.inputs, "must list at least one image file or folder")
+        require(any(s != 0 for s in self.scales), "edit.scales", self.scales, "must list a non-zero scale")
+        require(self.max_directions >= 1, "edit.max_directions", self.max_directions, "must be >= 1")
+        require(self.inversion in INVERSIONS, "edit.inversion", self.inversion, f"must be one of {list(INVERSIONS)}")
+        require(self.crop in CROPS, "edit.crop", self.crop, f"must be one of {list(CROPS)}")
+        require(self.upscale >= 1, "edit.upscale", self.upscale, "must be >= 1")
+
+    @property
+    def columns(self) -> list[float]:
+        """The scales drawn: 0 (the reconstruction) then the configured non-zero scales in their order."""
+        return [0.0, *[float(s) for s in self.scales if s != 0]]
+
+
+@dataclass
+class EditResult:
+    """What the edit step writes: the labelled ``grid`` [3, H, W] with its ``caption``, every edited image
+    ({relative path: [3, H, W]}) and the JSON ``details`` (reconstruction errors, every edit's judgement)."""
+
+    grid: torch.Tensor
+    caption: str
+    images: dict[str, torch.Tensor]
+    details: dict[str, Any]
+
+
+def run(
+    model: DiffusionModel,
+    classifier: nn.Module,
+    directions: Directions,
+    cfg: EditConfig,
+    sampler: SamplerConfig,
+    broken: BrokenConfig,
+    world: Any = None,
+    jacobian: JacobianConfig | None = None,
+    pullback: PullbackConfig | None = None,
+    source: str = "",
+) -> EditResult:
+    """Invert ``cfg.inputs``, edit them with ``directions`` (read from ``source``), judge and draw every edit.
+
+    ``sampler`` gives the injection and batch size (the grid comes from the file's origin), ``broken`` the broken
+    check's calibration, ``world`` the ToyFaces world (its exact broken check and regions), ``jacobian`` and
+    ``pullback`` the masks and solvers for directions recomputed on each image."""
+    paths = list_images(cfg.inputs)
+    images = read_images(paths, model.image_size, cfg.crop)
+    names = select_directions(directions, cfg.names, cfg.max_directions)
+    settings = inversion_settings(directions, sampler, cfg.inversion)
+    inverted = invert_images(model, images, settings, cfg.inversion, cfg.inversion_seed)
+    image_specific = _image_specific(directions, inverted, classifier, world, jacobian, pullback)
+    scales = cfg.columns
+    rows = [
+        row
+        for name in tqdm(names, desc="edit", unit="direction")
+        for row in edit_images(model, directions, inverted, [name], scales, image_specific)
+    ]
+    rows.sort(key=lambda row: (row.image, names.index(row.direction)))
+    reader = calibrated_reader(model, sampler, classifier, world, broken)
+    attributes = list(reader.names)
+    input_reading = reader(inverted.images)
+    entries = [_image_entry(path, inverted, i, input_reading.decisions[i], attributes) for i, path in enumerate(paths)]
+    verdicts, files = [], {}
+    for row in rows:
+        logits = classify_logits(classifier, row.images)
+        reading = reader(row.images)
+        outcomes = [
+            _judge(row, position, scale, logits, reading.broken, attributes) for position, scale in enumerate(scales)
+        ]
+        entry = entries[row.image]
+        if "reconstruction" not in entry:
+            entry["reconstruction"] = outcomes[0]
+        entry["edits"] += outcomes[1:]
+        verdicts.append(["", "broken" if outcomes[0]["broken"] else ""] + [o["verdict"] for o in outcomes[1:]])
+        stem = _file_name(paths[row.image].stem)
+        files[f"{stem}/reconstruction.png"] = row.images[0]
+        for scale, picture in zip(scales[1:], row.images[1:], strict=True):
+            files[f"{stem}/{_file_name(row.direction)}_{scale:+g}.png"] = picture
+    tiles = torch.stack([torch.cat([inverted.images[row.image : row.image + 1], row.images]) for row in rows])
+    row_labels = [f"{paths[row.image].name} {row.direction}" for row in rows]
+    column_labels = ["input", "0 (inverted)", *[f"{scale:+g}" for scale in scales[1:]]]
+    caption = (
+        f"{directions.method} edits of {len(paths)} image(s), {cfg.inversion} inversion on {settings.steps} steps; "
+        f"frames: the judge's verdict against the reconstruction"
+    )
+    grid = labelled_grid(tiles, row_labels, column_labels, verdicts, upscale=cfg.upscale, title=caption)
+    mse = inverted.reconstruction_mse
+    details = {
+        "directions": {"file": source, "method": directions.method, "space": directions.space, "names": names},
+        "inversion": {
+            "method": cfg.inversion, "steps": settings.steps, "eta": settings.eta, "seed": cfg.inversion_seed,
+            "injection": settings.injection,
+        },
+        "attributes": attributes,
+        "broken_check": reader.describe(),
+        "reconstruction_mse": {"mean": float(mse.mean()), "max": float(mse.max())},
+        "summary": _summary(entries, names, scales[1:]),
+        "images": entries,
+    }
+    return EditResult(grid, caption, files, details)
+
+
+def _image_specific(
+    directions: Directions,
+    inverted: Inverted,
+    classifier: nn.Module,
+    world: Any,
+    jacobian: JacobianConfig | None,
+    pullback: PullbackConfig | None,
+) -> ImageSpecificSettings | None:
+    """Masks and solvers for a Jacobian or local pullback file (None for the other methods)."""
+    if directions.method not in IMAGE_SPECIFIC:
+        return None
+    jacobian = jacobian or JacobianConfig()
+    masks = None
+    if directions.method == "jacobian":
+        masks, _ = sample_masks(jacobian.mask, inverted.held_out(), inverted.reconstruction, classifier, world)
+    return ImageSpecificSettings(masks, jacobian.solver, (pullback or PullbackConfig()).solver)
+
+
+def _image_entry(path: Path, inverted: Inverted, i: int, input_decisions: torch.Tensor,
+                 attributes: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """The JSON entry of input image ``i`` before its edits are added."""
+    return {
+        "file": str(path),
+        "reconstruction_mse": float(inverted.reconstruction_mse[i]),
+        "input_decisions": {name: bool(value) for name, value in zip(attributes, input_decisions, strict=True)},
+        "edits": [],
+    }
+
+
+def _judge(row: EditedRow, position: int, scale: float, logits: torch.Tensor, broken: torch.Tensor,
+           attributes: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """One edit (``row``'s image ``position``, made at ``scale``; position 0 of ``logits`` [S, A] and ``broken``
+    [S] is the reconstruction) judged against the reconstruction: attributes whose decision changed, the logit of
+    every attribute and its change, the broken flag and, for a targeted direction, whether it flipped the target
+    cleanly. ``verdict`` is the grid's frame: clean / flip / none (eligible, not flipped) / broken / changed (an
+    untargeted edit that changed an attribute), "" for a targeted edit of an image already on the far side."""
+    before, after = decisions(logits[0]), decisions(logits[position])
+    is_broken = bool(broken[position])
+    changed = [name for a, name in enumerate(attributes) if bool(before[a] != after[a]) and not is_broken]
+    entry: dict[str, Any] = {
+        "direction": row.direction,
+        "scale": scale,
+        "broken": is_broken,
+        "changed": changed,
+        "logits": {name: float(logits[position, a]) for a, name in enumerate(attributes)},
+        "logit_change": {name: float(logits[position, a] - logits[0, a]) for a, name in enumerate(attributes)},
+    }
+    verdict = "broken" if is_broken else ("changed" if changed else "none")
+    if row.target is not None and row.target in attributes and scale != 0:
+        target = attributes.index(row.target)
+        towards = scale > 0
+        eligible = bool(before[target] != towards)
+        flipped = eligible and bool(after[target] == towards) and not is_broken
+        clean = flipped and changed == [row.target]
+        entry.update({"target": row.target, "eligible": eligible, "flipped": flipped, "clean_flip": clean})
+        if not is_broken:
+            verdict = ("clean" if clean else "flip") if flipped else ("none" if eligible else "")
+    entry["verdict"] = verdict
+    return entry
+
+
+def _file_name(text: str) -> str:
+    """``text`` with every character other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def _summary(entries: Sequence[dict[str, Any]], names: Sequence[str], scales: Sequence[float]) -> list[dict[str, Any]]:
+    """Per direction and scale, over the images: how many edits, broken, changed any attribute and, for a targeted
+    direction, were eligible, flipped and flipped cleanly."""
+    rows = []
+    for name in names:
+        for scale in scales:
+            edits = [e for entry in entries for e in entry["edits"] if e["direction"] == name and e["scale"] == scale]
+            row: dict[str, Any] = {
+                "direction": name,
+                "scale": scale,
+                "images": len(edits),
+                "broken": sum(e["broken"] for e in edits),
+                "changed_any": sum(bool(e["changed"]) for e in edits),
+            }
+            if edits and "target" in edits[0]:
+                row |= {key: sum(e[key] for e in edits) for key in ("eligible", "flipped", "clean_flip")}
+            rows.append(row)
+    return rows
