@@ -9,12 +9,16 @@ returns one logit per attribute [N, A], with ``attribute_names`` (A names), ``fe
   as 40 two-way softmaxes; the logit is log P(present) - log P(absent)). Needs the optional
   ``torchvision`` extra and weights from a local file (safetensors, or a PyTorch state dict loaded with
   ``weights_only=True``) or a URL fetched once into the torch hub cache.
+- ``clip``: zero-shot attributes named by prompt pairs (:mod:`pipeline.labellers.clip`), for any model;
+  its scores are calibrated on the samples by the label step (``calibration: mixture``).
+- ``folder``: the attribute CNN trained on the user's labelled images by the ``train_classifier`` stage
+  (:mod:`pipeline.labellers.cnn`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +28,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.io.errors import ConfigError, ModelNotFoundError, PipelineError
+from pipeline.io.validation import require
+from pipeline.labellers.calibration import CALIBRATIONS
+from pipeline.labellers.clip import (
+    PromptAttribute,
+    check_attributes,
+    download_hint,
+    load_clip_labeller,
+    missing_clip_files,
+)
+from pipeline.labellers.cnn import AttributeCNN
 from pipeline.toyfaces.classifier import ToyFacesClassifier
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -35,21 +49,30 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )  # fmt: skip
 
-CLASSIFIERS = ("toyfaces", "celeba_attributes")
+CLASSIFIERS = ("toyfaces", "celeba_attributes", "clip", "folder")
 
 
 @dataclass
 class ClassifierConfig:
     """Which classifier labels the samples, and where its weights are.
 
-    ``path`` is a folder (toyfaces) or a weights file (celeba_attributes). For celeba_attributes only:
-    ``url`` is used when ``path`` is empty, and ``input_size`` is the side images are resized to.
+    ``path`` is a folder (toyfaces, folder), a weights file (celeba_attributes) or a CLIP folder or hub id
+    (clip). For celeba_attributes only: ``url`` is used when ``path`` is empty, and ``input_size`` is the side
+    images are resized to. For clip only: ``attributes``, each a name with positive and negative prompts.
+    ``calibration`` (any classifier): how the label step calibrates the label table on the samples' own scores,
+    ``none`` or ``mixture`` (:mod:`pipeline.labellers.calibration`).
     """
 
     name: str = "toyfaces"
     path: str = "models/toyfaces/classifier"
     url: str = ""
     input_size: int = 32
+    attributes: list[PromptAttribute] = field(default_factory=list)
+    calibration: str = "none"
+
+    def __post_init__(self) -> None:
+        rule = f"must be one of {', '.join(CALIBRATIONS)}"
+        require(self.calibration in CALIBRATIONS, "classifier.calibration", self.calibration, rule)
 
 
 class CelebAAttributeClassifier(nn.Module):
@@ -159,6 +182,20 @@ def check_classifier(cfg: ClassifierConfig) -> None:
         if not cfg.path and not cfg.url:
             raise ConfigError("classifier.path and classifier.url are both empty for 'celeba_attributes'")
         return
+    if cfg.name == "clip":
+        check_attributes(cfg.attributes)
+        missing = missing_clip_files(cfg.path)
+        if missing:
+            raise ModelNotFoundError(f"classifier.path '{cfg.path}': {missing}; {download_hint(cfg.path)}")
+        return
+    if cfg.name == "folder":
+        folder = Path(cfg.path)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ModelNotFoundError(
+                f"classifier.path '{cfg.path}': no trained classifier there (config.json and model.safetensors); "
+                "train it with: dvc repro train_classifier"
+            )
+        return
     raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
 
 
@@ -172,6 +209,14 @@ def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -
                 raise
             # a truncated model.safetensors, a damaged config.json or weights of another architecture
             raise ModelNotFoundError(f"classifier folder '{cfg.path}': unreadable ({_load_failure(error)})") from error
+    if cfg.name == "folder":
+        check_classifier(cfg)
+        try:
+            return AttributeCNN.load(cfg.path, device=device)
+        except (SafetensorError, OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+            raise ModelNotFoundError(f"classifier folder '{cfg.path}': unreadable ({_load_failure(error)})") from error
+    if cfg.name == "clip":
+        return load_clip_labeller(cfg.path, cfg.attributes, device)
     if cfg.name == "celeba_attributes":
         model = CelebAAttributeClassifier(cfg.input_size)
         if cfg.path:

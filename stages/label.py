@@ -1,4 +1,5 @@
-"""DVC stage ``label``: score every stored sample with the configured attribute classifier (data/labels.csv).
+"""DVC stage ``label``: score every stored sample with the configured attribute classifier (data/labels.csv),
+then calibrate the table on the samples' scores when ``classifier.calibration`` asks for it.
 
 With ``launch.shards > 1`` shard jobs label parts of the store (:mod:`pipeline.io.launch`), merged here.
 """
@@ -41,9 +42,13 @@ def main() -> None:
             parts.clear()
         else:
             write_labels(LABELS, store.seeds, classifier.attribute_names, step.run(store, classifier))
-        _, names, scores = read_labels(LABELS)
+        # calibrated on the whole table as written (merged or not), so a sharded run gives the same bytes
+        seeds, names, scores = read_labels(LABELS)
+        scores, calibration = step.calibrate_table(scores, names, cfg.calibration)
+        if calibration:
+            write_labels(LABELS, seeds, names, scores)
         frequencies = (scores > 0.5).float().mean(dim=0).tolist()
-        tracker.metrics(METRICS, {"frequency": dict(zip(names, frequencies, strict=True))})
+        tracker.metrics(METRICS, {"frequency": dict(zip(names, frequencies, strict=True)), **calibration})
 
 
 def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:

@@ -3,10 +3,12 @@ and the library code it runs, so that a change to either reruns the stage instea
 outputs stale."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from pipeline.directions.methods import EVALUATED_METHODS, REGISTRY, directions_path
 from pipeline.evaluation.records import EVALUATION_FOLDER
@@ -38,6 +40,13 @@ def _paths(entries: list) -> set[str]:
 
 def _dependencies(stage: dict) -> set[str]:
     return _paths(stage.get("deps", []))
+
+
+def _resolved(path: str) -> str:
+    """A dependency with its ``${<params key>}`` templates (all but ``${item}``) replaced by params.yaml's values,
+    as DVC resolves them (a stage's data named by its params, such as ``${train_classifier.images}``)."""
+    params = load_params(ROOT / "params.yaml")
+    return re.sub(r"\$\{(?!item\})([\w.]+)\}", lambda match: str(OmegaConf.select(params, match.group(1))), path)
 
 
 PRODUCED = {
@@ -103,7 +112,7 @@ def test_stage_runs_its_own_script_and_step(name: str) -> None:
     assert stage["cmd"] == f"python -m stages.{name}" + (" ${item}" if name in FOREACH else "")
     assert f"stages/{name}.py" in _dependencies(stage)
     assert f"pipeline/steps/{name}.py" in _dependencies(stage)
-    concrete = [dep for dep in _dependencies(stage) if "${item}" not in dep]
+    concrete = [_resolved(dep) for dep in _dependencies(stage) if "${item}" not in dep]
     produced = PRODUCED | {path.rsplit("/", 1)[0] for path in PRODUCED}  # a folder of foreach outputs counts
     missing = [dep for dep in concrete if dep not in produced and not (ROOT / dep).exists()]
     assert not missing, f"stage {name}: dependencies that no stage writes and that do not exist: {missing}"

@@ -7,11 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.io.errors import ConfigError
+from pipeline.labellers.cnn import CNNConfig
 from pipeline.steps.train_toy_classifier import TrainToyClassifierConfig
 from pipeline.steps.train_toy_classifier import run as train_toy_classifier
 from pipeline.steps.train_toy_model import TrainToyModelConfig
 from pipeline.steps.train_toy_model import run as train_toy_model
-from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.toyfaces.classifier import ToyFacesClassifier
 from pipeline.toyfaces.training import OptimConfig, ToyUNetConfig, learning_rate
 from pipeline.toyfaces.world import ToyFacesConfig
 
@@ -92,7 +93,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
 
 def test_classifier_training_reports_heldout_accuracy_and_round_trips(tmp_path):
     cfg = TrainToyClassifierConfig(
-        model=ToyClassifierConfig(widths=[8, 16], feature_dim=16, resolution=16),
+        model=CNNConfig(widths=[8, 16], feature_dim=16, resolution=16),
         steps=3,
         batch_size=8,
         heldout_size=16,

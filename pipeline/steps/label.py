@@ -1,14 +1,17 @@
-"""Step ``label``: classifier probabilities of every stored sample's image (the label table)."""
+"""Step ``label``: classifier probabilities of every stored sample's image (the label table), calibrated on the
+samples' own score distribution when ``classifier.calibration`` asks for it (after all samples are scored)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from pipeline.classifiers import classify
 from pipeline.data.store import Store
+from pipeline.labellers.calibration import calibrate
 
 PARAMS = ("classifier",)
 """The params this step reads (its stage's ``params`` in dvc.yaml)."""
@@ -31,3 +34,17 @@ def run(
     ]
     return torch.cat(scores)
 
+
+
+def calibrate_table(
+    scores: torch.Tensor, names: Sequence[str], method: str
+) -> tuple[torch.Tensor, dict[str, dict[str, dict[str, float | bool]]]]:
+    """The label table's probabilities [n, A] of every sample calibrated with ``method`` ("none": unchanged),
+    and its metrics: ``{"calibration": {<attribute>: {split, shift, scale, upper_weight}}}`` (empty for "none").
+
+    Run on the whole table (unsharded, or merged from shard jobs), so the calibration sees every sample.
+    """
+    calibrated, fits = calibrate(scores, method)
+    if not fits:
+        return calibrated, {}
+    return calibrated, {"calibration": {name: asdict(fit) for name, fit in zip(names, fits, strict=True)}}

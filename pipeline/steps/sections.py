@@ -19,6 +19,7 @@ from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.io.launch import LaunchConfig
 from pipeline.io.params import StageParams
 from pipeline.io.tracking import LoggingConfig
+from pipeline.steps.edit import EditConfig
 from pipeline.steps.evaluate import EvaluateConfig
 from pipeline.steps.generate import GenerateConfig
 from pipeline.steps.hstats import HStatsConfig
@@ -28,7 +29,9 @@ from pipeline.steps.preview import PreviewConfig
 from pipeline.steps.pullback import PullbackConfig
 from pipeline.steps.supervised import SupervisedConfig
 from pipeline.steps.supervised_study import SupervisedStudyConfig
+from pipeline.steps.toy_dataset import ToyDatasetConfig
 from pipeline.steps.toy_quality import ToyQualityConfig
+from pipeline.steps.train_classifier import TrainClassifierConfig
 from pipeline.steps.train_toy_classifier import TrainToyClassifierConfig
 from pipeline.steps.train_toy_model import TrainToyModelConfig
 from pipeline.toyfaces.world import ToyFacesConfig
@@ -47,9 +50,12 @@ SECTIONS: dict[str, type] = {
     "preview": PreviewConfig,
     "evaluate": EvaluateConfig,
     "supervised_study": SupervisedStudyConfig,
+    "edit": EditConfig,
     "toy_quality": ToyQualityConfig,
     "train_toy_model": TrainToyModelConfig,
     "train_toy_classifier": TrainToyClassifierConfig,
+    "toy_dataset": ToyDatasetConfig,
+    "train_classifier": TrainClassifierConfig,
     "logging": LoggingConfig,
     "launch": LaunchConfig,
 }

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import TrainingCheckpoint
-from pipeline.toyfaces.classifier import ToyClassifierConfig, ToyFacesClassifier
+from pipeline.labellers.cnn import CNNConfig
+from pipeline.toyfaces.classifier import ToyFacesClassifier
 from pipeline.toyfaces.training import (
     OptimConfig,
     data_seeds,
@@ -31,7 +32,7 @@ PARAMS = ("toyfaces", "train_toy_classifier")
 class TrainToyClassifierConfig:
     """Parameters of the ``train_toy_classifier`` stage."""
 
-    model: ToyClassifierConfig = field(default_factory=ToyClassifierConfig)
+    model: CNNConfig = field(default_factory=CNNConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50))
     steps: int = 2000
     batch_size: int = 64

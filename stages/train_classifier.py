@@ -1,0 +1,23 @@
+"""DVC stage ``train_classifier``: train the ``folder`` labeller's attribute CNN on labelled images (by default
+the rendered ToyFaces folder of ``toy_dataset``); writes models/classifier (committed) and its held-out metrics."""
+
+from pipeline.diffusion.models import resolve_device
+from pipeline.io.errors import run_main
+from pipeline.io.files import write_json
+from pipeline.steps import train_classifier as step
+from pipeline.steps.sections import stage_params
+
+OUTPUT = "models/classifier"
+CHECKPOINTS = "checkpoints/train_classifier"
+METRICS = "metrics/train_classifier.json"
+
+
+def main() -> None:
+    """Read params.yaml, train (resuming from CHECKPOINTS if present), write the classifier and its metrics."""
+    params = stage_params("train_classifier")
+    _, metrics = step.run(params["train_classifier"], OUTPUT, CHECKPOINTS, device=resolve_device(params.device))
+    write_json(METRICS, metrics)
+
+
+if __name__ == "__main__":
+    run_main(main)
