@@ -4,17 +4,27 @@ One parametrized case per row of :data:`CASES`. Each case asserts that the call 
 ``pipeline.io.errors`` class, that the message is one line (no newline, at most :data:`MAX_MESSAGE` characters)
 containing every fragment of the row (the key, value or file at fault), and, where the call would write,
 that nothing is left under the output's name (the path is absent or an empty folder: no partial file and no
-temporary). Stage rows run the real entry points (``stages.generate``, ``stages.label``) in a temporary
-workspace whose params.yaml is composed from ``conf/`` with tiny overrides. The catalogue, with what each
-row prints, is listed at the bottom of this file (``pytest -s`` prints the messages too).
+temporary). Stage rows run the real entry points (``stages.generate``, ``stages.label``, ``stages.preflight``)
+in a temporary workspace whose params.yaml is composed from ``conf/`` with tiny overrides. The catalogue, with
+what each row prints, is listed at the bottom of this file (``pytest -s`` prints the messages too).
+
+:data:`COMMANDS` then runs entry points as a user does, ``python -m stages.<name>`` (and ``python -m
+pipeline.io.params``) in subprocesses, all at once: each must exit non-zero with exactly one line on stderr,
+``error: <message>``, and no traceback (``HSPACE_DEBUG=1`` brings it back). The last tests pin the preflight:
+it passes on the tiny study with the same file every time, and the stages that start the expensive work wait
+for it in dvc.yaml.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import errno
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +33,7 @@ from typing import Any
 import huggingface_hub.constants
 import pytest
 import torch
+import yaml
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
@@ -34,6 +45,7 @@ from pipeline.data.store import StoreError, StoreSpec
 from pipeline.data.store_writing import generate_store
 from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.inversion import invert_ddim, invert_edit_friendly
+from pipeline.diffusion.loading import check_source
 from pipeline.diffusion.models import DiffusionModel, load_model
 from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, sample
 from pipeline.directions import Directions, Origin, load_directions, save_directions
@@ -44,8 +56,10 @@ from pipeline.directions.supervised import supervised_directions
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
 from pipeline.io.params import compose, load_params, load_section
 from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
+from pipeline.steps import preflight as preflight_step
+from pipeline.steps.jacobian import JacobianConfig, check_mask_classifier
 from pipeline.steps.pullback import PullbackConfig
-from stages import generate, label
+from stages import generate, label, preflight
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,6 +76,8 @@ TINY_OVERRIDES = [
 ]
 GENERATE_OUTPUTS = ("ws/data/samples", "ws/metrics/generate.json")
 LABEL_OUTPUTS = ("ws/data/labels.csv", "ws/metrics/label.json")
+PREFLIGHT_OUTPUTS = ("ws/metrics/preflight.json",)
+MASK_CHOICES = "mouth, eyes, hair, face, background, a rectangle [top, left, bottom, right] or an image file"
 SPEC = StoreSpec(steps=2)
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -230,6 +246,39 @@ def _noise(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
+def _cached_hub_model(env: Env, repo_id: str, weights: bool) -> None:
+    """Put the tiny model folder into an otherwise empty Hugging Face cache as the snapshot of ``repo_id`` (the
+    layout ``hf download`` leaves), without its UNet weights unless ``weights``; the hub is offline."""
+    _offline_hub(env)
+    repo = env.tmp / "empty_hf_cache" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(env.model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    if not weights:
+        (repo / "snapshots" / commit / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+
+
+def _model_without_weights(env: Env) -> str:
+    """A copy of the tiny model folder whose UNet weights are missing."""
+    folder = env.tmp / "no_weights"
+    shutil.copytree(env.model_dir, folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    return str(folder)
+
+
+def _text_model_folder(env: Env) -> str:
+    """The tiny model folder with the files of a Stable Diffusion text encoder and tokenizer beside it (their
+    contents never read: the preflight only looks at the layout)."""
+    folder = env.tmp / "text_model"
+    shutil.copytree(env.model_dir, folder)
+    (folder / "text_encoder").mkdir()
+    (folder / "text_encoder" / "config.json").write_text("{}")
+    (folder / "text_encoder" / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer").mkdir()
+    return str(folder)
+
+
 SCORES_LOW = torch.full((6, 2), 0.1)
 SCORES_HIGH = torch.full((6, 2), 0.9)
 NAMES = ["smiling", "hat"]
@@ -240,7 +289,7 @@ SOLVER = SolverConfig(max_iterations=2)
 CASES = [
     # unknown model id / missing or corrupt checkpoint
     Case("unknown_model_id_offline", lambda e: (_offline_hub(e), load_model("nobody/no-such-model", device="cpu")),
-         ModelNotFoundError, ("'nobody/no-such-model'", "huggingface-cli download")),
+         ModelNotFoundError, ("'nobody/no-such-model'", "hf download nobody/no-such-model")),
     Case("not_a_model_id", lambda e: load_model("no such model", device="cpu"), ModelNotFoundError,
          ("'no such model'", "google/ddpm-ema-celebahq-256")),
     Case("missing_model_folder", lambda e: load_model(str(e.tmp / "missing"), device="cpu"), ModelNotFoundError,
@@ -336,7 +385,21 @@ CASES = [
          ConfigError, ("delta_h shape (3, 16, 8, 8)", "(3, 32, 8, 8)")),
     # params.yaml with an unknown key or a wrong type
     Case("params_unknown_key", lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.stepz": 3}),
-         ConfigError, ("sampler.stepz", "'stepz'")),
+         ConfigError, ("params: sampler.stepz: unknown key; did you mean 'steps'?",)),
+    Case("params_unknown_nested_key",
+         lambda e: _section_from_file(e, "directions.jacobian", JacobianConfig,
+                                      **{"directions.jacobian.solver.max_iteration": 4}),
+         ConfigError,
+         ("params: directions.jacobian.solver.max_iteration: unknown key; did you mean 'max_iterations'?",)),
+    Case("params_unknown_key_without_a_close_one",
+         lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.quality": "high"}),
+         ConfigError, ("params: sampler.quality: unknown key; expected one of batch_size, eta, injection, steps",)),
+    Case("compose_unknown_key", lambda e: compose(ROOT / "conf", overrides=["directions.pca.n_componets=4"]),
+         ConfigError, ("params: directions.pca.n_componets: unknown key; did you mean 'n_components'?",)),
+    Case("compose_unknown_section", lambda e: compose(ROOT / "conf", overrides=["directions.pcaa.n_components=4"]),
+         ConfigError, ("params: directions.pcaa: unknown key; did you mean 'pca'?",)),
+    Case("compose_unknown_group_option", lambda e: compose(ROOT / "conf", overrides=["model=ddpm_celebaq"]),
+         ConfigError, ("conf: model=ddpm_celebaq: no such option; did you mean 'ddpm_celebahq'?",)),
     Case("params_wrong_type",
          lambda e: _section_from_file(e, "sampler", SamplerConfig, **{"sampler.steps": "many"}),
          ConfigError, ("sampler.steps", "'many'")),
@@ -344,7 +407,7 @@ CASES = [
                                        load_params(e.tmp / "params.yaml")),
          ConfigError, ("{tmp}/params.yaml", "not valid YAML")),
     Case("stage_generate_unknown_key", lambda e: _run_stage(e, generate, **{"generate.num_sample": 8}), ConfigError,
-         ("generate.num_sample",), GENERATE_OUTPUTS),
+         ("params: generate.num_sample: unknown key; did you mean 'num_samples'?",), GENERATE_OUTPUTS),
     Case("stage_generate_wrong_type", lambda e: _run_stage(e, generate, **{"generate.shard_size": "big"}),
          ConfigError, ("generate.shard_size", "'big'"), GENERATE_OUTPUTS),
     # disk full when writing (simulated)
@@ -372,6 +435,44 @@ CASES = [
          ("device 'tpu'",), GENERATE_OUTPUTS),
     Case("stage_label_unknown_wandb_mode", lambda e: _run_stage(e, label, **{"logging.wandb.mode": "loud"}),
          ConfigError, ("logging.wandb.mode 'loud'",), LABEL_OUTPUTS),
+    # the Jacobian mask, checked with the config (no model loaded)
+    Case("jacobian_mask_unknown_region", lambda e: JacobianConfig(mask="nose"), ConfigError,
+         (f"directions.jacobian.mask 'nose': unknown region; expected one of {MASK_CHOICES}",)),
+    Case("jacobian_mask_missing_image_file", lambda e: JacobianConfig(mask=str(e.tmp / "masks/mouth.png")),
+         ConfigError, ("directions.jacobian.mask '{tmp}/masks/mouth.png': no such image file",)),
+    Case("jacobian_mask_reversed_rectangle", lambda e: JacobianConfig(mask=[0.8, 0.2, 0.4, 0.9]), ConfigError,
+         ("directions.jacobian.mask [0.8, 0.2, 0.4, 0.9]", "top < bottom")),
+    Case("jacobian_region_mask_with_another_classifier", lambda e: check_mask_classifier("mouth", "celeba_attributes"),
+         ConfigError, ("directions.jacobian.mask 'mouth'", "classifier.name 'toyfaces', not 'celeba_attributes'")),
+    # the preflight: every resource the run needs, before generate, without loading anything
+    Case("preflight_model_not_in_the_hf_cache",
+         lambda e: (_offline_hub(e), check_source("google/ddpm-ema-celebahq-256")),
+         ModelNotFoundError, ("model.source 'google/ddpm-ema-celebahq-256'", "not in the local Hugging Face cache",
+                              "hf download google/ddpm-ema-celebahq-256")),
+    Case("preflight_cached_model_without_weights",
+         lambda e: (_cached_hub_model(e, "owner/tiny", weights=False), check_source("owner/tiny")),
+         ModelNotFoundError, ("model.source 'owner/tiny'", "no weights in unet", "hf download owner/tiny")),
+    Case("preflight_model_folder_without_weights", lambda e: check_source(_model_without_weights(e)),
+         ModelNotFoundError, ("model.source '{tmp}/no_weights'", "no weights in unet")),
+    Case("stage_preflight_real_model_not_downloaded",
+         lambda e: (_offline_hub(e), _run_stage(e, preflight, **{"model.source": "google/ddpm-ema-celebahq-256"})),
+         ModelNotFoundError, ("model.source 'google/ddpm-ema-celebahq-256'", "not in the local Hugging Face cache",
+                              "hf download google/ddpm-ema-celebahq-256"), PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_missing_classifier",
+         lambda e: _run_stage(e, preflight, **{"classifier.path": str(e.tmp / "no_classifier")}),
+         ModelNotFoundError, ("classifier.path '{tmp}/no_classifier'",), PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_text_model_without_prompts",
+         lambda e: _run_stage(e, preflight, **{"model.source": _text_model_folder(e)}),
+         ConfigError, ("params: model.text: missing", "text-conditioned", "model.text.prompt"), PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_prompts_for_an_unconditional_model",
+         lambda e: _run_stage(e, preflight, **{"model.text": {"prompt": "a face"}}),
+         ConfigError, ("params: model.text", "not text-conditioned"), PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_steps_beyond_the_schedule", lambda e: _run_stage(e, preflight, **{"sampler.steps": 2000}),
+         ConfigError, ("params: sampler.steps=2000: must be <= 1000",), PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_unknown_key_in_a_later_section",
+         lambda e: _run_stage(e, preflight, **{"directions.supervised.estimater": "mean_difference"}),
+         ConfigError, ("params: directions.supervised.estimater: unknown key; did you mean 'estimator'?",),
+         PREFLIGHT_OUTPUTS),
 ]  # fmt: skip
 
 
@@ -412,14 +513,154 @@ def test_bad_input_raises_one_line_naming_the_cause(
         )
 
 
+
+# ---- entry points as a user runs them: one line on stderr, no traceback ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """``python -m <module> <args>`` run in a fresh workspace whose params.yaml is composed from conf/ with
+    ``overrides`` (none written when ``overrides`` is None); it must fail with exactly one stderr line, ``error: ``
+    followed by a message containing every ``names`` fragment (``{ws}`` stands for the workspace), and leave
+    ``outputs`` (relative to the workspace) absent."""
+
+    name: str
+    module: str
+    overrides: tuple[str, ...] | None
+    names: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _tiny(*overrides: str) -> tuple[str, ...]:
+    return ("model.source={tiny}", *TINY_OVERRIDES, *overrides)
+
+
+COMMANDS = [
+    Command("stage_generate_negative_num_samples", "stages.generate", _tiny("generate.num_samples=-5"),
+            ("params: generate.num_samples=-5: must be >=",), outputs=("data/samples", "metrics/generate.json")),
+    Command("params_compose_unknown_key", "pipeline.io.params", None,
+            ("params: directions.pca.n_componets: unknown key; did you mean 'n_components'?",),
+            args=("directions.pca.n_componets=4", "--conf-dir", str(ROOT / "conf"), "--out", "params.yaml"),
+            outputs=("params.yaml",)),
+    Command("stage_jacobian_unknown_mask_region", "stages.jacobian", _tiny("directions.jacobian.mask=nose"),
+            (f"directions.jacobian.mask 'nose': unknown region; expected one of {MASK_CHOICES}",),
+            outputs=("directions/jacobian.safetensors", "metrics/jacobian.json")),
+    Command("params_compose_unknown_key_debug", "pipeline.io.params", None,
+            ("params: directions.pca.n_componets: unknown key; did you mean 'n_components'?",),
+            args=("directions.pca.n_componets=4", "--conf-dir", str(ROOT / "conf"), "--out", "params.yaml"),
+            env=(("HSPACE_DEBUG", "1"),)),
+]  # fmt: skip
+"""The entry points run as subprocesses (the stages' messages of the preflight are pinned in-process, in
+:data:`CASES`, since every stage prints through the same ``run_main``); the last one (HSPACE_DEBUG=1) must show
+its traceback instead."""
+
+
+@pytest.fixture(scope="module")
+def command_results(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Run every :data:`COMMANDS` entry at once (each process mostly imports torch and diffusers); name ->
+    (workspace, finished process)."""
+    empty_cache = tmp_path_factory.mktemp("empty_hf_cache")
+    running = {}
+    for command in COMMANDS:
+        workspace = tmp_path_factory.mktemp(command.name)
+        if command.overrides is not None:
+            overrides = [item.format(tiny=tiny_model_dir) for item in command.overrides]
+            (workspace / "params.yaml").write_text(compose(ROOT / "conf", overrides=overrides))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(empty_cache),
+               "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "HSPACE_DEBUG": "", **dict(command.env)}  # fmt: skip
+        argv = [sys.executable, "-m", command.module, *command.args]
+        process = subprocess.Popen(argv, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+        running[command.name] = (workspace, argv, process)
+    results = {}
+    for name, (workspace, argv, process) in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (workspace, subprocess.CompletedProcess(argv, process.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.parametrize("command", COMMANDS[:-1], ids=[command.name for command in COMMANDS[:-1]])
+def test_entry_point_prints_one_line_without_traceback(
+    command: Command, command_results: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+) -> None:
+    workspace, result = command_results[command.name]
+    print(f"{command.name}: {result.stderr.strip()}")
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in command.names:
+        assert fragment.format(ws=workspace) in lines[0], (fragment, lines[0])
+    for output in command.outputs:
+        assert not (workspace / output).exists(), output
+
+
+def test_hspace_debug_shows_the_traceback(
+    command_results: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
+) -> None:
+    command = COMMANDS[-1]
+    _, result = command_results[command.name]
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline.io.errors.ConfigError: ") and command.names[0] in last, last
+
+
+def test_every_entry_point_runs_through_run_main() -> None:
+    """Each stages/*.py ends with ``if __name__ == "__main__": run_main(main)``."""
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        last = ast.parse(path.read_text()).body[-1]
+        assert isinstance(last, ast.If) and ast.unparse(last.test) == "__name__ == '__main__'", path.name
+        assert [ast.unparse(node) for node in last.body] == ["run_main(main)"], path.name
+
+
+# ---- the preflight in the DAG ---------------------------------------------------------------------------------
+
+
+def test_preflight_passes_on_the_tiny_study_with_the_same_file_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_text: str
+) -> None:
+    """Its output lists the checks, never a value or a time, so rerunning it leaves later stages up to date."""
+    (tmp_path / "params.yaml").write_text(params_text)
+    monkeypatch.chdir(tmp_path)
+    preflight.main()
+    first = (tmp_path / preflight.CHECKED).read_bytes()
+    preflight.main()
+    assert (tmp_path / preflight.CHECKED).read_bytes() == first
+    assert json.loads(first) == preflight_step.CHECKS
+
+
+def test_the_expensive_stages_wait_for_the_preflight() -> None:
+    """generate (and through it every stage of samples, labels and directions) and the two direction stages that
+    need no samples depend on the preflight's output; the preflight itself depends only on committed models."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outputs = {next(iter(entry)) if isinstance(entry, dict) else entry for entry in stages["preflight"]["outs"]}
+    assert outputs == {preflight.CHECKED}
+    for name in ("generate", "jacobian", "pullback"):
+        assert preflight.CHECKED in stages[name]["deps"], name
+    produced = {
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for name, stage in stages.items()
+        if name not in ("train_toy_model", "train_toy_classifier")
+        for entry in stage.get("outs", []) + stage.get("metrics", [])
+    }
+    assert not produced & set(stages["preflight"]["deps"])
+    assert tuple(stages["preflight"]["params"]) == preflight_step.PARAMS
+
 # The catalogue: each row and the message it prints (wrapped here; every message is one line). <tmp> is the
 # row's temporary folder, <tiny> the tiny model folder; `pytest -s tests/test_bad_inputs.py` prints the messages
 # with the real paths.
 #
 # unknown_model_id_offline
 #     ModelNotFoundError: the weights for 'nobody/no-such-model' are not available locally: download them once with
-#     `huggingface-cli download nobody/no-such-model` on a machine with internet and set HF_HOME to that cache, or
-#     pass a local model folder
+#     `hf download nobody/no-such-model` on a machine with internet and set HF_HOME to that cache, or pass a local
+#     model folder
 # not_a_model_id
 #     ModelNotFoundError: model source 'no such model': no such folder and not a hub id 'owner/name'; known ids:
 #     google/ddpm-ema-celebahq-256, google/ddpm-ema-church-256, google/ddpm-ema-bedroom-256, google/ddpm-ema-cat-256,
@@ -436,8 +677,8 @@ def test_bad_input_raises_one_line_naming_the_cause(
 #     22 column 16 (char 464))
 # stage_generate_unknown_model_id
 #     ModelNotFoundError: the weights for 'nobody/no-such-model' are not available locally: download them once with
-#     `huggingface-cli download nobody/no-such-model` on a machine with internet and set HF_HOME to that cache, or
-#     pass a local model folder
+#     `hf download nobody/no-such-model` on a machine with internet and set HF_HOME to that cache, or pass a local
+#     model folder
 # invert_ddim_wrong_size
 #     ConfigError: x0 shape (1, 3, 8, 8): expected (B, 3, 16, 16)
 # invert_edit_friendly_wrong_size
@@ -501,13 +742,23 @@ def test_bad_input_raises_one_line_naming_the_cause(
 # delta_h_of_the_wrong_shape
 #     ConfigError: delta_h shape (3, 16, 8, 8): expected (3, 32, 8, 8) or (1, 3, 32, 8, 8) (T=3 steps, h at 'after')
 # params_unknown_key
-#     ConfigError: params: sampler.stepz: Key 'stepz' not in 'SamplerConfig'
+#     ConfigError: params: sampler.stepz: unknown key; did you mean 'steps'?
+# params_unknown_nested_key
+#     ConfigError: params: directions.jacobian.solver.max_iteration: unknown key; did you mean 'max_iterations'?
+# params_unknown_key_without_a_close_one
+#     ConfigError: params: sampler.quality: unknown key; expected one of batch_size, eta, injection, steps
+# compose_unknown_key
+#     ConfigError: params: directions.pca.n_componets: unknown key; did you mean 'n_components'?
+# compose_unknown_section
+#     ConfigError: params: directions.pcaa: unknown key; did you mean 'pca'?
+# compose_unknown_group_option
+#     ConfigError: conf: model=ddpm_celebaq: no such option; did you mean 'ddpm_celebahq'?
 # params_wrong_type
 #     ConfigError: params: sampler.steps: Value 'many' of type 'str' could not be converted to Integer
 # params_not_yaml
 #     ConfigError: params file '<tmp>/params.yaml': not valid YAML (while parsing a flow sequence)
 # stage_generate_unknown_key
-#     ConfigError: params: generate.num_sample: Key 'num_sample' not in 'GenerateConfig'
+#     ConfigError: params: generate.num_sample: unknown key; did you mean 'num_samples'?
 # stage_generate_wrong_type
 #     ConfigError: params: generate.shard_size: Value 'big' of type 'str' could not be converted to Integer
 # disk_full_writing_a_shard
@@ -535,3 +786,53 @@ def test_bad_input_raises_one_line_naming_the_cause(
 #     ConfigError: device 'tpu': unknown; expected 'auto', 'cpu', 'cuda' or 'cuda:N'
 # stage_label_unknown_wandb_mode
 #     ConfigError: logging.wandb.mode 'loud': unknown; expected one of auto, disabled, offline, online
+# jacobian_mask_unknown_region
+#     ConfigError: directions.jacobian.mask 'nose': unknown region; expected one of mouth, eyes, hair, face,
+#     background, a rectangle [top, left, bottom, right] or an image file
+# jacobian_mask_missing_image_file
+#     ConfigError: directions.jacobian.mask '<tmp>/masks/mouth.png': no such image file (expected one of mouth, eyes,
+#     hair, face, background, a rectangle [top, left, bottom, right] or an image file)
+# jacobian_mask_reversed_rectangle
+#     ConfigError: directions.jacobian.mask [0.8, 0.2, 0.4, 0.9]: a rectangle [top, left, bottom, right] needs
+#     fractions of the image in [0, 1] with top < bottom and left < right
+# jacobian_region_mask_with_another_classifier
+#     ConfigError: directions.jacobian.mask 'mouth': a ToyFaces region needs classifier.name 'toyfaces', not
+#     'celeba_attributes'; set the mask to a rectangle [top, left, bottom, right], an image file or null
+# preflight_model_not_in_the_hf_cache
+#     ModelNotFoundError: model.source 'google/ddpm-ema-celebahq-256': not in the local Hugging Face cache
+#     (<tmp>/empty_hf_cache); download the model with `hf download google/ddpm-ema-celebahq-256` on a machine with
+#     internet (and set HF_HOME to that cache)
+# preflight_cached_model_without_weights
+#     ModelNotFoundError: model.source 'owner/tiny': no weights in unet (expected
+#     diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json); download the model
+#     with `hf download owner/tiny` on a machine with internet (and set HF_HOME to that cache)
+# preflight_model_folder_without_weights
+#     ModelNotFoundError: model.source '<tmp>/no_weights': no weights in unet (expected
+#     diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json); save the model there
+#     again
+# stage_preflight_real_model_not_downloaded
+#     ModelNotFoundError: model.source 'google/ddpm-ema-celebahq-256': not in the local Hugging Face cache
+#     (<tmp>/empty_hf_cache); download the model with `hf download google/ddpm-ema-celebahq-256` on a machine with
+#     internet (and set HF_HOME to that cache)
+# stage_preflight_missing_classifier
+#     ModelNotFoundError: classifier.path '<tmp>/no_classifier': no ToyFaces classifier there (config.json and
+#     model.safetensors); train it with: dvc repro train_toy_classifier
+# stage_preflight_text_model_without_prompts
+#     ConfigError: params: model.text: missing; model '<tmp>/text_model' is text-conditioned (a Stable Diffusion
+#     pipeline): set model.text.prompt (see conf/model/sd15.yaml)
+# stage_preflight_prompts_for_an_unconditional_model
+#     ConfigError: params: model.text: model '<tiny>' is not text-conditioned; remove model.text
+# stage_preflight_steps_beyond_the_schedule
+#     ConfigError: params: sampler.steps=2000: must be <= 1000, the training schedule of model '<tiny>'
+# stage_preflight_unknown_key_in_a_later_section
+#     ConfigError: params: directions.supervised.estimater: unknown key; did you mean 'estimator'?
+#
+# The subprocess commands (COMMANDS) print on stderr, alone:
+#
+# stage_generate_negative_num_samples (python -m stages.generate)
+#     error: params: generate.num_samples=-5: must be >= 2
+# params_compose_unknown_key (python -m pipeline.io.params directions.pca.n_componets=4 --out params.yaml)
+#     error: params: directions.pca.n_componets: unknown key; did you mean 'n_components'?
+# stage_jacobian_unknown_mask_region (python -m stages.jacobian)
+#     error: directions.jacobian.mask 'nose': unknown region; expected one of mouth, eyes, hair, face, background, a
+#     rectangle [top, left, bottom, right] or an image file
