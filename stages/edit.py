@@ -31,8 +31,9 @@ from pipeline.steps.sections import SECTIONS, stage_params
 OUTPUT = Path("plots/edit")
 
 
-def edit_to(params: StageParams, output: Path) -> step.EditResult:
-    """Run the edit step with ``params`` and write its grid, JSON and images under ``output``."""
+def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
+    """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``) and write its grid, JSON and
+    images under ``output``."""
     model_cfg, cfg = params["model"], params["edit"]
     device = str(resolve_device(params.device))
     model = open_model(model_cfg, device)
@@ -41,7 +42,7 @@ def edit_to(params: StageParams, output: Path) -> step.EditResult:
     world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None
     result = step.run(
         model, classifier, directions, cfg, params["sampler"], params["evaluate.broken"], world,
-        params["directions.jacobian"], params["directions.pullback"], source=cfg.directions,
+        params["directions.jacobian"], params["directions.pullback"], source=cfg.directions, inputs=inputs,
     )  # fmt: skip
     for name, picture in result.images.items():
         save_png(picture, output / "images" / name)
@@ -89,15 +90,15 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the params' device)")
     args = parser.parse_args(argv)
     params = load_params(args.params) if Path(args.params).is_file() else default_params()
-    overrides: dict[str, Any] = {"inputs": args.inputs, "directions": args.directions, "names": args.names,
-                                 "scales": args.scales, "inversion": args.inversion, "crop": args.crop}  # fmt: skip
+    overrides: dict[str, Any] = {"directions": args.directions, "names": args.names, "scales": args.scales,
+                                 "inversion": args.inversion, "crop": args.crop}  # fmt: skip
     for key, value in overrides.items():
         if value is not None:
             OmegaConf.update(params, f"edit.{key}", value, force_add=True)
     if args.device is not None:
         params.device = args.device
     output = Path(args.out)
-    result = edit_to(stage_params("edit", params), output)
+    result = edit_to(stage_params("edit", params), output, args.inputs)
     mse = result.details["reconstruction_mse"]
     print(f"wrote {output / 'grid.png'}, {output / 'edits.json'} and {len(result.images)} images under "
           f"{output / 'images'}; reconstruction MSE mean {mse['mean']:.2e}, max {mse['max']:.2e}")  # fmt: skip

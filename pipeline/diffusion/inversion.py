@@ -98,8 +98,9 @@ def invert_edit_friendly(
     (Huberman-Spiegelglas et al. 2024).
 
     Draws independent x_{t_i} = sqrt(ā_i) x0 + sqrt(1-ā_i) n_i for every step of the grid of ``settings``
-    (n [B, T, C, H, W] from one CPU generator seeded with ``seed``), sets the level after the last step to
-    x0, and solves z_i = (x_{t_{i+1}} - mu_i) / sigma_i with sigma_i = eta sqrt(v_i) exactly as
+    (n [T, C, H, W] from a CPU generator seeded with ``seed``, the same for every image, so that an image's
+    inversion, and every edit of it, does not depend on the other images of the batch), sets the level after
+    the last step to x0, and solves z_i = (x_{t_{i+1}} - mu_i) / sigma_i with sigma_i = eta sqrt(v_i) exactly as
     :func:`~pipeline.diffusion.sampling.decode` uses it (z_i = 0 where sigma_i = 0).
     ``decode(model, x_T, noise, settings)`` then reproduces x0 up to float error and the sigma = 0 last step.
     ``settings`` defaults to ``DecodeSettings(eta=1.0)``; its eta must be in (0, 1]. h at step i (if in
@@ -116,7 +117,9 @@ def invert_edit_friendly(
     compute_dtype = _compute_dtype(model)
     alphas = grid.alphas_cumprod.to(compute_dtype).reshape(1, -1, 1, 1, 1)
     sigmas = grid.sigmas(eta)
-    all_noise = torch.randn((len(x0), grid.num_steps, *model.sample_shape), generator=cpu_generator(seed))
+    all_noise = torch.randn((1, grid.num_steps, *model.sample_shape), generator=cpu_generator(seed)).expand(
+        len(x0), -1, -1, -1, -1
+    )
     results = []
     with (
         _progress_bar(settings, len(x0), grid.num_steps, "edit-friendly inversion") as bar,

@@ -54,7 +54,8 @@ PARAMS = ("model", "sampler", "classifier", "toyfaces", "evaluate.broken", "dire
 class EditConfig:
     """The ``edit`` params section: which images, which directions file and directions, which scales, how to invert.
 
-    ``inputs`` are image files or folders (their image files in name order); ``directions`` a directions file of
+    ``inputs`` is an image file or a folder (its image files in name order; the command takes several);
+    ``directions`` a directions file of
     any method; ``names`` the directions to apply (the file's names; "k0", "k1", ... for Jacobian files and "v0",
     ... for local pullback files, whose directions are recomputed on each image), empty for the first
     ``max_directions``; ``scales`` in the file's own unit (0 is always drawn: the reconstruction);
@@ -62,7 +63,7 @@ class EditConfig:
     "none" (refuse another aspect ratio) or "center"; ``upscale`` enlarges the grid's tiles.
     """
 
-    inputs: list[str] = field(default_factory=lambda: ["inputs/toyfaces"])
+    inputs: str = "inputs/toyfaces"
     directions: str = "directions/supervised.safetensors"
     names: list[str] = field(default_factory=lambda: ["smiling"])
     max_directions: int = 4
@@ -73,7 +74,7 @@ class EditConfig:
     upscale: int = 3
 
     def __post_init__(self) -> None:
-        require(len(self.inputs) >= 1, "edit.inputs", self.inputs, "must list at least one image file or folder")
+        require(bool(self.inputs), "edit.inputs", self.inputs, "must name an image file or a folder")
         require(any(s != 0 for s in self.scales), "edit.scales", self.scales, "must list a non-zero scale")
         require(self.max_directions >= 1, "edit.max_directions", self.max_directions, "must be >= 1")
         require(self.inversion in INVERSIONS, "edit.inversion", self.inversion, f"must be one of {list(INVERSIONS)}")
@@ -108,13 +109,15 @@ def run(
     jacobian: JacobianConfig | None = None,
     pullback: PullbackConfig | None = None,
     source: str = "",
+    inputs: Sequence[str] | None = None,
 ) -> EditResult:
-    """Invert ``cfg.inputs``, edit them with ``directions`` (read from ``source``), judge and draw every edit.
+    """Invert ``inputs`` (image files or folders; default ``cfg.inputs``), edit them with ``directions`` (read from
+    ``source``), judge and draw every edit.
 
     ``sampler`` gives the injection and batch size (the grid comes from the file's origin), ``broken`` the broken
     check's calibration, ``world`` the ToyFaces world (its exact broken check and regions), ``jacobian`` and
     ``pullback`` the masks and solvers for directions recomputed on each image."""
-    paths = list_images(cfg.inputs)
+    paths = list_images([cfg.inputs] if inputs is None else inputs)
     images = read_images(paths, model.image_size, cfg.crop)
     names = select_directions(directions, cfg.names, cfg.max_directions)
     settings = inversion_settings(directions, sampler, cfg.inversion)
