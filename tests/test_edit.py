@@ -36,6 +36,10 @@ from stages import edit as stage
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
+SMILING_FILE = ROOT / "tests/data/supervised_smiling.safetensors"
+"""The smiling direction of the study's default ``directions/supervised.safetensors`` (its edited steps, the later
+half), extracted from a ``dvc repro`` of the committed models: the directions files are DVC outputs, absent from a
+clean checkout."""
 STEPS = 4
 H_SHAPE = (32, 8, 8)
 SAMPLER = SamplerConfig(steps=STEPS, batch_size=8)
@@ -160,10 +164,10 @@ def test_pullback_edits_guide_from_the_image_own_x_t(tiny_model: DiffusionModel,
 
 @pytest.fixture(scope="module")
 def toyfaces() -> tuple[DiffusionModel, torch.nn.Module, Directions]:
-    """The committed ToyFaces DDPM and classifier, and the committed supervised directions."""
+    """The committed ToyFaces DDPM and classifier, and the study's supervised smiling direction."""
     model = open_model(ModelConfig(), "cpu")
     classifier = load_classifier(ClassifierConfig())
-    return model, classifier, load_directions(ROOT / "directions/supervised.safetensors")
+    return model, classifier, load_directions(SMILING_FILE)
 
 
 def _rendered_faces(folder: Path, count: int, smiling: bool) -> list[str]:
@@ -181,7 +185,7 @@ def test_toyfaces_faces_invert_exactly_and_the_smiling_direction_makes_them_smil
     inputs = _rendered_faces(tmp_path / "faces", 4, smiling=False)
     cfg = step.EditConfig(names=["smiling"], scales=[4.0])
     result = step.run(model, classifier, directions, cfg, SamplerConfig(), FAST_BROKEN, ToyFacesConfig(),
-                      source="directions/supervised.safetensors", inputs=inputs)  # fmt: skip
+                      source=str(SMILING_FILE), inputs=inputs)  # fmt: skip
     details = result.details
     assert details["reconstruction_mse"]["max"] <= 1e-3
     assert details["inversion"] == {"method": "edit_friendly", "steps": 20, "eta": 1.0, "seed": 0,
@@ -217,7 +221,7 @@ def test_command_edits_a_face_and_writes_grid_json_and_images(tmp_path: Path, ca
     params_file = tmp_path / "params.yaml"
     params_file.write_text(OmegaConf.to_yaml(params))
     out = tmp_path / "out"
-    stage.cli([*inputs, "--directions", str(ROOT / "directions/supervised.safetensors"), "--names", "smiling",
+    stage.cli([*inputs, "--directions", str(SMILING_FILE), "--names", "smiling",
                "--scales", "2", "4", "--out", str(out), "--params", str(params_file)])  # fmt: skip
     printed = capsys.readouterr().out
     assert "reconstruction MSE" in printed and "smiling +4" in printed
