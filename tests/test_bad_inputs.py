@@ -808,8 +808,8 @@ def test_the_expensive_stages_wait_for_the_preflight() -> None:
 #     with `hf download owner/tiny` on a machine with internet (and set HF_HOME to that cache)
 # preflight_model_folder_without_weights
 #     ModelNotFoundError: model.source '<tmp>/no_weights': no weights in unet (expected
-#     diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json); save the model there
-#     again
+#     diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json); set model.source to a
+#     saved diffusers model folder or a hub id
 # stage_preflight_real_model_not_downloaded
 #     ModelNotFoundError: model.source 'google/ddpm-ema-celebahq-256': not in the local Hugging Face cache
 #     (<tmp>/empty_hf_cache); download the model with `hf download google/ddpm-ema-celebahq-256` on a machine with

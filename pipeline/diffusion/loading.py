@@ -159,7 +159,7 @@ def check_source(source: str, key: str = "model.source") -> ModelFiles:
     """
     folder = Path(source).expanduser()
     if folder.is_dir():
-        return _check_files(folder, f"{key} '{source}'", "save the model there again")
+        return _check_files(folder, key, source, f"set {key} to a saved diffusers model folder or a hub id")
     if not _HUB_ID.fullmatch(source):
         raise ModelNotFoundError(
             f"{key} '{source}': no such folder and not a hub id 'owner/name'; known ids: {', '.join(KNOWN_HUB_MODELS)}"
@@ -171,18 +171,19 @@ def check_source(source: str, key: str = "model.source") -> ModelFiles:
         raise ModelNotFoundError(
             f"{key} '{source}': not in the local Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}); {fix}"
         ) from error
-    return _check_files(snapshot, f"{key} '{source}'", fix)
+    return _check_files(snapshot, key, source, fix)
 
 
-def _check_files(folder: Path, named: str, fix: str) -> ModelFiles:
-    """:class:`ModelFiles` of the layout in ``folder``; ModelNotFoundError ("``named``: what is missing; ``fix``")
-    for a part without its weights."""
+def _check_files(folder: Path, key: str, source: str, fix: str) -> ModelFiles:
+    """:class:`ModelFiles` of the layout in ``folder`` (the files of ``source``, the value of params ``key``);
+    ModelNotFoundError ("<key> '<source>': what is missing; <fix>") for a missing config file or weights."""
+    named = f"{key} '{source}'"
     try:
-        unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
+        unet_subfolder, scheduler_config = _detect_layout(folder, source)
     except ModelNotFoundError as error:
-        raise ModelNotFoundError(f"{named}: {str(error).partition(': ')[2]}; {fix}") from error
+        raise ModelNotFoundError(f"{key}: {error}; {fix}") from error
     unet_folder = folder / unet_subfolder if unet_subfolder else folder
-    unet_class = _unet_class(unet_folder / "config.json", named)
+    unet_class = _unet_class(unet_folder / "config.json", source)
     parts = {unet_folder: WEIGHT_FILES}
     parts.update(
         {folder / name: WEIGHT_FILES for name in AUTOENCODER_SUBFOLDERS if (folder / name / "config.json").is_file()}
