@@ -1,8 +1,8 @@
 """Editing the user's own images: read and fit them to the model, invert them, and apply any directions file as
 its method defines (docs/methods.md, "Editing your own images").
 
-* :func:`read_images` loads image files at the model's resolution (a centre crop when asked; a clear error on an
-  aspect ratio the model cannot serve).
+* :func:`~pipeline.io.images.read_images` loads image files at the model's resolution (a centre crop when asked;
+  a clear error on an aspect ratio the model cannot serve).
 * :func:`invert_images` inverts them on the directions' own grid (``origin.sampler_steps``, h site
   ``origin.hspace_location``): edit-friendly DDPM inversion by default (exact: the inverted noise re-decodes the
   image up to float error), DDIM inversion as an option (deterministic, approximate); the reconstruction and its
@@ -21,11 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.inversion import EDIT_FRIENDLY_ETA, invert_ddim, invert_edit_friendly
@@ -39,74 +36,12 @@ from pipeline.editing import HeldOut, edit
 from pipeline.io.errors import ConfigError
 from pipeline.linalg import SolverConfig
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-"""Files read as input images (case-insensitive)."""
-
 INVERSIONS = ("edit_friendly", "ddim")
 """Inversion methods: edit-friendly DDPM (exact) or deterministic DDIM (approximate)."""
-
-CROPS = ("none", "center")
-"""How an input whose aspect ratio differs from the model's is fitted: refused, or centre-cropped."""
-
-ASPECT_TOLERANCE = 0.01
-"""Relative aspect-ratio difference accepted without cropping (resizing then distorts by at most this)."""
 
 IMAGE_SPECIFIC = {"jacobian": "k", "pullback": "v"}
 """Methods whose directions belong to one image (recomputed on each input) and the prefix of their names:
 "k0", "k1", ... (Jacobian singular vectors), "v0", "v1", ... (local pullback basis)."""
-
-
-def list_images(sources: Sequence[str | Path]) -> list[Path]:
-    """The image files among ``sources`` (files, or folders whose image files are taken in name order)."""
-    paths: list[Path] = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            paths += sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif source.is_file():
-            paths.append(source)
-        else:
-            raise ConfigError(f"input '{source}': no such file or folder")
-    if not paths:
-        raise ConfigError(f"inputs {[str(s) for s in sources]}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
-
-
-def read_images(paths: Sequence[Path], size: tuple[int, int], crop: str = "none") -> torch.Tensor:
-    """Images [N, 3, H, W] in [0, 1] of ``paths`` at ``size`` = (H, W) pixels (the model's, see
-    :attr:`~pipeline.diffusion.models.DiffusionModel.image_size`), resized with a bicubic filter.
-
-    An image whose aspect ratio differs from the model's by more than :data:`ASPECT_TOLERANCE` is refused with
-    ``crop`` "none" and centre-cropped to the model's aspect ratio with ``crop`` "center"."""
-    if crop not in CROPS:
-        raise ConfigError(f"edit.crop {crop!r}: expected one of {', '.join(CROPS)}")
-    height, width = size
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ConfigError(f"image '{path}': not an image that can be read ({type(error).__name__})") from None
-        ratio, wanted = picture.width / picture.height, width / height
-        if abs(ratio / wanted - 1) > ASPECT_TOLERANCE:
-            if crop == "none":
-                raise ConfigError(
-                    f"image '{path}': {picture.width}x{picture.height} pixels, but the model makes {width}x{height} "
-                    "images; crop it to that aspect ratio or set edit.crop=center (--crop center)"
-                )
-            picture = _centre_crop(picture, wanted)
-        if (picture.width, picture.height) != (width, height):
-            picture = picture.resize((width, height), Image.BICUBIC)
-        images.append(torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255.0)
-    return torch.stack(images)
-
-
-def _centre_crop(picture: Image.Image, aspect: float) -> Image.Image:
-    """The largest centred box of ``picture`` with width / height = ``aspect``."""
-    width = min(picture.width, round(picture.height * aspect))
-    height = min(picture.height, round(width / aspect))
-    left, top = (picture.width - width) // 2, (picture.height - height) // 2
-    return picture.crop((left, top, left + width, top + height))
 
 
 @dataclass

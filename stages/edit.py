@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.classifiers import load_classifier
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
-from pipeline.image_edits import CROPS, INVERSIONS
+from pipeline.image_edits import INVERSIONS
 from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
-from pipeline.io.images import save_png
+from pipeline.io.images import CROPS, save_png
 from pipeline.io.params import DEFAULT_PARAMS, StageParams, load_params
 from pipeline.io.tracking import LoggingConfig, Tracker
 from pipeline.steps import edit as step

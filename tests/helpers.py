@@ -66,7 +66,8 @@ TINY_STUDY: dict[str, object] = {
 
 def tiny_study_overrides(model_dir: Path, classifier: Path, changes: dict[str, object] | None = None) -> list[str]:
     """Hydra overrides of :data:`TINY_STUDY` for ``model_dir`` and ``classifier``, with ``changes`` applied."""
-    values = {"model.source": model_dir, **TINY_STUDY, "classifier.path": classifier, **(changes or {})}
+    values = {"model.source": model_dir, **TINY_STUDY, "classifier.path": classifier,
+              "edit.inputs": ROOT / "inputs/toyfaces", **(changes or {})}  # fmt: skip
     return [f"{key}={value}" for key, value in values.items()]
 
 

@@ -36,6 +36,7 @@ import torch
 import yaml
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
+from PIL import Image
 
 import pipeline.io.files as checkpoint_module
 from pipeline.classifiers import read_state_dict
@@ -53,7 +54,9 @@ from pipeline.directions.format import Expected
 from pipeline.directions.jacobian import jacobian_spectra, rectangle_mask
 from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
+from pipeline.image_edits import select_directions
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
+from pipeline.io.images import read_images
 from pipeline.io.params import compose, load_params, load_section
 from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
 from pipeline.steps import preflight as preflight_step
@@ -71,6 +74,7 @@ TINY_OVERRIDES = [
     "generate.num_samples=4",
     "generate.shard_size=2",
     f"classifier.path={ROOT / 'models/toyfaces/classifier'}",
+    f"edit.inputs={ROOT / 'inputs/toyfaces'}",
     "logging.wandb.mode=disabled",
     "device=cpu",
 ]
@@ -473,7 +477,27 @@ CASES = [
          lambda e: _run_stage(e, preflight, **{"directions.supervised.estimater": "mean_difference"}),
          ConfigError, ("params: directions.supervised.estimater: unknown key; did you mean 'estimator'?",),
          PREFLIGHT_OUTPUTS),
+    Case("stage_preflight_edit_inputs_missing",
+         lambda e: _run_stage(e, preflight, **{"edit.inputs": str(e.tmp / "my_photos")}),
+         ConfigError, ("params: edit.inputs: input '{tmp}/my_photos': no such file or folder",), PREFLIGHT_OUTPUTS),
+    # editing one's own images: files the model cannot serve, names the file does not have
+    Case("edit_image_of_another_aspect_ratio",
+         lambda e: read_images([_wide_image(e)], (32, 32)),
+         ConfigError, ("image '{tmp}/wide.png': 64x32 pixels", "the model makes 32x32", "edit.crop=center")),
+    Case("edit_unknown_direction_name",
+         lambda e: select_directions(_supervised_file(), ["nose"], 4),
+         ConfigError, ("edit.names ['nose']", "not in the supervised file", "smiling")),
 ]  # fmt: skip
+
+
+def _wide_image(env: Env) -> Path:
+    path = env.tmp / "wide.png"
+    Image.new("RGB", (64, 32)).save(path)
+    return path
+
+
+def _supervised_file() -> Directions:
+    return Directions(torch.zeros((2, 2, 4)), "supervised", "h", ["smiling", "hat"], Origin("m", "after", 2))
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,10 @@ from pipeline.image_edits import (
     edit_images,
     inversion_settings,
     invert_images,
-    list_images,
-    read_images,
     select_directions,
 )
 from pipeline.io.errors import ConfigError
-from pipeline.io.images import save_png
+from pipeline.io.images import list_images, read_images, save_png
 from pipeline.linalg import SolverConfig
 from pipeline.steps import edit as step
 from pipeline.toyfaces.world import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch

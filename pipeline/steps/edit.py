@@ -27,7 +27,6 @@ from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.judge import decisions
 from pipeline.evaluation.readout import calibrated_reader
 from pipeline.image_edits import (
-    CROPS,
     IMAGE_SPECIFIC,
     INVERSIONS,
     EditedRow,
@@ -36,11 +35,10 @@ from pipeline.image_edits import (
     edit_images,
     inversion_settings,
     invert_images,
-    list_images,
-    read_images,
     select_directions,
 )
 from pipeline.io.grids import labelled_grid
+from pipeline.io.images import CROPS, list_images, read_images
 from pipeline.io.validation import require
 from pipeline.steps.jacobian import JacobianConfig, sample_masks
 from pipeline.steps.pullback import PullbackConfig

@@ -18,6 +18,7 @@ from pipeline.diffusion.loading import check_source
 from pipeline.diffusion.models import AUTOCAST_DTYPES, COMPILE_MODES, ModelConfig, resolve_device, resolve_dtype
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.io.images import list_images
 from pipeline.io.launch import LaunchConfig, check_launcher_installed
 from pipeline.steps.jacobian import JacobianConfig, check_mask_classifier
 
@@ -35,9 +36,11 @@ PARAMS = (
     "preview",
     "evaluate",
     "supervised_study",
+    "edit",
 )
 """The params this step reads (its stage's ``params`` in dvc.yaml): every section of the stages after it, each
-validated when read; the checks below use ``model``, ``sampler``, ``classifier`` and ``directions.jacobian``."""
+validated when read; the checks below use ``model``, ``sampler``, ``classifier``, ``directions.jacobian`` and
+``edit``."""
 
 CHECKS: dict[str, str] = {
     "params": "every section of PARAMS matches its schema (known keys, types, ranges)",
@@ -49,6 +52,7 @@ CHECKS: dict[str, str] = {
     "classifier": "the classifier's weights and extras are present",
     "directions.jacobian.mask": "the mask is one the classifier can use",
     "launch": "the shard-job launcher is installed when launch.shards > 1",
+    "edit.inputs": "the edit stage's input file or folder holds images",
 }
 """What a successful preflight has checked: the stage writes this, the same for every run that passes, so that
 rerunning the check never makes a later stage stale."""
@@ -97,4 +101,8 @@ def run(sections: dict[str, Any], device: str, launch: LaunchConfig) -> dict[str
     check_mask_classifier(jacobian.mask, classifier.name)
     if launch.sharded:
         check_launcher_installed(str(launch.launcher))
+    try:
+        list_images([sections["edit"].inputs])
+    except ConfigError as error:
+        raise ConfigError(f"params: edit.inputs: {error}; point it at your images (or at inputs/toyfaces)") from None
     return dict(CHECKS)
