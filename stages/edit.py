@@ -24,7 +24,7 @@ from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import CROPS, save_png
 from pipeline.io.params import DEFAULT_PARAMS, StageParams, load_params
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import edit as step
 from pipeline.steps.sections import SECTIONS, stage_params
 
@@ -54,9 +54,11 @@ def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) 
 def main() -> None:
     """DVC stage: edit ``edit.inputs`` as params.yaml says into plots/edit/."""
     params = stage_params("edit")
-    with Tracker("edit", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         result = edit_to(params, OUTPUT)
         tracker.image("grid", result.grid, caption=result.caption)
+        tracker.table("edits", result.details["summary"])
+        tracker.summary({"reconstruction_mse": result.details["reconstruction_mse"]})
 
 
 def default_params() -> DictConfig:

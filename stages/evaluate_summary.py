@@ -3,7 +3,7 @@ and the curves (pipeline/steps/evaluate_summary.py)."""
 
 from pipeline.evaluation.records import load_records, records_path
 from pipeline.io.errors import run_main
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import evaluate_summary as step
 from pipeline.steps.sections import stage_params
 
@@ -16,10 +16,13 @@ def main() -> None:
     """Read params.yaml and every method's records; write the summary metrics and two plots."""
     params = stage_params("evaluate_summary")
     cfg = params["evaluate"]
-    with Tracker("evaluate_summary", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         records = {method: load_records(records_path(method)) for method in cfg.methods}
         result = step.run(records, cfg)
-        tracker.plot(CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale")
+        tracker.plot(
+            CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale",
+            series=("method", "direction"),
+        )  # fmt: skip
         tracker.plot(METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
         tracker.metrics(METRICS, result.metrics)
 

@@ -10,7 +10,7 @@ from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.io.errors import run_main
 from pipeline.io.images import make_grid
 from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import generate as step
 from pipeline.steps.sections import stage_params
 
@@ -23,7 +23,7 @@ def main() -> None:
     params = stage_params("generate")
     model_cfg, sampler, cfg = params["model"], params["sampler"], params["generate"]
     launch = params.runtime("launch", LaunchConfig)
-    with Tracker("generate", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         if launch.sharded:
             run_shard_jobs("generate", launch)
         model = open_model(model_cfg, str(resolve_device(params.device)))

@@ -7,7 +7,7 @@ from pipeline.directions.methods import directions_path
 from pipeline.io.errors import run_main
 from pipeline.io.files import stage_work
 from pipeline.io.images import save_png
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import jacobian as step
 from pipeline.steps.sections import stage_params
 
@@ -22,7 +22,7 @@ def main() -> None:
     model_cfg, classifier_cfg, cfg = params["model"], params["classifier"], params["directions.jacobian"]
     step.check_mask_classifier(cfg.mask, classifier_cfg.name)  # before loading anything
     device = str(resolve_device(params.device))
-    with Tracker("jacobian", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         work = stage_work("jacobian", {**params.tracked, "device": device}, [model_cfg.source, classifier_cfg.path])
         model = open_model(model_cfg, device)
         classifier = load_classifier(classifier_cfg, device)
@@ -33,7 +33,12 @@ def main() -> None:
         for method, directions in result.directions.items():
             save_directions(directions_path(method), directions)
         for name, rows in result.plots.items():
-            tracker.plot(PLOT.format(name=name), rows, x="step", y="sigma_0", title="Jacobian singular values")
+            sigmas = [column for column in rows[0] if column.startswith("sigma_")]
+            tracker.plot(PLOT.format(name=name), rows, x="step", y=sigmas, title="Jacobian singular values")
+            spectra = [{"step": row["step"], "k": k, "sigma": row[column]} for row in rows
+                       for k, column in enumerate(sigmas)]  # fmt: skip
+            tracker.lines(f"{name}_per_step", spectra, x="k", y="sigma", series=("step",),
+                          title="Jacobian singular values per step")  # fmt: skip
         for name, picture in result.pictures.items():
             save_png(picture, GRID.format(name=name), upscale=2)
             tracker.image(f"grid/{name}", picture, caption="rows: (sample, k); columns: preview.scales")

@@ -14,7 +14,7 @@ from pipeline.diffusion.models import resolve_device
 from pipeline.io.errors import run_main
 from pipeline.io.files import WORK_ROOT, stage_work
 from pipeline.io.launch import LaunchConfig, ShardJob, job_shards, label_part_path, merge_label_parts, run_shard_jobs
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import label as step
 from pipeline.steps.sections import stage_params
 
@@ -30,7 +30,7 @@ def main() -> None:
     cfg = params["classifier"]
     launch = params.runtime("launch", LaunchConfig)
     device = resolve_device(params.device)
-    with Tracker("label", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         # loaded first, also when shard jobs do the labelling: a bad classifier config fails before any job starts
         classifier = load_classifier(cfg, "cpu" if launch.sharded else device)
         store = open_store(SAMPLES)

@@ -5,6 +5,7 @@ before it passes."""
 from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.launch import LaunchConfig
+from pipeline.io.tracking import Tracker
 from pipeline.steps import preflight as step
 from pipeline.steps.sections import stage_params
 
@@ -14,9 +15,12 @@ CHECKED = "metrics/preflight.json"
 def main() -> None:
     """Read and validate params.yaml, run the checks, write the list of what passed."""
     params = stage_params("preflight")
-    sections = {key: params[key] for key in step.PARAMS}
-    checked = step.run(sections, params.device, params.runtime("launch", LaunchConfig))
-    write_json(CHECKED, checked)
+    with Tracker.of(params) as tracker:
+        sections = {key: params[key] for key in step.PARAMS}
+        checked = step.run(sections, params.device, params.runtime("launch", LaunchConfig))
+        write_json(CHECKED, checked)
+        tracker.table("checks", [{"check": key, "passed": what} for key, what in checked.items()])
+        tracker.summary({"checks_passed": len(checked)})
     print(f"preflight: {len(checked)} checks passed ({CHECKED})")
 
 

@@ -8,7 +8,7 @@ from pipeline.directions.methods import directions_path
 from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import save_png
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import preview as step
 from pipeline.steps.sections import stage_params
 
@@ -21,7 +21,7 @@ def main() -> None:
     params = stage_params("preview")
     model_cfg, sampler = params["model"], params["sampler"]
     device = str(resolve_device(params.device))
-    with Tracker("preview", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         model = open_model(model_cfg, device)
         classifier = load_classifier(params["classifier"], device)
         expect = Expected(model_id=model_cfg.source, num_steps=sampler.steps)

@@ -6,7 +6,7 @@ from pipeline.directions.methods import directions_path
 from pipeline.io.errors import run_main
 from pipeline.io.files import stage_work
 from pipeline.io.images import save_png
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import pullback as step
 from pipeline.steps.sections import stage_params
 
@@ -14,9 +14,9 @@ PLOT = "plots/{name}.csv"
 GRID = "plots/{name}_preview.png"
 METRICS = "metrics/pullback.json"
 PLOT_AXES = {
-    "pullback_spectrum": ("index", "sigma", "Pullback singular values (rows per t)"),
-    "pullback_psd": ("t", "mean_frequency", "Mean spatial frequency of the basis (cycles/pixel)"),
-    "pullback_tangent_distance": ("t", "grassmann_distance_x", "Grassmann distance between samples' tangent spaces"),
+    "pullback_spectrum": ("index", "sigma", "Pullback singular values (one line per t)", ("t",)),
+    "pullback_psd": ("t", "mean_frequency", "Mean spatial frequency of the basis (cycles/pixel)", ()),
+    "pullback_tangent_distance": ("t", "grassmann_distance_x", "Grassmann distance of samples' tangent spaces", ()),
 }
 
 
@@ -25,15 +25,15 @@ def main() -> None:
     params = stage_params("pullback")
     model_cfg = params["model"]
     device = str(resolve_device(params.device))
-    with Tracker("pullback", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         work = stage_work("pullback", {**params.tracked, "device": device}, [model_cfg.source])
         model = open_model(model_cfg, device)
         result = step.run(model, params["directions.pullback"], params["sampler"], model_cfg.hspace_location, work=work)
         for method, directions in result.directions.items():
             save_directions(directions_path(method), directions)
         for name, rows in result.plots.items():
-            x, y, title = PLOT_AXES[name]
-            tracker.plot(PLOT.format(name=name), rows, x=x, y=y, title=title)
+            x, y, title, series = PLOT_AXES[name]
+            tracker.plot(PLOT.format(name=name), rows, x=x, y=y, title=title, series=series)
         for name, picture in result.pictures.items():
             save_png(picture, GRID.format(name=name), upscale=2)
             caption = "rows: own v_k, transported v_k, projected global v_0; columns: guidance scales"

@@ -6,7 +6,7 @@ from pipeline.data.store import open_store
 from pipeline.directions import save_directions
 from pipeline.directions.methods import directions_path
 from pipeline.io.errors import run_main
-from pipeline.io.files import write_json
+from pipeline.io.tracking import Tracker
 from pipeline.steps import supervised as step
 from pipeline.steps.sections import stage_params
 
@@ -20,14 +20,15 @@ def main() -> None:
     """Read params.yaml and the statistics, write one directions file per supervised method."""
     params = stage_params("supervised")
     cfg = params["directions.supervised"]
-    store = open_store(SAMPLES)
-    seeds, names, scores = read_labels(LABELS)
-    check_labels_match(store, seeds)
-    methods = step.run(store, load_hstats(HSTATS), names, cfg, scores, params["hstats"].threshold)
-    for method, directions in methods.items():
-        save_directions(directions_path(method), directions)
-    norms = {method: {name: d.direction(name).norm().item() for name in d.names} for method, d in methods.items()}
-    write_json(METRICS, {"norm": norms})
+    with Tracker.of(params) as tracker:
+        store = open_store(SAMPLES)
+        seeds, names, scores = read_labels(LABELS)
+        check_labels_match(store, seeds)
+        methods = step.run(store, load_hstats(HSTATS), names, cfg, scores, params["hstats"].threshold)
+        for method, directions in methods.items():
+            save_directions(directions_path(method), directions)
+        norms = {method: {name: d.direction(name).norm().item() for name in d.names} for method, d in methods.items()}
+        tracker.metrics(METRICS, {"norm": norms})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.io.errors import run_main
 from pipeline.io.files import WorkCache, stage_work, write_json
-from pipeline.io.tracking import LoggingConfig, Tracker
+from pipeline.io.tracking import Tracker
 from pipeline.steps import supervised_study as step
 from pipeline.steps.sections import stage_params
 
@@ -27,7 +27,7 @@ def main() -> None:
     model_cfg, classifier_cfg = params["model"], params["classifier"]
     device = str(resolve_device(params.device))
     world = params["toyfaces"] if classifier_cfg.name == "toyfaces" else None
-    with Tracker("supervised_study", params.runtime("logging", LoggingConfig), params.tracked) as tracker:
+    with Tracker.of(params) as tracker:
         store = open_store(SAMPLES)
         seeds, names, scores = read_labels(LABELS)
         check_labels_match(store, seeds)

@@ -3,7 +3,7 @@ the rendered ToyFaces folder of ``toy_dataset``); writes models/classifier (comm
 
 from pipeline.diffusion.models import resolve_device
 from pipeline.io.errors import run_main
-from pipeline.io.files import write_json
+from pipeline.io.tracking import Tracker
 from pipeline.steps import train_classifier as step
 from pipeline.steps.sections import stage_params
 
@@ -15,8 +15,9 @@ METRICS = "metrics/train_classifier.json"
 def main() -> None:
     """Read params.yaml, train (resuming from CHECKPOINTS if present), write the classifier and its metrics."""
     params = stage_params("train_classifier")
-    _, metrics = step.run(params["train_classifier"], OUTPUT, CHECKPOINTS, device=resolve_device(params.device))
-    write_json(METRICS, metrics)
+    with Tracker.of(params) as tracker:
+        _, metrics = step.run(params["train_classifier"], OUTPUT, CHECKPOINTS, device=resolve_device(params.device))
+        tracker.metrics(METRICS, metrics)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 from pipeline.diffusion.models import resolve_device
 from pipeline.io.errors import run_main
-from pipeline.io.files import write_json
+from pipeline.io.tracking import Tracker
 from pipeline.steps import train_toy_classifier as step
 from pipeline.steps.sections import stage_params
 
@@ -16,8 +16,9 @@ def main() -> None:
     """Read params.yaml, train (resuming from CHECKPOINTS if present), write the classifier and its metrics."""
     params = stage_params("train_toy_classifier")
     device = resolve_device(params.device)
-    _, metrics = step.run(params["train_toy_classifier"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
-    write_json(METRICS, metrics)
+    with Tracker.of(params) as tracker:
+        _, metrics = step.run(params["train_toy_classifier"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
+        tracker.metrics(METRICS, metrics)
 
 
 if __name__ == "__main__":

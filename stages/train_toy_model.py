@@ -2,7 +2,7 @@
 
 from pipeline.diffusion.models import resolve_device
 from pipeline.io.errors import run_main
-from pipeline.io.files import write_json
+from pipeline.io.tracking import Tracker
 from pipeline.steps import train_toy_model as step
 from pipeline.steps.sections import stage_params
 
@@ -15,8 +15,9 @@ def main() -> None:
     """Read params.yaml, train (resuming from CHECKPOINTS if present), write the model and its metrics."""
     params = stage_params("train_toy_model")
     device = resolve_device(params.device)
-    _, metrics = step.run(params["train_toy_model"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
-    write_json(METRICS, metrics)
+    with Tracker.of(params) as tracker:
+        _, metrics = step.run(params["train_toy_model"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
+        tracker.metrics(METRICS, metrics)
 
 
 if __name__ == "__main__":
