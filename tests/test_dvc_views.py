@@ -1,0 +1,88 @@
+"""What `dvc plots show` and `dvc metrics show` print for the committed study: every declared plot renders with a
+template that has the fields it draws, and the metrics files stay summaries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_METRIC_NUMBERS = 200
+"""Numbers in all declared metrics files together: `dvc metrics show` prints one column per distinct key, so the
+files hold summaries and the details live in files not declared as metrics (plots/, judge.json)."""
+
+needs_dvc = pytest.mark.skipif(
+    shutil.which("dvc") is None or not (ROOT / ".git").exists(), reason="needs dvc and a git clone"
+)
+
+
+def _dvc_yaml() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def _declared_plots() -> dict[str, dict[str, Any]]:
+    return {name: props for entry in _dvc_yaml()["plots"] for name, props in entry.items()}
+
+
+def _declared_metrics() -> list[str]:
+    files = []
+    for stage in _dvc_yaml()["stages"].values():
+        for entry in stage.get("metrics", []):
+            files.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return files
+
+
+def _numbers(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_numbers(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_numbers(item) for item in value)
+    return int(isinstance(value, int | float) and not isinstance(value, bool))
+
+
+@needs_dvc
+def test_every_declared_plot_renders() -> None:
+    result = subprocess.run(["dvc", "plots", "show", "--json"], cwd=ROOT, capture_output=True, text=True, check=True)
+    shown = json.loads(result.stdout)
+    assert "errors" not in shown, shown.get("errors")
+    declared = _declared_plots()
+    assert set(shown["data"]) == set(declared)
+    for name, renders in shown["data"].items():
+        assert [render["type"] for render in renders] == ["vega"], name
+        spec = renders[0]["content"]
+        rows = spec["data"]["values"]
+        assert rows, f"{name}: no data"
+        encoded = {
+            channel["field"]
+            for view in (spec, spec.get("spec", {}))
+            for channel in view.get("encoding", {}).values()
+            if isinstance(channel, dict) and "field" in channel
+        } | ({spec["facet"]["field"]} if "facet" in spec else set())
+        missing = [field for field in encoded if not any(field in row for row in rows)]
+        assert not missing, f"{name}: the template draws fields the data lacks: {missing}"
+
+
+def test_plots_use_templates_that_fit_their_data() -> None:
+    plots = _declared_plots()
+    assert plots["plots/evaluate_methods.csv"]["template"].startswith("bar_horizontal")  # categories, not a line
+    assert plots["plots/evaluate_curves.csv"]["template"] == "curves_by_direction"  # one line per direction
+    assert plots["plots/pullback_spectrum.csv"]["template"] == "spectrum_by_t"  # one spectrum per t
+    assert isinstance(plots["plots/jacobian_spectrum.csv"]["y"], list)  # one series per singular value
+    for name in {props.get("template") for props in plots.values()} - {None, "linear", "bar_horizontal"}:
+        template = json.loads((ROOT / ".dvc/plots" / f"{name}.json").read_text())
+        assert template["data"]["values"] == "<DVC_METRIC_DATA>", name
+
+
+def test_metrics_files_are_summaries() -> None:
+    total = {path: _numbers(json.loads((ROOT / path).read_text())) for path in _declared_metrics()}
+    assert sum(total.values()) <= MAX_METRIC_NUMBERS, total
+
+
+def test_dvc_plots_output_is_ignored() -> None:
+    assert "/dvc_plots/" in (ROOT / ".gitignore").read_text().split()
