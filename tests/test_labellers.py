@@ -255,7 +255,7 @@ def test_images_are_cropped_resized_and_missing_ones_named(tmp_path: Path) -> No
         load_images(tmp_path, ["wide.png", "gone.png"], 8)
     assert "gone.png': listed in the label file but missing" in _one_line(error)
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ConfigError, match=r"bad\.png': unreadable"):
+    with pytest.raises(ConfigError, match=r"bad\.png': not an image that can be read"):
         load_images(tmp_path, ["bad.png"], 8)
 
 
