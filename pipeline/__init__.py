@@ -12,6 +12,8 @@ The library behind the DVC stages, importable from a notebook without Hydra or D
 * :mod:`pipeline.directions` — the directions file (``Directions``, ``save_directions``,
   ``load_directions``), the method registry, one module per method, subspace geometry.
 * :mod:`pipeline.classifiers` — attribute classifiers (``load_classifier``, ``classify``).
+* :mod:`pipeline.labellers` — labellers for any model: the attribute CNN (``folder``), zero-shot CLIP, the label
+  table's calibration, users' label files.
 * :mod:`pipeline.editing` — applying any directions file to held-out samples (``held_out``, ``edit``).
 * :mod:`pipeline.evaluation` — measures, matched distortion, the classifier read-out, the protocol.
 * :mod:`pipeline.toyfaces` — the embedded ToyFaces world, its classifier and training helpers.
