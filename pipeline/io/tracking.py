@@ -155,6 +155,7 @@ class Tracker:
 
     def __init__(self, stage: str, cfg: LoggingConfig, params: Mapping[str, Any] | None = None, run: str = ""):
         self.stage = stage
+        self.name = run or stage
         self.mode = resolve_wandb_mode(cfg.wandb)
         self._run = None
         if self.mode != "disabled":
@@ -171,7 +172,7 @@ class Tracker:
                 mode=self.mode,
                 group=experiment,
                 job_type=stage,
-                name=f"{experiment}/{run or stage}",
+                name=f"{experiment}/{self.name}",
                 config=config,
                 tags=list(cfg.wandb.tags),
                 settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
@@ -204,7 +205,7 @@ class Tracker:
         run.finish(exit_code=1 if failed else 0)
         if self.mode == "offline":
             state = "failed run" if failed else "run"
-            print(f"{self.stage}: W&B {state} saved offline in {run_dir}; upload it with: wandb sync {run_dir}",
+            print(f"{self.name}: W&B {state} saved offline in {run_dir}; upload it with: wandb sync {run_dir}",
                   file=sys.stderr)  # fmt: skip
 
     def metrics(self, path: str | Path, values: Mapping[str, Any]) -> None:
