@@ -348,6 +348,9 @@ def test_preflight_names_the_fix_for_a_missing_clip_or_folder_labeller(
     snapshot.mkdir(parents=True)
     for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
         shutil.copy(tiny_clip_dir / name, snapshot / name)
+    with pytest.raises(ModelNotFoundError, match=r"tokenizer\.json or vocab\.json not found locally"):
+        check_classifier(absent)  # without a vocabulary transformers would build an empty tokenizer
+    shutil.copy(tiny_clip_dir / "tokenizer.json", snapshot / "tokenizer.json")
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs/main").write_text("0" * 40)
     check_classifier(absent)

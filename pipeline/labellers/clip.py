@@ -32,6 +32,8 @@ from pipeline.io.errors import ConfigError, ModelNotFoundError
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 """A CLIP checkpoint's weights, in the order transformers prefers them."""
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+"""A CLIP tokenizer's vocabulary (the fast or the slow layout); without one transformers builds an empty tokenizer."""
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 
 
@@ -64,22 +66,23 @@ def check_attributes(attributes: Sequence[PromptAttribute]) -> None:
 
 def missing_clip_files(source: str) -> str | None:
     """What of a CLIP checkpoint is absent at ``source`` (a folder, or a hub id looked up in the Hugging Face
-    cache without network): a short phrase, or None when its config, preprocessing config and weights are there.
+    cache without network): a short phrase, or None when its config, preprocessing config, weights and tokenizer
+    vocabulary are there.
     Touches only the file system (milliseconds)."""
     folder = Path(source).expanduser()
+    names = (*REQUIRED_FILES, *WEIGHT_FILES, *TOKENIZER_FILES)
     if folder.is_dir():
-        present = {name for name in (*REQUIRED_FILES, *WEIGHT_FILES) if (folder / name).is_file()}
+        present = {name for name in names if (folder / name).is_file()}
     elif HUB_ID.fullmatch(source):
         from huggingface_hub import try_to_load_from_cache
 
-        present = {
-            name for name in (*REQUIRED_FILES, *WEIGHT_FILES) if isinstance(try_to_load_from_cache(source, name), str)
-        }
+        present = {name for name in names if isinstance(try_to_load_from_cache(source, name), str)}
     else:
         return "no such folder, and not a hub id 'owner/name'"
     missing = [name for name in REQUIRED_FILES if name not in present]
-    if not present & set(WEIGHT_FILES):
-        missing.append(" or ".join(WEIGHT_FILES))
+    for alternatives in (WEIGHT_FILES, TOKENIZER_FILES):
+        if not present & set(alternatives):
+            missing.append(" or ".join(alternatives))
     return f"{', '.join(missing)} not found locally" if missing else None
 
 
@@ -212,4 +215,6 @@ def download_hint(source: str) -> str:
     """How to get a CLIP checkpoint: ``hf download <id>`` for a hub id, a folder otherwise."""
     if HUB_ID.fullmatch(source) and not Path(source).expanduser().exists():
         return f"download it once with: hf download {source}"
-    return "set classifier.path to a CLIP folder (config.json, preprocessor_config.json, weights) or a hub id"
+    return (
+        "set classifier.path to a CLIP folder (config.json, preprocessor_config.json, weights, tokenizer) or a hub id"
+    )
