@@ -140,8 +140,8 @@ class StageParams:
 
     @property
     def tracked(self) -> dict[str, Any]:
-        """The declared params as plain values, ``{key: value}``: the W&B run config and the fingerprint of a
-        resumable stage's work cache."""
+        """The declared params as plain values, ``{key: value}``: the fingerprint of a resumable stage's work
+        cache."""
         return {key: _plain(OmegaConf.select(self.params, key, throw_on_missing=True)) for key in self.declared}
 
     @property

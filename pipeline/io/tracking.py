@@ -196,17 +196,19 @@ class Tracker:
         self.finish(failed=exc_type is not None)
 
     def finish(self, failed: bool = False) -> None:
-        """Close the W&B run (idempotent), with exit code 1 when ``failed``; offline, print where the run is and
-        the command that uploads it."""
+        """Close the W&B run (idempotent), with exit code 1 when ``failed``; print one line on stderr: offline,
+        where the run is and the command that uploads it; online, the run's page."""
         if self._run is None:
             return
-        run, run_dir = self._run, self.run_dir
+        run, run_dir, url = self._run, self.run_dir, self._run.url
         self._run = None
         run.finish(exit_code=1 if failed else 0)
+        state = "failed run" if failed else "run"
         if self.mode == "offline":
-            state = "failed run" if failed else "run"
             print(f"{self.name}: W&B {state} saved offline in {run_dir}; upload it with: wandb sync {run_dir}",
                   file=sys.stderr)  # fmt: skip
+        elif url:
+            print(f"{self.name}: W&B {state} {url}", file=sys.stderr)
 
     def metrics(self, path: str | Path, values: Mapping[str, Any]) -> None:
         """Write a DVC metrics JSON file and put its numbers in the W&B run summary (:meth:`summary`)."""
