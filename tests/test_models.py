@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from pipeline.diffusion.loading import DEFAULT_TRAIN_SCHEDULE
-from pipeline.diffusion.models import DEFAULT_CLIP_SAMPLE, load_model, resolve_device, resolve_dtype
+from pipeline.diffusion.models import load_model, resolve_device, resolve_dtype, study_clip_sample
 from pipeline.io.errors import ConfigError, ModelNotFoundError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -34,7 +34,7 @@ def test_pipeline_folder_loads_same_unet_and_ddim_scheduler(
 
     assert torch.allclose(_eps(model.unet), _eps(tiny_unet), atol=1e-5)
     assert isinstance(model.scheduler, DDIMScheduler)
-    assert model.scheduler.config.clip_sample is DEFAULT_CLIP_SAMPLE  # the study's setting, not the folder's
+    assert model.scheduler.config.clip_sample is True  # unknown to the study: the folder's own scheduler setting
     assert model.scheduler.config.beta_end == pytest.approx(0.002)  # the folder's schedule, not the default
     assert model.sample_shape == (3, 16, 16)
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
@@ -51,7 +51,7 @@ def test_bare_unet_folder_gets_default_linear_schedule(tiny_unet: UNet2DModel, t
     assert torch.allclose(_eps(model.unet), _eps(tiny_unet), atol=1e-5)
     for key, value in DEFAULT_TRAIN_SCHEDULE.items():
         assert model.scheduler.config[key] == value
-    assert model.scheduler.config.clip_sample is DEFAULT_CLIP_SAMPLE
+    assert model.scheduler.config.clip_sample is False  # no scheduler config: unclamped
 
 
 def test_dtype_is_applied(tiny_model_dir: Path) -> None:
@@ -168,3 +168,15 @@ def test_unknown_dtype_is_a_config_error() -> None:
         resolve_dtype("float8")
 
     _assert_one_line(error, "'float8'", "float32")
+
+
+def test_a_model_the_study_configures_loads_with_the_study_clip_sample(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert study_clip_sample("models/toyfaces/ddpm") is True  # conf/model/toyfaces.yaml: the small model clamps
+    assert study_clip_sample(str(root / "models/toyfaces/ddpm")) is True  # the same folder by another path
+    assert study_clip_sample("google/ddpm-ema-celebahq-256") is False  # conf/model/ddpm_celebahq.yaml
+    assert study_clip_sample("stable-diffusion-v1-5/stable-diffusion-v1-5") is False
+    assert study_clip_sample(str(tmp_path)) is None
+    assert study_clip_sample("models/toyfaces/ddpm", configs=tmp_path / "no_conf") is None
+    model = load_model(str(root / "models/toyfaces/ddpm"), device="cpu")
+    assert model.scheduler.config.clip_sample is True  # the saved training scheduler says False; the study clamps

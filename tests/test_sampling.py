@@ -353,4 +353,4 @@ def test_clip_sample_keeps_the_predicted_x0_in_range(tiny_model_dir, single_thre
     assert x_0.abs().max() <= 1.0
     free = load_model(str(tiny_model_dir), device="cpu", clip_sample=False)
     assert not free.scheduler.config.clip_sample
-    assert load_model(str(tiny_model_dir), device="cpu").scheduler.config.clip_sample  # the study's default
+    assert load_model(str(tiny_model_dir), device="cpu").scheduler.config.clip_sample  # the folder's own setting

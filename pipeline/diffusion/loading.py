@@ -109,12 +109,13 @@ class LoadedParts(NamedTuple):
     tokenizer: CLIPTokenizer | None
 
 
-def load_parts(source: str, torch_dtype: torch.dtype, clip_sample: bool) -> LoadedParts:
+def load_parts(source: str, torch_dtype: torch.dtype, clip_sample: bool | None) -> LoadedParts:
     """Load the parts of the model at ``source``, a folder or a hub id 'owner/name' (see the module docstring).
 
     The scheduler is ``DDIMScheduler.from_config`` of the model's scheduler config (:data:`DEFAULT_TRAIN_SCHEDULE`
-    for a bare folder without one) with ``clip_sample`` as given. ModelNotFoundError names what is missing,
-    damaged or not cached (``HF_HUB_OFFLINE=1`` forbids network access); ConfigError names an unsupported class.
+    for a bare folder without one) with ``clip_sample`` as given (None: the config's own). ModelNotFoundError names
+    what is missing, damaged or not cached (``HF_HUB_OFFLINE=1`` forbids network access); ConfigError names an
+    unsupported class.
     """
     folder = Path(source).expanduser()
     if folder.is_dir():
@@ -230,7 +231,7 @@ def compile_unet_blocks(unet: UNet2DModel | UNet2DConditionModel, mode: str) -> 
     return len(layers)
 
 
-def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> LoadedParts:
+def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool | None) -> LoadedParts:
     """Load from a pipeline folder or a bare UNet folder; raise ModelNotFoundError naming what is missing."""
     unet_subfolder, scheduler_config = _detect_layout(folder, str(folder))
     unet_folder = folder / unet_subfolder if unet_subfolder else folder
@@ -254,7 +255,7 @@ def _load_local(folder: Path, torch_dtype: torch.dtype, clip_sample: bool) -> Lo
     return LoadedParts(unet, _ddim_scheduler(scheduler_config, clip_sample), autoencoder, text_encoder, tokenizer)
 
 
-def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool) -> LoadedParts:
+def _load_hub(repo_id: str, torch_dtype: torch.dtype, clip_sample: bool | None) -> LoadedParts:
     """Load through the Hugging Face cache; raise ModelNotFoundError when the files cannot be had."""
     offline = _hub_offline()
     not_local = ModelNotFoundError(
@@ -356,10 +357,13 @@ def _unet_class(config_path: Path, source: str) -> type[UNet2DModel] | type[UNet
     return UNET_CLASSES[class_name]
 
 
-def _ddim_scheduler(scheduler_config: dict[str, Any] | None, clip_sample: bool) -> DDIMScheduler:
-    """DDIM scheduler over the model's training schedule; ``clip_sample`` clamps the predicted x_0 to [-1, 1]."""
+def _ddim_scheduler(scheduler_config: dict[str, Any] | None, clip_sample: bool | None) -> DDIMScheduler:
+    """DDIM scheduler over the model's training schedule; ``clip_sample`` clamps the predicted x_0 to [-1, 1]
+    (None: as the model's scheduler config says, False without one)."""
     if scheduler_config is None:
-        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=clip_sample, clip_sample_range=1.0)
+        return DDIMScheduler(**DEFAULT_TRAIN_SCHEDULE, clip_sample=bool(clip_sample), clip_sample_range=1.0)
+    if clip_sample is None:
+        clip_sample = bool(scheduler_config.get("clip_sample", False))
     return DDIMScheduler.from_config(scheduler_config, clip_sample=clip_sample, clip_sample_range=1.0)
 
 

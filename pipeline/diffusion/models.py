@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,10 +29,8 @@ from pipeline.io.errors import ConfigError, ModelNotFoundError
 DEFAULT_LOCATION = "after"
 """Default h-space site: the output of the UNet's middle block (see :mod:`pipeline.diffusion.hspace`)."""
 
-DEFAULT_CLIP_SAMPLE = True
-"""Whether DDIM clamps the predicted x_0 to [-1, 1] when nothing says otherwise: the study's default model's
-setting (``model.clip_sample`` of the embedded ToyFaces DDPM), shared by :func:`load_model` and
-:class:`ModelConfig`; the real models' configs set False."""
+STUDY_MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "model"
+"""The study's model configs (``conf/model/*.yaml``), where :func:`load_model` finds a known model's settings."""
 
 DECODE_BATCH_SIZE = 16
 """Latents decoded per autoencoder call (bounds the decoder's activation memory at 256+ px)."""
@@ -266,7 +265,7 @@ def load_model(
     source: str,
     device: str = "auto",
     dtype: str = "float32",
-    clip_sample: bool = DEFAULT_CLIP_SAMPLE,
+    clip_sample: bool | None = None,
     text: TextPrompts | None = None,
     autocast: str = "none",
     channels_last: bool = False,
@@ -280,10 +279,12 @@ def load_model(
     cache (safetensors preferred; no remote code is ever run; see :mod:`pipeline.diffusion.loading`). A bare
     folder without a scheduler config gets :data:`~pipeline.diffusion.loading.DEFAULT_TRAIN_SCHEDULE`. The
     scheduler is always ``DDIMScheduler.from_config`` of the
-    model's scheduler config with ``clip_sample`` as given: True (the default, :data:`DEFAULT_CLIP_SAMPLE`, the
-    study's setting for its small model) clamps the predicted x_0 to [-1, 1] at every step, which keeps a small
-    or undertrained model's samples in range; False (the reference code's choice for well-trained models, set
-    by ``conf/model/`` for the real ones) keeps it unclamped. Set ``HF_HUB_OFFLINE=1`` to forbid network access.
+    model's scheduler config with ``clip_sample`` as given: True clamps the predicted x_0 to [-1, 1] at every
+    step, which keeps a small or undertrained model's samples in range; False (the reference code's choice for
+    well-trained models) keeps it unclamped. None (the default) takes the study's setting for ``source`` (the
+    ``clip_sample`` of the ``conf/model/*.yaml`` that names it, :func:`study_clip_sample`), else the model's own
+    scheduler config, else False; so the library decodes a model as the DAG does. Set ``HF_HUB_OFFLINE=1`` to
+    forbid network access.
 
     A Stable Diffusion pipeline folder (``text_encoder/``, ``tokenizer/``, ``vae/``) also loads its CLIP text
     encoder and encodes ``text`` (default: :class:`TextPrompts`, the empty prompt without guidance); ``text``
@@ -297,6 +298,8 @@ def load_model(
         raise ConfigError(f"params: model.autocast={autocast!r}: unknown; expected one of {', '.join(AUTOCAST_DTYPES)}")
     if compile not in COMPILE_MODES:
         raise ConfigError(f"params: model.compile={compile!r}: unknown; expected one of {', '.join(COMPILE_MODES)}")
+    if clip_sample is None:
+        clip_sample = study_clip_sample(source)
     unet, scheduler, vae, text_encoder, tokenizer = load_parts(source, torch_dtype, clip_sample)
     if scheduler.config.prediction_type != "epsilon":
         raise ConfigError(
@@ -327,6 +330,25 @@ def load_model(
     return model
 
 
+def study_clip_sample(source: str, configs: Path = STUDY_MODEL_CONFIGS) -> bool | None:
+    """The ``clip_sample`` of the study's model config (a ``*.yaml`` of ``configs``) whose ``source`` is
+    ``source`` (the same hub id, or the same folder), or None when none names it (or ``configs`` is absent, as in
+    a non-editable install)."""
+    from omegaconf import OmegaConf
+
+    root = configs.parents[1]
+    wanted = Path(source).expanduser()
+    wanted = wanted.resolve() if wanted.exists() else None
+    for path in sorted(configs.glob("*.yaml")) if configs.is_dir() else []:
+        config = OmegaConf.load(path)
+        named = str(config.get("source", ""))
+        folder = root / named
+        same_folder = wanted is not None and folder.exists() and folder.resolve() == wanted
+        if (named == source or same_folder) and "clip_sample" in config:
+            return bool(config.clip_sample)
+    return None
+
+
 def _encode_prompts(model: DiffusionModel, prompts: TextPrompts) -> None:
     """Set ``model.prompts`` and encode them (each distinct text once) into its generation and edit conditionings."""
     texts = {prompts.prompt, prompts.edit_prompt} | ({prompts.negative_prompt} if prompts.guided else set())
@@ -352,7 +374,7 @@ class ModelConfig:
     source: str = "models/toyfaces/ddpm"
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
-    clip_sample: bool = DEFAULT_CLIP_SAMPLE
+    clip_sample: bool = True
     text: TextPrompts | None = None
     autocast: str = "none"
     channels_last: bool = False
