@@ -155,7 +155,8 @@ def run(
         f"{directions.method} edits of {len(paths)} image(s), {cfg.inversion} inversion on {settings.steps} steps; "
         f"frames: the judge's verdict against the reconstruction"
     )
-    grid = labelled_grid(tiles, row_labels, column_labels, verdicts, upscale=cfg.upscale, title=caption)
+    title = f"{directions.method}, {cfg.inversion} inversion, {settings.steps} steps"  # fits a one-image grid
+    grid = labelled_grid(tiles, row_labels, column_labels, verdicts, upscale=cfg.upscale, title=title)
     mse = inverted.reconstruction_mse
     details = {
         "directions": {"file": source, "method": directions.method, "space": directions.space, "names": names},
