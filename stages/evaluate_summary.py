@@ -1,8 +1,9 @@
-"""DVC stage ``evaluate_summary``: the per-method evaluations gathered into metrics/evaluate.json, the method table
-and the curves (pipeline/steps/evaluate_summary.py)."""
+"""DVC stage ``evaluate_summary``: the per-method evaluations gathered into the headline metrics/evaluate.json, the
+full summary plots/evaluate_summary.json, the method table and the curves (pipeline/steps/evaluate_summary.py)."""
 
 from pipeline.evaluation.records import load_records, records_path
 from pipeline.io.errors import run_main
+from pipeline.io.files import write_json
 from pipeline.io.tracking import Tracker
 from pipeline.steps import evaluate_summary as step
 from pipeline.steps.sections import stage_params
@@ -10,10 +11,11 @@ from pipeline.steps.sections import stage_params
 CURVES = "plots/evaluate_curves.csv"
 METHODS = "plots/evaluate_methods.csv"
 METRICS = "metrics/evaluate.json"
+SUMMARY = "plots/evaluate_summary.json"
 
 
 def main() -> None:
-    """Read params.yaml and every method's records; write the summary metrics and two plots."""
+    """Read params.yaml and every method's records; write the headline metrics, the full summary and two plots."""
     params = stage_params("evaluate_summary")
     cfg = params["evaluate"]
     with Tracker.of(params) as tracker:
@@ -24,6 +26,7 @@ def main() -> None:
             series=("method", "direction"),
         )  # fmt: skip
         tracker.plot(METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
+        write_json(SUMMARY, result.details)
         tracker.metrics(METRICS, result.metrics)
 
 

@@ -4,7 +4,7 @@ from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import save_directions
 from pipeline.directions.methods import directions_path
 from pipeline.io.errors import run_main
-from pipeline.io.files import stage_work
+from pipeline.io.files import stage_work, write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import Tracker
 from pipeline.steps import pullback as step
@@ -13,6 +13,7 @@ from pipeline.steps.sections import stage_params
 PLOT = "plots/{name}.csv"
 GRID = "plots/{name}_preview.png"
 METRICS = "metrics/pullback.json"
+DETAILS = "plots/pullback_details.json"
 PLOT_AXES = {
     "pullback_spectrum": ("index", "sigma", "Pullback singular values (one line per t)", ("t",)),
     "pullback_psd": ("t", "mean_frequency", "Mean spatial frequency of the basis (cycles/pixel)", ()),
@@ -21,7 +22,7 @@ PLOT_AXES = {
 
 
 def main() -> None:
-    """Read params.yaml; write both directions files, three plots, the preview grid and the metrics."""
+    """Read params.yaml; write both directions files, three plots, the preview grid, the details and the metrics."""
     params = stage_params("pullback")
     model_cfg = params["model"]
     device = str(resolve_device(params.device))
@@ -38,6 +39,7 @@ def main() -> None:
             save_png(picture, GRID.format(name=name), upscale=2)
             caption = "rows: own v_k, transported v_k, projected global v_0; columns: guidance scales"
             tracker.image(f"grid/{name}", picture, caption=caption)
+        write_json(DETAILS, result.details)
         tracker.metrics(METRICS, result.metrics)
         tracker.timings(result.timings)
         work.clear()

@@ -119,7 +119,7 @@ def study(tmp_path):
         "methods": {method: {"mean_clean_flip": 0.4} for method in directions},
         "conditional": {"smiling": {"up": conditional, "down": conditional}},
     }  # fmt: skip
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics))
+    (tmp_path / "plots/evaluate_summary.json").write_text(json.dumps(metrics))
     (tmp_path / "metrics/pca.json").write_text(json.dumps({"explained": {"all": 0.5}, "seconds": 1.0}))
     header = "method,directions,mean_clean_flip,min_clean_flip,mean_broken,infeasible\n"
     (tmp_path / "plots/evaluate_methods.csv").write_text(
@@ -194,7 +194,7 @@ def test_the_page_is_self_contained_with_one_row_per_method(study):
 def test_missing_inputs_are_notes_not_errors(tmp_path):
     parsed = _parse(build_report(tmp_path))
     assert parsed.images == []
-    for name in ("metrics/evaluate.json", "plots/evaluate_methods.csv", "params.yaml", "plots/pca_spectrum.csv"):
+    for name in ("plots/evaluate_summary.json", "plots/evaluate_methods.csv", "params.yaml", "plots/pca_spectrum.csv"):
         assert any(name in note for note in parsed.notes), name
 
 

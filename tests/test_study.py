@@ -126,11 +126,14 @@ def test_pullback_stage_writes_bases_global_directions_and_analyses(workspace):
     torch.testing.assert_close(rows @ rows.T, torch.eye(3), atol=1e-5, rtol=0)
     glob = load_directions(workspace / "directions/pullback_global.safetensors")
     assert glob.method == "pullback_global" and glob.names == ["global/v0", "global/v1", "global/v2"]
-    metrics = json.loads((workspace / "metrics/pullback.json").read_text())
-    assert set(metrics["curvedness"]) == {"arc_length", "chord_length", "curvedness", "tangent_turning"}
-    assert 0.0 <= metrics["curvedness"]["curvedness"] < 1.0
-    assert len(metrics["mean_frequency"]) == 3  # analysis t 1.0 and 0.2, plus edit_t 0.6
-    assert all(0.0 <= value <= 1.0 + 1e-6 for value in metrics["transport_alignment"])
+    details = json.loads((workspace / "plots/pullback_details.json").read_text())
+    assert set(details["curvedness"]) == {"arc_length", "chord_length", "curvedness", "tangent_turning"}
+    assert 0.0 <= details["curvedness"]["curvedness"] < 1.0
+    assert len(details["mean_frequency"]) == 3  # analysis t 1.0 and 0.2, plus edit_t 0.6
+    assert all(0.0 <= value <= 1.0 + 1e-6 for value in details["transport_alignment"])
+    metrics = json.loads((workspace / "metrics/pullback.json").read_text())  # the headline of the details
+    assert metrics["curvedness"] == details["curvedness"]["curvedness"] and metrics["edit_step"] == details["edit_step"]
+    assert metrics["mean_transport_alignment"] == pytest.approx(sum(details["transport_alignment"]) / 3)
     for name in ("pullback_spectrum", "pullback_psd", "pullback_tangent_distance"):
         assert (workspace / f"plots/{name}.csv").is_file()
     assert (workspace / "plots/pullback_preview.png").is_file()

@@ -1,6 +1,7 @@
-"""Step ``evaluate_summary``: the per-method evaluations (:mod:`pipeline.steps.evaluate`) gathered into the short
-metrics file, the method table and the curves, and the conditional directions compared with their plain ones
-sample by sample, all recomputed from the per-sample records (:mod:`pipeline.evaluation.records`)."""
+"""Step ``evaluate_summary``: the per-method evaluations (:mod:`pipeline.steps.evaluate`) gathered into the
+headline metrics (what ``dvc metrics show`` and ``dvc exp show`` compare), the full summary, the method table and
+the curves, and the conditional directions compared with their plain ones sample by sample, all recomputed from
+the per-sample records (:mod:`pipeline.evaluation.records`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ PARAMS = ("evaluate",)
 """The params this step reads (its stage's ``params`` in dvc.yaml): which methods, and how sides are judged."""
 
 
+HEADLINE = ("mean_clean_flip", "min_clean_flip", "mean_broken")
+"""The figures of each method that the metrics file keeps (the full summary has every one)."""
+
+
 @dataclass
 class Summary:
-    """What the summary stage writes: the short metrics, the method table rows and the curve rows."""
+    """What the summary stage writes: the headline ``metrics`` (per method :data:`HEADLINE`, the sample count and
+    the unedited broken rate), the full summary ``details`` (every figure of every method, the supervised
+    per-attribute rates, the conditional comparison), the method table rows and the curve rows."""
 
     metrics: dict[str, Any]
+    details: dict[str, Any]
     method_rows: list[dict[str, Any]]
     curve_rows: list[dict[str, Any]]
 
@@ -36,19 +44,24 @@ def run(records: Mapping[str, MethodRecords], cfg: EvaluateConfig) -> Summary:
     summaries = {method: method_summary(judged) for method, judged in results.items()}
     targeted = [method for method in cfg.methods if method in TARGETED_METHODS] or list(cfg.methods)
     unedited = records[targeted[0]].baseline_broken
-    metrics: dict[str, Any] = {
+    details: dict[str, Any] = {
         "num_samples": cfg.num_samples,
         "untargeted_samples": cfg.untargeted_samples,
         "unedited_broken": Rate.of(unedited, torch.ones_like(unedited)).value,
         "methods": summaries,
     }
     if "supervised" in results:
-        metrics["supervised"] = targeted_summary(results["supervised"])
+        details["supervised"] = targeted_summary(results["supervised"])
     conditional = _conditional(records, results)
     if conditional:
-        metrics["conditional"] = conditional
+        details["conditional"] = conditional
+    metrics = {
+        "num_samples": details["num_samples"],
+        "unedited_broken": details["unedited_broken"],
+        "methods": {method: {key: summary[key] for key in HEADLINE} for method, summary in summaries.items()},
+    }
     rows = [{"method": method, "directions": len(results[method]), **summaries[method]} for method in results]
-    return Summary(metrics, rows, curve_rows(results))
+    return Summary(metrics, details, rows, curve_rows(results))
 
 
 def _conditional(

@@ -171,7 +171,7 @@ def run(
                                       edit_step, timestep, boost_step),
     }  # fmt: skip
     frequencies = [row["mean_frequency"] for row in psd_rows]
-    metrics = {
+    details = {
         "products": sum(basis.products for local in bases.values() for basis in local),
         "converged": all(basis.converged for local in bases.values() for basis in local),
         "edit_step": edit_step,
@@ -183,9 +183,15 @@ def run(
         "global_weights": [float(value) for value in weights],
         "curvedness": curvedness,
     }
+    metrics = {  # the headline; per-t values are in the plots, lists and the segment in the details
+        **{key: details[key] for key in ("products", "converged", "edit_step", "late_over_early_frequency")},
+        "curvedness": curvedness["curvedness"],
+        "mean_transport_alignment": float(transport_alignment.mean()),
+    }
     plots = {"pullback_spectrum": spectrum_rows, "pullback_psd": psd_rows, "pullback_tangent_distance": distance_rows}
     timings = {"seconds": seconds, "resumed": work.resumed}
-    return StepResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures, timings)
+    return StepResult({"pullback": local_file, "pullback_global": global_file}, plots, metrics, pictures, timings,
+                      details)  # fmt: skip
 
 
 def _cached_basis(

@@ -3,7 +3,7 @@ pipeline's outputs.
 
 Every input is optional; a missing one is named in a note on the page instead of failing:
 
-- ``metrics/evaluate.json`` and ``plots/evaluate_methods.csv``: the method comparison at operating scales and
+- ``plots/evaluate_summary.json`` and ``plots/evaluate_methods.csv``: the method comparison at operating scales and
   the conditional check; ``plots/evaluate/judge.json``: every direction's judged sides (tables, with intervals);
 - ``plots/evaluate/<method>.png``: labelled edit grids; ``plots/evaluate_curves.csv``: clean-flip and broken
   curves; ``plots/preview/<method>.png``: the preview grids;
@@ -34,7 +34,7 @@ from pipeline.io.tracking import flatten
 PARAMS: tuple[str, ...] = ()
 """The params this step reads: none (its stage depends on params.yaml as a file, shown on the page)."""
 
-EVALUATE_METRICS = "metrics/evaluate.json"
+EVALUATE_SUMMARY = "plots/evaluate_summary.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
 CURVES = "plots/evaluate_curves.csv"
 GRID = "plots/evaluate/{method}/grid.png"
@@ -247,7 +247,7 @@ class _Page:
 def build_report(root: str | Path = ".", title: str = "h-space directions: study report") -> str:
     """The report page (HTML text) of the study whose outputs lie under ``root``."""
     page = _Page(Path(root))
-    evaluation = _load_json(page, EVALUATE_METRICS)
+    evaluation = _load_json(page, EVALUATE_SUMMARY)
     details = _load_details(page, evaluation)
     _methods_section(page, evaluation, details)
     _supervised_section(page, details)
