@@ -17,8 +17,8 @@ from pipeline.labellers.cnn import AttributeCNN, CNNConfig, decide
 from pipeline.labellers.datasets import load_images, read_label_file
 from pipeline.toyfaces.training import (
     OptimConfig,
-    learning_rate,
     make_optimizer,
+    optimizer_step,
     run_training_loop,
     step_generator,
     validate_training,
@@ -99,12 +99,7 @@ def run(
             flipped = torch.rand(cfg.batch_size, generator=generator) < 0.5
             batch = torch.where(flipped.view(-1, 1, 1, 1), batch.flip(-1), batch)
         loss = F.binary_cross_entropy_with_logits(model(batch.to(device)), table.labels[picked].to(device))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        optimizer_step(loss, model, optimizer, step, cfg.steps, cfg.optim)
         return {"bce": loss.item()}
 
     data = {"labels_sha256": hashlib.sha256(Path(cfg.labels).read_bytes()).hexdigest()}

@@ -17,8 +17,8 @@ from pipeline.toyfaces.training import (
     OptimConfig,
     data_seeds,
     evaluate_classifier,
-    learning_rate,
     make_optimizer,
+    optimizer_step,
     run_training_loop,
     validate_training,
 )
@@ -75,12 +75,7 @@ def run(
         )
         factor_loss = F.mse_loss(model.factor_head(features), factors.continuous.to(device))
         loss = attribute_loss + cfg.factor_loss_weight * factor_loss
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        optimizer_step(loss, model, optimizer, step, cfg.steps, cfg.optim)
         return {"bce": attribute_loss.item(), "mse": factor_loss.item()}
 
     run_training_loop(

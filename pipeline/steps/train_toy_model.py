@@ -22,8 +22,8 @@ from pipeline.toyfaces.training import (
     build_toy_unet,
     data_seeds,
     heldout_denoising_loss,
-    learning_rate,
     make_optimizer,
+    optimizer_step,
     run_training_loop,
     step_generator,
     validate_training,
@@ -86,12 +86,7 @@ def run(
         a = alphas_cumprod[t.to(device)].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(unet(x_t, t.to(device)).sample, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        optimizer_step(loss, unet, optimizer, step, cfg.steps, cfg.optim)
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):

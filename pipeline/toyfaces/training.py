@@ -116,6 +116,20 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def optimizer_step(
+    loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, total_steps: int,
+    cfg: OptimConfig,
+) -> None:
+    """One update at training step ``step``: the scheduled learning rate (:func:`learning_rate`), the gradients of
+    ``loss`` with ``module``'s global norm clipped to ``cfg.grad_clip``, and the optimizer's step."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, total_steps, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+    optimizer.step()
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of training step ``step``: one per step (not one long stream), so a resumed run
     draws exactly the noise an uninterrupted one would."""
