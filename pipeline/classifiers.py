@@ -18,6 +18,7 @@ returns one logit per attribute [N, A], with ``attribute_names`` (A names), ``fe
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from pipeline.io.errors import ConfigError, ModelNotFoundError, PipelineError
 from pipeline.io.validation import require
-from pipeline.labellers.calibration import CALIBRATIONS
+from pipeline.labellers.calibration import CALIBRATIONS, AttributeCalibration, CalibratedLabeller
 from pipeline.labellers.clip import (
     PromptAttribute,
     check_attributes,
@@ -235,6 +236,34 @@ def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -
             ) from error
         return model.to(device).eval().requires_grad_(False)
     raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
+LABEL_METRICS = Path("metrics/label.json")
+"""Where the label stage writes its metrics, among them the label table's calibration (``calibration``)."""
+
+
+def load_judge(
+    cfg: ClassifierConfig, device: str | torch.device = "cpu", label_metrics: str | Path = LABEL_METRICS
+) -> nn.Module:
+    """The classifier that judges edits: :func:`load_classifier`, and with ``cfg.calibration`` other than "none"
+    wrapped in the label table's calibration read from ``label_metrics`` (the label stage's fits), so an edit's
+    decision uses the same decision point as the labels the directions were estimated from."""
+    classifier = load_classifier(cfg, device)
+    if cfg.calibration == "none":
+        return classifier
+    path = Path(label_metrics)
+    try:
+        fits = json.loads(path.read_text())["calibration"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(
+            f"classifier.calibration={cfg.calibration!r}: no calibration in '{path}'; run `dvc repro label` first "
+            "(or set classifier.calibration=none)"
+        ) from None
+    missing = [name for name in classifier.attribute_names if name not in fits]
+    if missing:
+        raise ConfigError(f"'{path}': no calibration of {missing}; rerun `dvc repro label` with this classifier")
+    calibrations = [AttributeCalibration(**fits[name]) for name in classifier.attribute_names]
+    return CalibratedLabeller(classifier, calibrations).to(device).eval().requires_grad_(False)
+
+
 @torch.no_grad()
 def classify_logits(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Attribute logits [N, A] of images [N, 3, H, W] in [0, 1].

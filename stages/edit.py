@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.classifiers import load_classifier
+from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.image_edits import INVERSIONS
@@ -37,7 +37,7 @@ def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) 
     model_cfg, cfg = params["model"], params["edit"]
     device = str(resolve_device(params.device))
     model = open_model(model_cfg, device)
-    classifier = load_classifier(params["classifier"], device)
+    classifier = load_judge(params["classifier"], device)
     directions = load_directions(cfg.directions, Expected(model_id=model_cfg.source))
     world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None
     result = step.run(

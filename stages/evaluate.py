@@ -3,7 +3,7 @@ given on the command line judged on held-out seeds (pipeline/steps/evaluate.py).
 
 import sys
 
-from pipeline.classifiers import load_classifier
+from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs = [model_cfg.source, classifier_cfg.path, path]
         work = stage_work(f"evaluate@{method}", {**params.tracked, "device": device}, inputs)
         model = open_model(model_cfg, device)
-        classifier = load_classifier(classifier_cfg, device)
+        classifier = load_judge(classifier_cfg, device)
         directions = load_directions(path, Expected(model_id=model_cfg.source, num_steps=sampler.steps))
         result = step.run(model, classifier, method, directions, cfg, sampler, world, work=work)
         save_png(result.grid.picture, GRID.format(method=method))

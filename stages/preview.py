@@ -1,7 +1,7 @@
 """DVC stage ``preview``: labelled edit grids of held-out samples for the PCA and supervised directions files,
 each edit framed by the judge's verdict, and the judge's entries for them (plots/preview/judge.json)."""
 
-from pipeline.classifiers import load_classifier
+from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
 from pipeline.directions.methods import directions_path
@@ -23,7 +23,7 @@ def main() -> None:
     device = str(resolve_device(params.device))
     with Tracker.of(params) as tracker:
         model = open_model(model_cfg, device)
-        classifier = load_classifier(params["classifier"], device)
+        classifier = load_judge(params["classifier"], device)
         expect = Expected(model_id=model_cfg.source, num_steps=sampler.steps)
         files = {method: load_directions(directions_path(method), expect) for method in step.METHODS}
         world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None

@@ -1,7 +1,7 @@
 """DVC stage ``supervised_study``: supervised estimators, timestep windows and injections judged side by side, and
 the few-samples curve (pipeline/steps/supervised_study.py)."""
 
-from pipeline.classifiers import load_classifier
+from pipeline.classifiers import load_judge
 from pipeline.data.hstats import load_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
@@ -42,7 +42,7 @@ def main() -> None:
             return cache
 
         result = step.run(
-            open_model(model_cfg, device), load_classifier(classifier_cfg, device), store, load_hstats(HSTATS),
+            open_model(model_cfg, device), load_judge(classifier_cfg, device), store, load_hstats(HSTATS),
             names, scores, params["hstats"].threshold, params["sampler"], params["supervised_study"],
             params["evaluate.broken"], world, work,
         )  # fmt: skip

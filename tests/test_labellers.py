@@ -4,18 +4,19 @@ layout and CSV), the folder labeller trained on rendered ToyFaces, and the prefl
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.classifiers import ClassifierConfig, check_classifier, load_classifier
+from pipeline.classifiers import ClassifierConfig, check_classifier, load_classifier, load_judge
 from pipeline.data.labels import read_labels
 from pipeline.data.store import open_store
 from pipeline.io.errors import ConfigError, ModelNotFoundError
 from pipeline.io.files import TrainingCheckpoint
-from pipeline.labellers.calibration import calibrate, fit_calibration
+from pipeline.labellers.calibration import AttributeCalibration, calibrate, fit_calibration
 from pipeline.labellers.clip import PromptAttribute
 from pipeline.labellers.cnn import CNNConfig
 from pipeline.labellers.datasets import load_images, read_label_file
@@ -359,3 +360,30 @@ def test_preflight_names_the_fix_for_a_missing_clip_or_folder_labeller(
     with pytest.raises(ModelNotFoundError) as error:
         check_classifier(ClassifierConfig(name="folder", path=str(tmp_path / "untrained")))
     assert "untrained'" in _one_line(error) and "dvc repro train_classifier" in str(error.value)
+
+
+def test_the_judge_decides_where_the_calibrated_label_table_does(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """With a calibrated table, edits are judged at the table's decision point (probability 0.5), not at the
+    labeller's raw zero: the judge's logits are the table's calibrated log-odds."""
+    config = _clip_config(tiny_clip_dir)
+    images = torch.rand((40, 3, 32, 32), generator=torch.Generator().manual_seed(5))
+    raw = load_classifier(config)(images)
+    points = raw.median(dim=0).values  # decision points away from CLIP's zero, as a fit on samples would find
+    fits = {
+        name: asdict(AttributeCalibration(split=True, shift=float(point), scale=scale, upper_weight=0.5))
+        for name, point, scale in zip(("smiling", "glasses"), points, (2.0, 0.5), strict=True)
+    }
+    metrics = tmp_path / "label.json"
+    metrics.write_text(json.dumps({"frequency": {}, "calibration": fits}))
+    config.calibration = "mixture"
+    judge = load_judge(config, label_metrics=metrics)
+    for index, name in enumerate(("smiling", "glasses")):
+        expected = fits[name]["scale"] * (raw[:, index] - fits[name]["shift"])
+        torch.testing.assert_close(judge(images)[:, index], expected, atol=1e-4, rtol=1e-4)
+    assert judge.attribute_names == ("smiling", "glasses")
+    assert ((judge(images) > 0).float().mean(dim=0) == 0.5).all()  # half the images on each side of the median
+    config.calibration = "none"
+    assert not hasattr(load_judge(config, label_metrics=metrics), "shift")  # the labeller itself
+    config.calibration = "mixture"
+    with pytest.raises(ConfigError, match=r"no calibration in '.*missing.json'; run `dvc repro label` first"):
+        load_judge(config, label_metrics=tmp_path / "missing.json")

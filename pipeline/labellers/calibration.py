@@ -17,9 +17,11 @@ forced on samples that show one group. docs/methods.md ("Labellers") has the det
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from pipeline.io.errors import ConfigError
 
@@ -126,3 +128,30 @@ def calibrate(probabilities: torch.Tensor, method: str) -> tuple[torch.Tensor, l
     fits = [fit_calibration(column) for column in logits.T]
     calibrated = torch.stack([fit.apply(column) for fit, column in zip(fits, logits.T, strict=True)], dim=1)
     return torch.sigmoid(calibrated).float().reshape(probabilities.shape), fits
+
+
+class CalibratedLabeller(nn.Module):
+    """A labeller whose logits [N, A] go through the label table's calibration, logit' = scale_a (logit_a - shift_a)
+    per attribute, so that whoever judges an edit decides where the label table does (logit' 0 is probability
+    0.5, the default ``hstats.threshold``) rather than at the labeller's raw zero. ``features`` and the attribute
+    names are the labeller's own."""
+
+    def __init__(self, labeller: nn.Module, fits: Sequence[AttributeCalibration]):
+        super().__init__()
+        names = list(labeller.attribute_names)
+        if len(fits) != len(names):
+            raise ConfigError(f"calibration: {len(fits)} fits for the labeller's {len(names)} attributes")
+        self.labeller = labeller
+        self.attribute_names = tuple(names)
+        self.num_features = labeller.num_features
+        self.register_buffer("shift", torch.tensor([fit.shift for fit in fits], dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor([fit.scale for fit in fits], dtype=torch.float32))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The labeller's features [N, F] of images [N, 3, H, W] in [0, 1]."""
+        return self.labeller.features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits [N, A] of images [N, 3, H, W] in [0, 1]."""
+        logits = self.labeller(images)
+        return (logits - self.shift.to(logits.dtype)) * self.scale.to(logits.dtype)
