@@ -230,3 +230,22 @@ def test_the_page_loads_in_headless_chromium_with_its_images(study, tmp_path_fac
     title = result.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
     total, loaded = (int(value) for value in title.split(":"))
     assert total == 3 + 2 * 3 + 2 and loaded == total
+
+
+def test_the_edits_of_your_own_images_have_their_section(tmp_path):
+    (tmp_path / "plots/edit").mkdir(parents=True)
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "plots/edit/grid.png")
+    summary = [
+        {"direction": "smiling", "scale": 2.0, "images": 4, "broken": 0, "changed_any": 1, "eligible": 3,
+         "flipped": 1, "clean_flip": 1},
+        {"direction": "smiling", "scale": 4.0, "images": 4, "broken": 1, "changed_any": 2, "eligible": 3,
+         "flipped": 2, "clean_flip": 1},
+    ]  # fmt: skip
+    details = {"directions": {"method": "supervised"}, "inversion": {"method": "edit_friendly", "steps": 20},
+               "reconstruction_mse": {"mean": 6.8e-06, "max": 8.0e-06}, "summary": summary}  # fmt: skip
+    (tmp_path / "plots/edit/edits.json").write_text(json.dumps(details))
+    page = build_report(tmp_path)
+    parsed = _parse(page)
+    assert [row[:2] for row in parsed.tables["edit"]] == [["smiling", "2"], ["smiling", "4"]]
+    assert parsed.tables["edit"][1][2:] == ["4", "2", "1", "3", "2", "1"]
+    assert "edit_friendly inversion (20 steps" in page and len(parsed.images) == 1

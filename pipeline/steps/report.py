@@ -6,7 +6,7 @@ Every input is optional; a missing one is named in a note on the page instead of
 - ``plots/evaluate_summary.json`` and ``plots/evaluate_methods.csv``: the method comparison at operating scales and
   the conditional check; ``plots/evaluate/judge.json``: every direction's judged sides (tables, with intervals);
 - ``plots/evaluate/<method>.png``: labelled edit grids; ``plots/evaluate_curves.csv``: clean-flip and broken
-  curves; ``plots/preview/<method>.png``: the preview grids;
+  curves; ``plots/preview/<method>.png``: the preview grids; ``plots/edit/``: the edits of the user's images;
 - ``plots/pca_spectrum.csv``, ``plots/jacobian_spectrum.csv``, ``plots/pullback_spectrum.csv``,
   ``plots/pullback_psd.csv``: spectra; ``metrics/*.json``: every stage's metrics; ``params.yaml``: the config.
 
@@ -35,6 +35,8 @@ PARAMS: tuple[str, ...] = ()
 """The params this step reads: none (its stage depends on params.yaml as a file, shown on the page)."""
 
 EVALUATE_SUMMARY = "plots/evaluate_summary.json"
+EDIT_GRID = "plots/edit/grid.png"
+EDIT_DETAILS = "plots/edit/edits.json"
 METHOD_TABLE = "plots/evaluate_methods.csv"
 CURVES = "plots/evaluate_curves.csv"
 GRID = "plots/evaluate/{method}/grid.png"
@@ -255,6 +257,7 @@ def build_report(root: str | Path = ".", title: str = "h-space directions: study
     _supervised_study_section(page)
     _per_method_section(page, details)
     _preview_section(page)
+    _edit_section(page)
     _spectra_section(page)
     _metrics_section(page)
     _config_section(page)
@@ -512,6 +515,28 @@ def _preview_section(page: _Page) -> None:
         "<section id=preview><h2>Preview grids</h2><p>The preview stage's grids (other held-out seeds, the "
         "same judge).</p>"
         + "".join(f"<h3>{html.escape(path.stem)}</h3>{_img(path.read_bytes(), path.stem)}" for path in grids)
+        + "</section>"
+    )
+
+
+def _edit_section(page: _Page) -> None:
+    """The edit stage's grid of the user's own images, with its per-direction and per-scale summary."""
+    grid, details = page.root / EDIT_GRID, page.root / EDIT_DETAILS
+    if not grid.is_file() or not details.is_file():
+        return
+    summary = json.loads(details.read_text())
+    mse = summary.get("reconstruction_mse", {})
+    columns = ["images", "changed_any", "broken", "eligible", "flipped", "clean_flip"]
+    rows = [[row["direction"], row["scale"], *(row.get(column) for column in columns)] for row in summary["summary"]]
+    inversion = summary.get("inversion", {})
+    page.parts.append(
+        "<section id=edit><h2>Edits of your own images</h2><p>"
+        f"{html.escape(str(summary['directions']['method']))} directions applied to the inputs after "
+        f"{html.escape(str(inversion.get('method')))} inversion ({html.escape(_cell(inversion.get('steps')))} steps; "
+        f"reconstruction MSE mean {html.escape(_cell(mse.get('mean')))}, max {html.escape(_cell(mse.get('max')))}), "
+        "judged against each image's reconstruction.</p>"
+        + _table(["direction", "scale", *(c.replace("_", " ") for c in columns)], rows, "edit")
+        + _img(grid.read_bytes(), "edits of your own images")
         + "</section>"
     )
 
