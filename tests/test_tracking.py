@@ -175,6 +175,11 @@ def offline_study(tiny_model_dir, tmp_path_factory, single_thread):
             with pytest.raises(SystemExit) as failed:
                 run_main(pca.main)
         assert failed.value.code == 1
+        # The W&B service writes run folders and logs asynchronously; a stage's process waits for it at exit
+        # (wandb's atexit teardown). This process goes on, so wait here, or the last runs may not be on disk yet.
+        import wandb
+
+        wandb.teardown()
         runs = sorted(map(_read_run, (base / "wandb_dir" / "wandb").glob("offline-run-*")), key=lambda run: run.started)
         yield SimpleNamespace(folder=folder, runs=runs, stderr=stderr.getvalue())
 
