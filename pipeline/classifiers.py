@@ -160,16 +160,25 @@ def _load_failure(error: Exception) -> str:
     return f"not a plain state dict; the weights-only loader refused it: {cause or 'unsupported content'}"
 
 
+TRAINED_BY = {
+    "toyfaces": ("ToyFaces classifier", "train_toy_classifier"),
+    "folder": ("trained classifier", "train_classifier"),
+}
+"""The classifiers the project trains into a folder (config.json, model.safetensors): what the missing one is
+called, and the stage that trains it."""
+
+
 def check_classifier(cfg: ClassifierConfig) -> None:
     """Preflight: raise a one-line error naming the key and the fix when the configured classifier cannot be
     loaded on this machine (unknown name, weights missing, optional extra not installed), without loading it
     (milliseconds), so a run stops before its expensive stages."""
-    if cfg.name == "toyfaces":
+    if cfg.name in TRAINED_BY:
+        kind, stage = TRAINED_BY[cfg.name]
         folder = Path(cfg.path)
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise ModelNotFoundError(
-                f"classifier.path '{cfg.path}': no ToyFaces classifier there (config.json and model.safetensors); "
-                "train it with: dvc repro train_toy_classifier"
+                f"classifier.path '{cfg.path}': no {kind} there (config.json and model.safetensors); "
+                f"train it with: dvc repro {stage}"
             )
         return
     if cfg.name == "celeba_attributes":
@@ -188,14 +197,6 @@ def check_classifier(cfg: ClassifierConfig) -> None:
         missing = missing_clip_files(cfg.path)
         if missing:
             raise ModelNotFoundError(f"classifier.path '{cfg.path}': {missing}; {download_hint(cfg.path)}")
-        return
-    if cfg.name == "folder":
-        folder = Path(cfg.path)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise ModelNotFoundError(
-                f"classifier.path '{cfg.path}': no trained classifier there (config.json and model.safetensors); "
-                "train it with: dvc repro train_classifier"
-            )
         return
     raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
 

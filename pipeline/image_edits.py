@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.inversion import EDIT_FRIENDLY_ETA, invert_ddim, invert_edit_friendly
@@ -166,17 +167,20 @@ def edit_images(
     names: Sequence[str],
     scales: Sequence[float],
     image_specific: ImageSpecificSettings | None = None,
+    progress: bool = False,
 ) -> list[EditedRow]:
     """Every image of ``inverted`` edited with each direction of ``names`` (labels from
     :func:`select_directions`) at every scale of ``scales`` (the file's own unit: natural units for h and x_T
     directions, guidance strength c for pullback directions; 0 gives the reconstruction), as the method defines
-    (module docstring). Rows are image-major: (image 0, name 0), (image 0, name 1), ..."""
+    (module docstring). Rows are image-major: (image 0, name 0), (image 0, name 1), ... Image-specific directions
+    are computed once per image for all ``names``; ``progress`` shows a bar over images (directions for h and x_T
+    files, whose edits are batched over images)."""
     image_specific = image_specific or ImageSpecificSettings()
     target = REGISTRY[directions.method].targets
     count = len(inverted.x_T)
     if directions.method == "jacobian":
         rows = []
-        for i in range(count):
+        for i in tqdm(range(count), desc="edit (own spectra)", unit="image", disable=not progress):
             own = _jacobian_file(model, directions, inverted, i, image_specific)
             one = inverted.held_out([i])
             rows += [
@@ -185,9 +189,12 @@ def edit_images(
             ]
         return rows
     if directions.space == "x_t":
-        return _guided_rows(model, directions, inverted, names, scales, image_specific)
+        return _guided_rows(model, directions, inverted, names, scales, image_specific, progress)
     samples, sampler = inverted.held_out(), inverted.sampler
-    edited = {name: edit(model, directions, directions.index(name), scales, samples, sampler) for name in names}
+    edited = {
+        name: edit(model, directions, directions.index(name), scales, samples, sampler)
+        for name in tqdm(names, desc="edit", unit="direction", disable=not progress)
+    }
     return [
         EditedRow(i, name, name if target else None, edited[name][:, i]) for i in range(count) for name in names
     ]
@@ -223,6 +230,7 @@ def _guided_rows(
     names: Sequence[str],
     scales: Sequence[float],
     settings: ImageSpecificSettings,
+    progress: bool,
 ) -> list[EditedRow]:
     """x-space guidance at the file's edit step from each image's own x_t, along the image's own local basis
     vector (method "pullback") or the file's direction, then denoising along the inversion's noise."""
@@ -239,7 +247,7 @@ def _guided_rows(
     own_basis = directions.method in IMAGE_SPECIFIC
     rows = []
     strengths = torch.as_tensor(list(scales), dtype=torch.float32)
-    for i in range(len(states)):
+    for i in tqdm(range(len(states)), desc="edit (guidance)", unit="image", disable=not progress):
         if own_basis:
             basis = local_basis(
                 model, states[i], step, steps=grid_settings.steps, n=len(direction_choices(directions)),

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.classifiers import classify_logits
 from pipeline.diffusion.models import DiffusionModel
@@ -122,22 +121,17 @@ def run(
     inverted = invert_images(model, images, settings, cfg.inversion, cfg.inversion_seed)
     image_specific = _image_specific(directions, inverted, classifier, world, jacobian, pullback)
     scales = cfg.columns
-    rows = [
-        row
-        for name in tqdm(names, desc="edit", unit="direction")
-        for row in edit_images(model, directions, inverted, [name], scales, image_specific)
-    ]
-    rows.sort(key=lambda row: (row.image, names.index(row.direction)))
+    rows = edit_images(model, directions, inverted, names, scales, image_specific, progress=True)
     reader = calibrated_reader(model, sampler, classifier, world, broken)
     attributes = list(reader.names)
-    input_reading = reader(inverted.images)
-    entries = [_image_entry(path, inverted, i, input_reading.decisions[i], attributes) for i, path in enumerate(paths)]
+    input_decisions = decisions(classify_logits(classifier, inverted.images))
+    entries = [_image_entry(path, inverted, i, input_decisions[i], attributes) for i, path in enumerate(paths)]
     verdicts, files = [], {}
     for row in rows:
-        logits = classify_logits(classifier, row.images)
-        reading = reader(row.images)
+        logits = classify_logits(classifier, row.images)  # once per row: the decisions and the logged logits
+        flagged = reader.check(row.images)
         outcomes = [
-            _judge(row, position, scale, logits, reading.broken, attributes) for position, scale in enumerate(scales)
+            _judge(row, position, scale, logits, flagged, attributes) for position, scale in enumerate(scales)
         ]
         entry = entries[row.image]
         if "reconstruction" not in entry:
