@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.io.errors import ConfigError
-from pipeline.io.params import compose, load_params, load_section, load_value
-from pipeline.steps.sections import SECTIONS
+from pipeline.io.params import CONF_COMMAND, compose, load_params, load_section, load_value, schema_fields
+from pipeline.steps.sections import CONF_NOTES, SECTIONS, conf_files
 from pipeline.toyfaces.world import ToyFacesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,43 @@ def test_conf_values_are_the_schema_defaults(section):
     """The library's defaults (used from notebooks) and the pipeline's conf/ agree, for every section."""
     schema = SECTIONS[section]
     assert load_section(section, schema, load_params(ROOT / "params.yaml")) == schema()
+
+
+def test_generated_conf_files_are_up_to_date():
+    """Each group's default option is generated from the dataclasses, never edited by hand."""
+    stale = [path.relative_to(ROOT).as_posix() for path, text in conf_files(ROOT / "conf").items()
+             if not path.is_file() or path.read_text() != text]  # fmt: skip
+    assert not stale, f"{', '.join(stale)} out of date: run `{CONF_COMMAND}`"
+
+
+@pytest.mark.parametrize("key", sorted(CONF_NOTES))
+def test_every_conf_note_names_a_params_key(key):
+    """A renamed or removed field cannot keep a comment in CONF_NOTES."""
+    section = next((name for name in SECTIONS if key == name or key.startswith(name + ".")), None)
+    if section is None:  # a group of subsections ("directions")
+        assert any(name.startswith(key + ".") for name in SECTIONS), f"CONF_NOTES: {key}: no such section"
+        return
+    path = key[len(section) + 1 :].split(".") if key != section else []
+    assert not path or path[-1] in schema_fields(SECTIONS[section], path[:-1]), f"CONF_NOTES: {key}: no such field"
+
+
+DEFAULT_OPTIONS = {
+    group: option
+    for entry in OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "config.yaml"))["defaults"]
+    if isinstance(entry, dict)
+    for group, option in entry.items()
+}
+OTHER_OPTIONS = [(group, option) for group, option in GROUP_OPTIONS if DEFAULT_OPTIONS.get(group) != option]
+
+
+@pytest.mark.parametrize(("group", "option"), OTHER_OPTIONS)
+def test_other_group_options_extend_the_default_and_state_only_what_differs(group, option):
+    """``conf/<group>/<option>.yaml`` composes onto the generated default option and restates none of its values."""
+    stated = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml"))
+    assert stated.pop("defaults", None) == [DEFAULT_OPTIONS[group], "_self_"]
+    default = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{DEFAULT_OPTIONS[group]}.yaml"))
+    restated = [key for key, value in stated.items() if key in default and default[key] == value]
+    assert not restated, f"conf/{group}/{option}.yaml restates the defaults of {restated}"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Reading and validating ``params.yaml`` sections against dataclass schemas; composing it from ``conf/``.
 
 Stages read only ``params.yaml`` (what DVC tracks); ``conf/`` is the Hydra tree it is composed from
-(``dvc exp run`` does that, or ``python -m pipeline.io.params``).
+(``dvc exp run`` does that, or ``python -m pipeline.io.params``). The default option of each ``conf/`` group is
+generated from its sections' dataclasses (:func:`conf_text`, ``python -m pipeline.io.params --write-conf``), so
+each default is stated once, in its dataclass.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -23,6 +27,8 @@ from pipeline.io.errors import ConfigError, run_main
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
+CONF_COMMAND = "python -m pipeline.io.params --write-conf"
+"""The command that regenerates ``conf/``'s default options from the dataclasses (and params.yaml from conf/)."""
 _MISSING = object()
 _REFUSED_OVERRIDE = re.compile(r"Could not override '([^']+)'")
 """Hydra's message for an override of a key the composed config does not have (it suggests ``+key``)."""
@@ -215,16 +221,129 @@ def _unknown_composed_key(full_key: str, cfg: DictConfig) -> ConfigError:
     return ConfigError(f"conf: {full_key}: cannot be overridden")
 
 
+CommentedLine = tuple[str, str]
+"""A line of generated YAML and its comment ("" for none)."""
+_FLOW_WIDTH = 120
+"""A list item longer than this many characters as a flow mapping is written as a block instead."""
+_COMMENT_COLUMN_MAX = 28
+"""Comments are aligned after the longest commented line up to this width; longer lines get theirs 2 spaces on."""
+
+
+def conf_text(root: Any, notes: Mapping[str, str], prefix: str, header: Sequence[str] = ()) -> str:
+    """The text of a generated ``conf/`` file: the comment lines ``header``, then the fields of ``root``.
+
+    ``root`` is a dataclass instance (a section's defaults) or a mapping of names to such instances (a group of
+    subsections, as ``directions``); ``prefix`` is its dotted params key. The note of each dotted key in ``notes``
+    is its comment (a multi-line note goes above the key). At each level the keys follow field order, except that
+    those with a note are in the order of ``notes`` (they swap among their own places). A field that is None
+    where its type is an optional dataclass (an absent subsection) is left out; in a list of dataclasses an item
+    states the fields with a note and those that differ from their defaults.
+    """
+    lines = _yaml_fields(root, prefix, notes, 0)
+    width = max((len(text) for text, comment in lines if comment and len(text) <= _COMMENT_COLUMN_MAX), default=0)
+    out = [f"# {line}".rstrip() for line in header]
+    for text, comment in lines:
+        out.append(f"{text.ljust(max(width, len(text))) + '  # ' + comment if comment else text}")
+    return "\n".join(out) + "\n"
+
+
+def _fields(value: Any) -> list[tuple[str, Any]]:
+    """The (name, value) pairs of a dataclass instance or a mapping; an absent optional subsection left out."""
+    if not dataclasses.is_dataclass(value):
+        return [(str(name), item) for name, item in value.items()]
+    hints = typing.get_type_hints(type(value))
+    pairs = []
+    for field in dataclasses.fields(value):
+        item = getattr(value, field.name)
+        optional_section = any(dataclasses.is_dataclass(arg) for arg in typing.get_args(hints[field.name]))
+        if not (item is None and optional_section):
+            pairs.append((field.name, item))
+    return pairs
+
+
+def _noted(prefix: str, notes: Mapping[str, str]) -> list[str]:
+    """The names of the keys right below the dotted ``prefix`` that have a note, in the order of ``notes``."""
+    return [key.rpartition(".")[2] for key in notes if key.rpartition(".")[0] == prefix]
+
+
+def _yaml_fields(value: Any, prefix: str, notes: Mapping[str, str], indent: int) -> list[CommentedLine]:
+    """The lines of the fields of ``value`` (a dataclass instance or a mapping) at ``indent`` spaces."""
+    pairs = dict(_fields(value))
+    noted = iter([name for name in _noted(prefix, notes) if name in pairs])
+    order = [next(noted) if f"{prefix}.{name}" in notes else name for name in pairs]  # noted keys swap places
+    lines: list[CommentedLine] = []
+    for name in order:
+        lines += _yaml_entry(name, pairs[name], f"{prefix}.{name}", notes, indent)
+    return lines
+
+
+def _yaml_entry(name: str, value: Any, key: str, notes: Mapping[str, str], indent: int) -> list[CommentedLine]:
+    """The lines of ``name: value`` (the dotted params key ``key``) at ``indent`` spaces, with its note."""
+    note = notes.get(key, "")
+    above = [(" " * indent + f"# {line}".rstrip(), "") for line in note.splitlines()] if "\n" in note else []
+    comment = "" if above else note
+    pad = " " * indent
+    if dataclasses.is_dataclass(value) or (isinstance(value, Mapping) and value):
+        return [*above, (f"{pad}{name}:", comment), *_yaml_fields(value, key, notes, indent + 2)]
+    if isinstance(value, list) and any(dataclasses.is_dataclass(item) for item in value):
+        items = [line for item in value for line in _yaml_item(item, key, notes, indent + 2)]
+        return [*above, (f"{pad}{name}:", comment), *items]
+    return [*above, (f"{pad}{name}: {_flow(value)}", comment)]
+
+
+def _yaml_item(item: Any, key: str, notes: Mapping[str, str], indent: int) -> list[CommentedLine]:
+    """The lines of one dataclass item of the list ``key``: its noted fields and those off their defaults, as a
+    flow mapping when it is short, else as a block."""
+    noted = set(_noted(key, notes))
+    defaults = {
+        field.name: field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        for field in dataclasses.fields(item)
+    }
+    stated = {name: value for name, value in _fields(item) if name in noted or value != defaults[name]}
+    flow = " " * indent + f"- {_flow(_plain_value(stated))}"
+    if len(flow) <= _FLOW_WIDTH:
+        return [(flow, "")]
+    block = _yaml_fields(stated, key, notes, indent + 2)
+    first, comment = block[0]
+    return [(" " * indent + "- " + first.lstrip(), comment), *block[1:]]
+
+
+def _plain_value(value: Any) -> Any:
+    """``value`` with its dataclass instances as dicts (for a flow mapping)."""
+    if dataclasses.is_dataclass(value):
+        return {name: _plain_value(item) for name, item in _fields(value)}
+    if isinstance(value, Mapping):
+        return {name: _plain_value(item) for name, item in value.items()}
+    return [_plain_value(item) for item in value] if isinstance(value, list) else value
+
+
+def _flow(value: Any) -> str:
+    """``value`` (a scalar, or a list or mapping of them) as one line of flow-style YAML."""
+    text = yaml.safe_dump([_plain_value(value)], default_flow_style=True, sort_keys=False, width=math.inf)
+    return text.strip()[1:-1]
+
+
 def main() -> None:
-    """``python -m pipeline.io.params [overrides...]``: rewrite params.yaml from conf/ (what dvc exp run does);
-    a refused override (an unknown key, with the closest known one) stops it with one line."""
+    """``python -m pipeline.io.params [--write-conf] [overrides...]``: rewrite params.yaml from conf/ (what dvc
+    exp run does), after regenerating conf/'s default options from the dataclasses with ``--write-conf``; a
+    refused override (an unknown key, with the closest known one) stops it with one line."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sampler.steps=20")
     parser.add_argument("--conf-dir", default="conf")
     parser.add_argument("--out", default=str(DEFAULT_PARAMS))
+    parser.add_argument(
+        "--write-conf", action="store_true", help="first regenerate each conf/ group's default option (dataclasses)"
+    )
     args = parser.parse_args()
     from pipeline.io.files import atomic_path
 
+    if args.write_conf:
+        from pipeline.steps.sections import conf_files  # the schemas import this module
+
+        for path, text in conf_files(args.conf_dir).items():
+            if not path.is_file() or path.read_text() != text:
+                with atomic_path(path, ".yaml") as tmp:
+                    tmp.write_text(text)
     with atomic_path(args.out, ".yaml") as tmp:
         tmp.write_text(compose(args.conf_dir, overrides=args.overrides))
 
