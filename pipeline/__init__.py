@@ -12,9 +12,10 @@ The library behind the DVC stages, importable from a notebook without Hydra or D
 * :mod:`pipeline.directions` — the directions file (``Directions``, ``save_directions``,
   ``load_directions``), the method registry, one module per method, subspace geometry.
 * :mod:`pipeline.classifiers` — attribute classifiers (``load_classifier``, ``classify``).
-* :mod:`pipeline.labellers` — labellers for any model: the attribute CNN (``folder``), zero-shot CLIP, the label
-  table's calibration, users' label files.
-* :mod:`pipeline.editing` — applying any directions file to held-out samples (``held_out``, ``edit``).
+* :mod:`pipeline.labellers` — labellers for any model: the attribute CNN (``folder``), zero-shot CLIP, the CelebA
+  predictor, the label table's calibration, users' label files.
+* :mod:`pipeline.editing` — applying any directions file: to held-out samples (``samples``: ``held_out``,
+  ``edit``), to the user's own images (``images``), the ``hspace-edit`` command (``command``).
 * :mod:`pipeline.evaluation` — measures, matched distortion, the classifier read-out, the protocol.
 * :mod:`pipeline.toyfaces` — the embedded ToyFaces world, its classifier and training helpers.
 * :mod:`pipeline.steps` — one module per DVC stage: its config dataclass, ``PARAMS`` and ``run()``.
@@ -24,7 +25,7 @@ A typical notebook session::
     from pipeline.diffusion.models import ModelConfig, open_model
     from pipeline.diffusion.sampling import SamplerConfig
     from pipeline.directions import load_directions
-    from pipeline.editing import edit, held_out
+    from pipeline.editing.samples import edit, held_out
 
     model = open_model(ModelConfig(), device="cpu")  # the study's defaults: the ToyFaces DDPM
     directions = load_directions("directions/supervised.safetensors")

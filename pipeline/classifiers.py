@@ -5,10 +5,10 @@ returns one logit per attribute [N, A], with ``attribute_names`` (A names), ``fe
 [N, num_features] (the FID/KID feature extractor) and ``num_features``.
 
 - ``toyfaces``: the project's CNN on ToyFaces (weights committed under ``models/toyfaces/classifier``).
-- ``celeba_attributes``: the 40-attribute CelebA predictor of paper A (a ResNet-50 with 80 outputs read
-  as 40 two-way softmaxes; the logit is log P(present) - log P(absent)). Needs the optional
-  ``torchvision`` extra and weights from a local file (safetensors, or a PyTorch state dict loaded with
-  ``weights_only=True``) or a URL fetched once into the torch hub cache.
+- ``celeba_attributes``: the 40-attribute CelebA predictor of paper A (:mod:`pipeline.labellers.celeba`; a
+  ResNet-50 with 80 outputs read as 40 two-way softmaxes; the logit is log P(present) - log P(absent)). Needs
+  the optional ``torchvision`` extra and weights from a local file (safetensors, or a PyTorch state dict loaded
+  with ``weights_only=True``) or a URL fetched once into the torch hub cache.
 - ``clip``: zero-shot attributes named by prompt pairs (:mod:`pipeline.labellers.clip`), for any model;
   its scores are calibrated on the samples by the label step (``calibration: mixture``).
 - ``folder``: the attribute CNN trained on the user's labelled images by the ``train_classifier`` stage
@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from pipeline.io.artefacts import LABEL_METRICS, TOY_CLASSIFIER
 from pipeline.io.errors import ConfigError, ModelNotFoundError, PipelineError
 from pipeline.io.validation import require
 from pipeline.labellers.calibration import CALIBRATIONS, AttributeCalibration, CalibratedLabeller
+from pipeline.labellers.celeba import CelebAAttributeClassifier
 from pipeline.labellers.clip import (
     PromptAttribute,
     check_attributes,
@@ -40,15 +41,6 @@ from pipeline.labellers.clip import (
 )
 from pipeline.labellers.cnn import AttributeCNN
 from pipeline.toyfaces.classifier import ToyFacesClassifier
-
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)  # fmt: skip
 
 CLASSIFIERS = ("toyfaces", "celeba_attributes", "clip", "folder")
 
@@ -65,7 +57,7 @@ class ClassifierConfig:
     """
 
     name: str = "toyfaces"
-    path: str = "models/toyfaces/classifier"
+    path: str = TOY_CLASSIFIER
     url: str = ""
     input_size: int = 32
     attributes: list[PromptAttribute] = field(default_factory=list)
@@ -74,48 +66,6 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         rule = f"must be one of {', '.join(CALIBRATIONS)}"
         require(self.calibration in CALIBRATIONS, "classifier.calibration", self.calibration, rule)
-
-
-class CelebAAttributeClassifier(nn.Module):
-    """ResNet-50 with 80 outputs read as (40, 2) softmaxes: logits [N, 40] = out[..., 1] - out[..., 0].
-
-    Input images [N, 3, H, W] in [0, 1] are area-resized to ``input_size`` and mapped to [-1, 1], as the
-    reference predictor expects. ``features`` is the 2048-d pooled activation.
-    """
-
-    attribute_names = CELEBA_ATTRIBUTES
-    num_features = 2048
-
-    def __init__(self, input_size: int = 256):
-        super().__init__()
-        try:
-            from torchvision.models import resnet50
-        except ImportError as error:
-            raise ModelNotFoundError(
-                "classifier 'celeba_attributes' needs torchvision: pip install -e '.[celeba]'"
-            ) from error
-        self.backbone = resnet50(weights=None, num_classes=2 * len(CELEBA_ATTRIBUTES))
-        self.input_size = input_size
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ConfigError(f"classifier input: expected images [N, 3, H, W], got {tuple(images.shape)}")
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="area")
-        return images * 2.0 - 1.0
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone activations [N, 2048]."""
-        net = self.backbone
-        x = net.maxpool(net.relu(net.bn1(net.conv1(self._prepare(images)))))
-        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        return torch.flatten(net.avgpool(x), 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Attribute logits [N, 40] (order ``attribute_names``)."""
-        pairs = self.backbone.fc(self.features(images)).view(-1, len(CELEBA_ATTRIBUTES), 2)
-        log_probabilities = pairs.log_softmax(dim=-1)
-        return log_probabilities[..., 1] - log_probabilities[..., 0]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -237,7 +187,6 @@ def load_classifier(cfg: ClassifierConfig, device: str | torch.device = "cpu") -
             ) from error
         return model.to(device).eval().requires_grad_(False)
     raise ConfigError(f"classifier.name '{cfg.name}': unknown; expected one of {', '.join(CLASSIFIERS)}")
-LABEL_METRICS = Path("metrics/label.json")
 """Where the label stage writes its metrics, among them the label table's calibration (``calibration``)."""
 
 

@@ -1,54 +1,16 @@
-"""DVC stage ``edit`` and the ``hspace-edit`` command: edit image files with a directions file, judge every edit.
+"""DVC stage ``edit``: edit ``edit.inputs`` with a directions file into plots/edit/ (grid.png, edits.json,
+images/), judging every edit (:func:`pipeline.editing.command.edit_to`; the ``hspace-edit`` command does the same
+for files given on its command line)."""
 
-The stage edits ``edit.inputs`` into plots/edit/ (grid.png, edits.json, images/). The command does the same for
-the files and options given on its command line, with the rest of the settings (model, classifier, sampler,
-broken check) from ``params.yaml`` when there is one, else the study's defaults::
-
-    hspace-edit inputs/toyfaces/face_0.png --directions directions/supervised.safetensors --names smiling \\
-        --scales 2 4 --out edits/
-"""
-
-from __future__ import annotations
-
-import argparse
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from pipeline.classifiers import load_judge
-from pipeline.diffusion.models import open_model, resolve_device
-from pipeline.directions import Expected, load_directions
-from pipeline.image_edits import INVERSIONS
+from pipeline.editing.command import edit_to
+from pipeline.io.artefacts import EDIT_FOLDER
 from pipeline.io.errors import run_main
-from pipeline.io.files import write_json
-from pipeline.io.images import CROPS, save_png
-from pipeline.io.params import DEFAULT_PARAMS, StageParams, load_params
 from pipeline.io.tracking import Tracker
-from pipeline.steps import edit as step
-from pipeline.steps.sections import SECTIONS, stage_params
+from pipeline.steps.sections import stage_params
 
-OUTPUT = Path("plots/edit")
-
-
-def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
-    """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``) and write its grid, JSON and
-    images under ``output``."""
-    model_cfg, cfg = params["model"], params["edit"]
-    device = str(resolve_device(params.device))
-    model = open_model(model_cfg, device)
-    classifier = load_judge(params["classifier"], device)
-    directions = load_directions(cfg.directions, Expected(model_id=model_cfg.source))
-    world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None
-    result = step.run(
-        model, classifier, directions, cfg, params["sampler"], params["evaluate.broken"], world,
-        params["directions.jacobian"], params["directions.pullback"], source=cfg.directions, inputs=inputs,
-    )  # fmt: skip
-    for name, picture in result.images.items():
-        save_png(picture, output / "images" / name)
-    save_png(result.grid, output / "grid.png")
-    write_json(output / "edits.json", result.details)
-    return result
+OUTPUT = Path(EDIT_FOLDER)
 
 
 def main() -> None:
@@ -59,62 +21,6 @@ def main() -> None:
         tracker.image("grid", result.grid, caption=result.caption)
         tracker.table("edits", result.details["summary"])
         tracker.summary({"reconstruction_mse": result.details["reconstruction_mse"]})
-
-
-def default_params() -> DictConfig:
-    """The study's defaults for every section the edit step reads (what params.yaml holds on a fresh clone)."""
-    params = OmegaConf.create({"device": "auto"})
-    for key in (*step.PARAMS, "logging"):
-        section = key if key in SECTIONS else key.rpartition(".")[0]
-        OmegaConf.update(params, section, OmegaConf.structured(SECTIONS[section]), force_add=True)
-    return params
-
-
-def cli(argv: list[str] | None = None) -> None:
-    """``hspace-edit``: edit image files with a directions file; see ``hspace-edit --help``."""
-    parser = argparse.ArgumentParser(
-        prog="hspace-edit",
-        description="Invert images with the study's diffusion model, edit them with a directions file at several "
-        "scales, and write the edited images, a labelled grid and a JSON of every edit's attribute changes "
-        "(classifier decisions and broken check, against the unedited reconstruction).",
-    )
-    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--directions", help="directions file (default: edit.directions of the params)")
-    parser.add_argument("--names", nargs="+", help="directions to apply (file names; k0.. for jacobian, v0.. for "
-                        "pullback); default: edit.names")  # fmt: skip
-    parser.add_argument("--scales", nargs="+", type=float, help="scales in the file's unit; default: edit.scales")
-    parser.add_argument("--inversion", choices=INVERSIONS, help="default: edit.inversion (edit_friendly)")
-    parser.add_argument("--crop", choices=CROPS, help="fit another aspect ratio by a centre crop (default: refuse)")
-    parser.add_argument("--out", default="edits", help="output folder (default: edits)")
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
-                        help="params file for the model, classifier and sampler (default: params.yaml if present, "
-                        "else the study's defaults)")  # fmt: skip
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the params' device)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params) if Path(args.params).is_file() else default_params()
-    overrides: dict[str, Any] = {"directions": args.directions, "names": args.names, "scales": args.scales,
-                                 "inversion": args.inversion, "crop": args.crop}  # fmt: skip
-    for key, value in overrides.items():
-        if value is not None:
-            OmegaConf.update(params, f"edit.{key}", value, force_add=True)
-    if args.device is not None:
-        params.device = args.device
-    output = Path(args.out)
-    result = edit_to(stage_params("edit", params), output, args.inputs)
-    mse = result.details["reconstruction_mse"]
-    print(f"wrote {output / 'grid.png'}, {output / 'edits.json'} and {len(result.images)} images under "
-          f"{output / 'images'}; reconstruction MSE mean {mse['mean']:.2e}, max {mse['max']:.2e}")  # fmt: skip
-    for row in result.details["summary"]:
-        flips = ""
-        if "flipped" in row:
-            flips = f", target flipped {row['flipped']}/{row['eligible']} (clean {row['clean_flip']})"
-        print(f"  {row['direction']} {row['scale']:+g}: changed {row['changed_any']}/{row['images']}, "
-              f"broken {row['broken']}{flips}")  # fmt: skip
-
-
-def console() -> None:
-    """Entry point of the ``hspace-edit`` console script (one-line errors, like the stages)."""
-    run_main(cli)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,14 @@ import sys
 from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
-from pipeline.directions.methods import directions_path
-from pipeline.evaluation.records import EVALUATION_FOLDER, records_path, save_records
+from pipeline.evaluation.records import save_records
+from pipeline.io.artefacts import directions_path, evaluation_details, evaluation_grid, records_path
 from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.files import stage_work, write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import Tracker
 from pipeline.steps import evaluate as step
 from pipeline.steps.sections import stage_params
-
-GRID = EVALUATION_FOLDER + "/grid.png"
-DETAILS = EVALUATION_FOLDER + "/judge.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         classifier = load_judge(classifier_cfg, device)
         directions = load_directions(path, Expected(model_id=model_cfg.source, num_steps=sampler.steps))
         result = step.run(model, classifier, method, directions, cfg, sampler, world, work=work)
-        save_png(result.grid.picture, GRID.format(method=method))
+        save_png(result.grid.picture, evaluation_grid(method))
         tracker.image("grid", result.grid.picture, caption=result.grid.caption)
-        write_json(DETAILS.format(method=method), result.details)
+        write_json(evaluation_details(method), result.details)
         _log_judged(tracker, result)
         save_records(
             records_path(method), method, result.results, result.baseline, result.names,

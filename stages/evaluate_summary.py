@@ -1,17 +1,13 @@
 """DVC stage ``evaluate_summary``: the per-method evaluations gathered into the headline metrics/evaluate.json, the
 full summary plots/evaluate_summary.json, the method table and the curves (pipeline/steps/evaluate_summary.py)."""
 
-from pipeline.evaluation.records import load_records, records_path
+from pipeline.evaluation.records import load_records
+from pipeline.io.artefacts import EVALUATE_CURVES, EVALUATE_METHODS, EVALUATE_METRICS, EVALUATE_SUMMARY, records_path
 from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.tracking import Tracker
 from pipeline.steps import evaluate_summary as step
 from pipeline.steps.sections import stage_params
-
-CURVES = "plots/evaluate_curves.csv"
-METHODS = "plots/evaluate_methods.csv"
-METRICS = "metrics/evaluate.json"
-SUMMARY = "plots/evaluate_summary.json"
 
 
 def main() -> None:
@@ -22,12 +18,12 @@ def main() -> None:
         records = {method: load_records(records_path(method)) for method in cfg.methods}
         result = step.run(records, cfg)
         tracker.plot(
-            CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale",
+            EVALUATE_CURVES, result.curve_rows, x="scale", y="clean_flip", title="Clean flip vs signed scale",
             series=("method", "direction"),
         )  # fmt: skip
-        tracker.plot(METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
-        write_json(SUMMARY, result.details)
-        tracker.metrics(METRICS, result.metrics)
+        tracker.plot(EVALUATE_METHODS, result.method_rows, x="method", y="mean_clean_flip", title="At operating scales")
+        write_json(EVALUATE_SUMMARY, result.details)
+        tracker.metrics(EVALUATE_METRICS, result.metrics)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,13 @@ from omegaconf import DictConfig
 
 from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
+from pipeline.io.artefacts import GENERATE_METRICS, SAMPLES
 from pipeline.io.errors import run_main
 from pipeline.io.images import make_grid
 from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
 from pipeline.io.tracking import Tracker
 from pipeline.steps import generate as step
 from pipeline.steps.sections import stage_params
-
-SAMPLES = "data/samples"
-METRICS = "metrics/generate.json"
 
 
 def main() -> None:
@@ -30,7 +28,8 @@ def main() -> None:
         step.run(model, model_cfg, sampler, cfg, SAMPLES, sample=not launch.sharded)
         store = open_store(SAMPLES)
         tracker.image("samples", make_grid(store.images(range(min(64, len(store)))), columns=8))
-        tracker.metrics(METRICS, {"num_samples": len(store), "h_shape": list(store.h_shape), "steps": sampler.steps})
+        metrics = {"num_samples": len(store), "h_shape": list(store.h_shape), "steps": sampler.steps}
+        tracker.metrics(GENERATE_METRICS, metrics)
 
 
 def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:

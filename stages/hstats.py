@@ -3,14 +3,11 @@
 from pipeline.data.hstats import save_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
+from pipeline.io.artefacts import HSTATS, LABELS, SAMPLES
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import hstats as step
 from pipeline.steps.sections import stage_params
-
-SAMPLES = "data/samples"
-LABELS = "data/labels.csv"
-HSTATS = "data/hstats.safetensors"
 
 
 def main() -> None:

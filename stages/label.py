@@ -8,19 +8,17 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.classifiers import load_classifier
-from pipeline.data.labels import read_labels, write_labels
+from pipeline.data.labels import job_shards, label_part_path, merge_label_parts, read_labels, write_labels
 from pipeline.data.store import INDEX_FILE, open_store
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.artefacts import LABEL_METRICS, LABELS, SAMPLES
 from pipeline.io.errors import run_main
 from pipeline.io.files import WORK_ROOT, stage_work
-from pipeline.io.launch import LaunchConfig, ShardJob, job_shards, label_part_path, merge_label_parts, run_shard_jobs
+from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
 from pipeline.io.tracking import Tracker
 from pipeline.steps import label as step
 from pipeline.steps.sections import stage_params
 
-SAMPLES = "data/samples"
-LABELS = "data/labels.csv"
-METRICS = "metrics/label.json"
 PARTS = WORK_ROOT / "label"
 
 
@@ -48,7 +46,7 @@ def main() -> None:
         if calibration:
             write_labels(LABELS, seeds, names, scores)
         frequencies = (scores > 0.5).float().mean(dim=0).tolist()
-        tracker.metrics(METRICS, {"frequency": dict(zip(names, frequencies, strict=True)), **calibration})
+        tracker.metrics(LABEL_METRICS, {"frequency": dict(zip(names, frequencies, strict=True)), **calibration})
 
 
 def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:

@@ -3,16 +3,11 @@
 from pipeline.data.hstats import load_hstats
 from pipeline.data.store import open_store
 from pipeline.directions import save_directions
-from pipeline.directions.methods import directions_path
+from pipeline.io.artefacts import HSTATS, PCA_METRICS, PCA_SPECTRUM, SAMPLES, directions_path
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import pca as step
 from pipeline.steps.sections import stage_params
-
-SAMPLES = "data/samples"
-HSTATS = "data/hstats.safetensors"
-SPECTRUM = "plots/pca_spectrum.csv"
-METRICS = "metrics/pca.json"
 
 
 def main() -> None:
@@ -24,13 +19,13 @@ def main() -> None:
         save_directions(directions_path("pca_all_steps"), result.all_steps)
         rows = step.spectrum_rows(result)
         title = "PCA explained variance ratio"
-        tracker.plot(SPECTRUM, rows, x="component", y=["all_steps", "per_step_mean"], title=title)
+        tracker.plot(PCA_SPECTRUM, rows, x="component", y=["all_steps", "per_step_mean"], title=title)
         per_step = [{"step": t, "component": k, "ratio": ratio}
                     for k, ratios in enumerate(result.per_step.extra["explained_variance_ratio"])
                     for t, ratio in enumerate(ratios)]  # fmt: skip
         tracker.lines("spectrum_per_step", per_step, x="component", y="ratio", series=("step",),
                       title="PCA explained variance ratio per step")  # fmt: skip
-        tracker.metrics(METRICS, {"explained_variance_all_steps": sum(row["all_steps"] for row in rows)})
+        tracker.metrics(PCA_METRICS, {"explained_variance_all_steps": sum(row["all_steps"] for row in rows)})
 
 
 if __name__ == "__main__":

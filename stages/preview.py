@@ -4,16 +4,13 @@ each edit framed by the judge's verdict, and the judge's entries for them (plots
 from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
-from pipeline.directions.methods import directions_path
+from pipeline.io.artefacts import PREVIEW_DETAILS, directions_path, preview_grid
 from pipeline.io.errors import run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import save_png
 from pipeline.io.tracking import Tracker
 from pipeline.steps import preview as step
 from pipeline.steps.sections import stage_params
-
-GRID = "plots/preview/{method}.png"
-DETAILS = "plots/preview/judge.json"
 
 
 def main() -> None:
@@ -29,9 +26,9 @@ def main() -> None:
         world = params["toyfaces"] if params["classifier"].name == "toyfaces" else None
         result = step.run(model, classifier, files, params["preview"], sampler, params["evaluate.broken"], world)
         for method, picture in result.grids.items():
-            save_png(picture, GRID.format(method=method))
+            save_png(picture, preview_grid(method))
             tracker.image(f"grid/{method}", picture, caption=result.captions[method])
-        write_json(DETAILS, result.details)
+        write_json(PREVIEW_DETAILS, result.details)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import save_directions
-from pipeline.directions.methods import directions_path
+from pipeline.io import artefacts
 from pipeline.io.errors import run_main
 from pipeline.io.files import stage_work, write_json
 from pipeline.io.images import save_png
@@ -10,15 +10,19 @@ from pipeline.io.tracking import Tracker
 from pipeline.steps import pullback as step
 from pipeline.steps.sections import stage_params
 
-PLOT = "plots/{name}.csv"
-GRID = "plots/{name}_preview.png"
-METRICS = "metrics/pullback.json"
-DETAILS = "plots/pullback_details.json"
+PLOTS = {
+    "pullback_spectrum": artefacts.PULLBACK_SPECTRUM,
+    "pullback_psd": artefacts.PULLBACK_PSD,
+    "pullback_tangent_distance": artefacts.PULLBACK_TANGENT_DISTANCE,
+}
+"""Where each plot of the step's result is written."""
 PLOT_AXES = {
     "pullback_spectrum": ("index", "sigma", "Pullback singular values (one line per t)", ("t",)),
     "pullback_psd": ("t", "mean_frequency", "Mean spatial frequency of the basis (cycles/pixel)", ()),
     "pullback_tangent_distance": ("t", "grassmann_distance_x", "Grassmann distance of samples' tangent spaces", ()),
 }
+PICTURES = {"pullback": artefacts.PULLBACK_PREVIEW}
+"""Where each picture of the step's result is written."""
 
 
 def main() -> None:
@@ -31,16 +35,16 @@ def main() -> None:
         model = open_model(model_cfg, device)
         result = step.run(model, params["directions.pullback"], params["sampler"], model_cfg.hspace_location, work=work)
         for method, directions in result.directions.items():
-            save_directions(directions_path(method), directions)
+            save_directions(artefacts.directions_path(method), directions)
         for name, rows in result.plots.items():
             x, y, title, series = PLOT_AXES[name]
-            tracker.plot(PLOT.format(name=name), rows, x=x, y=y, title=title, series=series)
+            tracker.plot(PLOTS[name], rows, x=x, y=y, title=title, series=series)
         for name, picture in result.pictures.items():
-            save_png(picture, GRID.format(name=name), upscale=2)
+            save_png(picture, PICTURES[name], upscale=2)
             caption = "rows: own v_k, transported v_k, projected global v_0; columns: guidance scales"
             tracker.image(f"grid/{name}", picture, caption=caption)
-        write_json(DETAILS, result.details)
-        tracker.metrics(METRICS, result.metrics)
+        write_json(artefacts.PULLBACK_DETAILS, result.details)
+        tracker.metrics(artefacts.PULLBACK_METRICS, result.metrics)
         tracker.timings(result.timings)
         work.clear()
 

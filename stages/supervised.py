@@ -4,16 +4,11 @@ from pipeline.data.hstats import load_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.directions import save_directions
-from pipeline.directions.methods import directions_path
+from pipeline.io.artefacts import HSTATS, LABELS, SAMPLES, SUPERVISED_METRICS, directions_path
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import supervised as step
 from pipeline.steps.sections import stage_params
-
-SAMPLES = "data/samples"
-LABELS = "data/labels.csv"
-HSTATS = "data/hstats.safetensors"
-METRICS = "metrics/supervised.json"
 
 
 def main() -> None:
@@ -28,7 +23,7 @@ def main() -> None:
         for method, directions in methods.items():
             save_directions(directions_path(method), directions)
         norms = {method: {name: d.direction(name).norm().item() for name in d.names} for method, d in methods.items()}
-        tracker.metrics(METRICS, {"norm": norms})
+        tracker.metrics(SUPERVISED_METRICS, {"norm": norms})
 
 
 if __name__ == "__main__":

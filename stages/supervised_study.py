@@ -6,18 +6,12 @@ from pipeline.data.hstats import load_hstats
 from pipeline.data.labels import check_labels_match, read_labels
 from pipeline.data.store import open_store
 from pipeline.diffusion.models import open_model, resolve_device
+from pipeline.io.artefacts import HSTATS, LABELS, SAMPLES, STUDY_DETAILS, STUDY_SAMPLES, STUDY_VARIANTS
 from pipeline.io.errors import run_main
 from pipeline.io.files import WorkCache, stage_work, write_json
 from pipeline.io.tracking import Tracker
 from pipeline.steps import supervised_study as step
 from pipeline.steps.sections import stage_params
-
-SAMPLES = "data/samples"
-LABELS = "data/labels.csv"
-HSTATS = "data/hstats.safetensors"
-VARIANTS = "plots/supervised_study/variants.csv"
-FEW_SAMPLES = "plots/supervised_study/samples.csv"
-DETAILS = "plots/supervised_study/judge.json"
 
 
 def main() -> None:
@@ -46,9 +40,9 @@ def main() -> None:
             names, scores, params["hstats"].threshold, params["sampler"], params["supervised_study"],
             params["evaluate.broken"], world, work,
         )  # fmt: skip
-        tracker.plot(VARIANTS, result.variants, x="variant", y="mean_clean_flip", title="Clean flip per variant")
-        tracker.plot(FEW_SAMPLES, result.samples, x="samples_per_side", y="mean_clean_flip", title="Few samples")
-        write_json(DETAILS, result.details)
+        tracker.plot(STUDY_VARIANTS, result.variants, x="variant", y="mean_clean_flip", title="Clean flip per variant")
+        tracker.plot(STUDY_SAMPLES, result.samples, x="samples_per_side", y="mean_clean_flip", title="Few samples")
+        write_json(STUDY_DETAILS, result.details)
         for cache in works:
             cache.clear()
 

@@ -3,21 +3,19 @@ default training data of the ``train_classifier`` stage."""
 
 import csv
 
+from pipeline.io.artefacts import TOY_DATASET_IMAGES, TOY_DATASET_LABELS
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import toy_dataset as step
 from pipeline.steps.sections import stage_params
-
-IMAGES = "data/toy_dataset/images"
-LABELS = "data/toy_dataset/labels.csv"
 
 
 def main() -> None:
     """Read params.yaml and write the image folder and its label CSV."""
     params = stage_params("toy_dataset")
     with Tracker.of(params) as tracker:
-        step.run(params["toy_dataset"], params["toyfaces"], IMAGES, LABELS)
-        with open(LABELS, newline="") as file:
+        step.run(params["toy_dataset"], params["toyfaces"], TOY_DATASET_IMAGES, TOY_DATASET_LABELS)
+        with open(TOY_DATASET_LABELS, newline="") as file:
             rows = list(csv.DictReader(file))
         names = [name for name in rows[0] if name != "file"]
         frequency = {name: sum(row[name] == "1" for row in rows) / len(rows) for name in names}

@@ -2,14 +2,13 @@
 (committed)."""
 
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.artefacts import TOY_CLASSIFIER, TRAIN_TOY_CLASSIFIER_METRICS, checkpoint_folder
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import train_toy_classifier as step
 from pipeline.steps.sections import stage_params
 
-OUTPUT = "models/toyfaces/classifier"
-CHECKPOINTS = "checkpoints/train_toy_classifier"
-METRICS = "metrics/train_toy_classifier.json"
+CHECKPOINTS = checkpoint_folder("train_toy_classifier")
 
 
 def main() -> None:
@@ -17,8 +16,9 @@ def main() -> None:
     params = stage_params("train_toy_classifier")
     device = resolve_device(params.device)
     with Tracker.of(params) as tracker:
-        _, metrics = step.run(params["train_toy_classifier"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
-        tracker.metrics(METRICS, metrics)
+        cfg = params["train_toy_classifier"]
+        _, metrics = step.run(cfg, params["toyfaces"], TOY_CLASSIFIER, CHECKPOINTS, device=device)
+        tracker.metrics(TRAIN_TOY_CLASSIFIER_METRICS, metrics)
 
 
 if __name__ == "__main__":

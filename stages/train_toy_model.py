@@ -1,14 +1,13 @@
 """DVC stage ``train_toy_model``: train the ToyFaces DDPM; writes models/toyfaces/ddpm (committed)."""
 
 from pipeline.diffusion.models import resolve_device
+from pipeline.io.artefacts import TOY_MODEL, TRAIN_TOY_MODEL_METRICS, checkpoint_folder
 from pipeline.io.errors import run_main
 from pipeline.io.tracking import Tracker
 from pipeline.steps import train_toy_model as step
 from pipeline.steps.sections import stage_params
 
-OUTPUT = "models/toyfaces/ddpm"
-CHECKPOINTS = "checkpoints/train_toy_model"
-METRICS = "metrics/train_toy_model.json"
+CHECKPOINTS = checkpoint_folder("train_toy_model")
 
 
 def main() -> None:
@@ -16,8 +15,8 @@ def main() -> None:
     params = stage_params("train_toy_model")
     device = resolve_device(params.device)
     with Tracker.of(params) as tracker:
-        _, metrics = step.run(params["train_toy_model"], params["toyfaces"], OUTPUT, CHECKPOINTS, device=device)
-        tracker.metrics(METRICS, metrics)
+        _, metrics = step.run(params["train_toy_model"], params["toyfaces"], TOY_MODEL, CHECKPOINTS, device=device)
+        tracker.metrics(TRAIN_TOY_MODEL_METRICS, metrics)
 
 
 if __name__ == "__main__":

@@ -51,16 +51,17 @@ from pipeline.diffusion.models import DiffusionModel, load_model
 from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, sample
 from pipeline.directions import Directions, Origin, load_directions, save_directions
 from pipeline.directions.format import Expected
-from pipeline.directions.jacobian import jacobian_spectra, rectangle_mask
+from pipeline.directions.jacobian import jacobian_spectra
+from pipeline.directions.masks import check_mask_classifier, rectangle_mask
 from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
-from pipeline.image_edits import select_directions
+from pipeline.editing.images import select_directions
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
 from pipeline.io.images import read_images
 from pipeline.io.params import compose, load_params, load_section
 from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
 from pipeline.steps import preflight as preflight_step
-from pipeline.steps.jacobian import JacobianConfig, check_mask_classifier
+from pipeline.steps.jacobian import JacobianConfig
 from pipeline.steps.pullback import PullbackConfig
 from stages import generate, label, preflight
 

@@ -327,6 +327,7 @@ def test_celebahq_architecture_is_the_hub_models() -> None:
     assert 256 // 2 ** (len(unet.down_blocks) - 1) == 8  # five downsamplings: h is 8 x 8
 
 
+@pytest.mark.slow
 def test_gpu_suite_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu_suite.sh (the GPU figures) builds the architecture and runs the chosen steps;
     here on the CPU, with a tiny architecture and the jacobian step only."""

@@ -6,14 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.classifiers import (
-    CELEBA_ATTRIBUTES,
-    CelebAAttributeClassifier,
-    ClassifierConfig,
-    load_classifier,
-    read_state_dict,
-)
+from pipeline.classifiers import ClassifierConfig, load_classifier, read_state_dict
 from pipeline.io.errors import ConfigError, ModelNotFoundError
+from pipeline.labellers.celeba import CELEBA_ATTRIBUTES, CelebAAttributeClassifier
 from pipeline.toyfaces.world import ToyFacesConfig, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]

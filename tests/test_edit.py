@@ -15,8 +15,8 @@ from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.diffusion.models import DiffusionModel, ModelConfig, open_model
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions import Directions, Origin, load_directions
-from pipeline.evaluation.broken import BrokenConfig
-from pipeline.image_edits import (
+from pipeline.editing import command
+from pipeline.editing.images import (
     ImageSpecificSettings,
     direction_choices,
     edit_images,
@@ -24,12 +24,12 @@ from pipeline.image_edits import (
     invert_images,
     select_directions,
 )
+from pipeline.evaluation.broken import BrokenConfig
 from pipeline.io.errors import ConfigError
 from pipeline.io.images import list_images, read_images, save_png
 from pipeline.linalg import SolverConfig
 from pipeline.steps import edit as step
 from pipeline.toyfaces.world import BINARY_ATTRIBUTES, ToyFacesConfig, make_batch
-from stages import edit as stage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -213,14 +213,14 @@ def test_ddim_inversion_reconstructs_worse_than_edit_friendly(toyfaces, tmp_path
 
 def test_command_edits_a_face_and_writes_grid_json_and_images(tmp_path: Path, capsys) -> None:
     inputs = _rendered_faces(tmp_path / "faces", 1, smiling=False)
-    params = stage.default_params()
+    params = command.default_params()
     params.evaluate.broken.calibration_samples = 8
     params.device = "cpu"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(OmegaConf.to_yaml(params))
     out = tmp_path / "out"
-    stage.cli([*inputs, "--directions", str(SMILING_FILE), "--names", "smiling",
-               "--scales", "2", "4", "--out", str(out), "--params", str(params_file)])  # fmt: skip
+    command.cli([*inputs, "--directions", str(SMILING_FILE), "--names", "smiling",
+                 "--scales", "2", "4", "--out", str(out), "--params", str(params_file)])  # fmt: skip
     printed = capsys.readouterr().out
     assert "reconstruction MSE" in printed and "smiling +4" in printed
     details = json.loads((out / "edits.json").read_text())

@@ -14,7 +14,7 @@ from torch import nn
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions import Directions, Origin
 from pipeline.directions.pullback import guidance_edit, guidance_rows
-from pipeline.editing import Editor, GuidedEditor, decode_images, held_out
+from pipeline.editing.samples import Editor, GuidedEditor, decode_images, held_out
 from pipeline.evaluation.measures import ClassifierFeatures, ssim_per_image
 from pipeline.evaluation.protocol import ProtocolConfig, judge_direction, method_grid
 from pipeline.evaluation.readout import Reading
@@ -361,7 +361,8 @@ def test_evaluate_writes_curves_method_table_and_grids(workspace):
 
 def test_the_records_reproduce_every_judged_entry(workspace):
     """The summary stage judges again from the per-sample records: it must find what the method stage found."""
-    from pipeline.evaluation.records import load_records, records_path
+    from pipeline.evaluation.records import load_records
+    from pipeline.io.artefacts import records_path
 
     cfg = load_section("evaluate", EvaluateConfig, load_params(workspace / "params.yaml"))
     for method in cfg.methods:

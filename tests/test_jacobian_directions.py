@@ -8,13 +8,8 @@ from pipeline.diffusion.hspace import eps_of_h, h_of_x
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import ddim_grid, decode, initial_noise
 from pipeline.directions import Origin, load_directions, save_directions
-from pipeline.directions.jacobian import (
-    check_mask,
-    image_mask,
-    jacobian_directions,
-    jacobian_spectra,
-    rectangle_mask,
-)
+from pipeline.directions.jacobian import jacobian_directions, jacobian_spectra
+from pipeline.directions.masks import check_mask, image_mask, rectangle_mask
 from pipeline.directions.pullback import (
     decode_edited,
     guidance_edit,

@@ -197,7 +197,7 @@ def test_rerender_flags_samples_pushed_far_in_h_but_not_the_models_own(toy_world
     from pipeline.diffusion.hspace import hspace_shape
     from pipeline.diffusion.models import ModelConfig, open_model
     from pipeline.diffusion.sampling import SamplerConfig
-    from pipeline.editing import decode_images, held_out
+    from pipeline.editing.samples import decode_images, held_out
 
     model = open_model(ModelConfig(source=str(ROOT / "models/toyfaces/ddpm"), clip_sample=True), "cpu")
     sampler = SamplerConfig(steps=20, eta=0.0, batch_size=64, injection="asyrp")

@@ -5,7 +5,8 @@ Each stage run is a separate process that runs the stage module as ``__main__`` 
 params.yaml is composed from ``conf/`` with tiny overrides, and is killed with SIGKILL. By default the processes
 are forked from a multiprocessing fork server that imported the stages once (``runpy.run_module("stages.generate",
 run_name="__main__")``, what ``python -m stages.generate`` runs, without paying torch's and diffusers' import
-for every process); the ``python -m`` variant (marked slow) starts every process with that command line.
+for every process); the ``python -m`` variant starts every process with that command line. The whole module is
+marked slow (``-m 'not slow'`` leaves it out; plain ``pytest`` runs it).
 
 A kill lands after the process has started work on the outputs: for ``generate`` after an entry of
 ``data/samples`` appears or is replaced (a shard's temporary folder, a shard), plus a seeded random delay of up
@@ -42,7 +43,7 @@ from pipeline.io.params import compose
 from stages import evaluate, generate, hstats, jacobian, label, pca, pullback, supervised
 from tests.helpers import tiny_study_overrides
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("KILL_TEST_SEED", "9"))
@@ -372,9 +373,7 @@ def _finish(launcher: Launcher, stage: str, workspace: Path, log: Path) -> None:
     assert returncode == 0, _failed(stage, returncode, log)
 
 
-@pytest.mark.parametrize(
-    "launcher", [Forked, pytest.param(Command, marks=pytest.mark.slow)], ids=["forked", "python-m"]
-)
+@pytest.mark.parametrize("launcher", [Forked, Command], ids=["forked", "python-m"])
 def test_killed_generate_and_label_resume_to_identical_outputs(
     launcher: Launcher, fork_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,6 +31,7 @@ def workspace(tiny_ldm_dir: Path, tmp_path_factory: pytest.TempPathFactory, sing
         yield folder
 
 
+@pytest.mark.slow
 def test_latent_store_keeps_latents_and_decoded_images(workspace: Path, tiny_ldm_dir: Path) -> None:
     store = open_store(workspace / "data/samples")
     assert store.sample_shape == (3, 16, 16) and store.image_field == "images"
@@ -43,6 +44,7 @@ def test_latent_store_keeps_latents_and_decoded_images(workspace: Path, tiny_ldm
     assert header.startswith("seed,") and len(rows) == 12
 
 
+@pytest.mark.slow
 def test_latent_study_runs_every_method_to_the_evaluation(workspace: Path) -> None:
     assert_every_method_evaluated(workspace)
     pullback_metrics = json.loads((workspace / "metrics/pullback.json").read_text())

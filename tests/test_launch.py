@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.data.labels import label_part_path, merge_label_parts
 from pipeline.data.store import StoreError, open_store
 from pipeline.io.errors import ConfigError
-from pipeline.io.launch import (
-    LaunchConfig,
-    ShardJob,
-    ShardJobError,
-    check_job_config,
-    label_part_path,
-    merge_label_parts,
-    shard_command,
-)
+from pipeline.io.launch import LaunchConfig, ShardJob, ShardJobError, check_job_config, shard_command
 from pipeline.io.params import compose, validate
 from stages import generate, label
 from tests.helpers import run_study, tiny_study_overrides

@@ -10,7 +10,8 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from pipeline.steps.report import build_report, line_chart, write_report
+from pipeline.report.charts import line_chart
+from pipeline.steps.report import build_report, write_report
 
 METHODS = ["pca_per_step", "supervised", "pullback_global"]
 
@@ -210,6 +211,7 @@ def test_a_chart_is_a_png_of_the_requested_size():
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 def test_the_page_loads_in_headless_chromium_with_its_images(study, tmp_path_factory):
     target = tmp_path_factory.mktemp("page") / "index.html"

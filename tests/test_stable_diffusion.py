@@ -137,6 +137,7 @@ def workspace(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory, singl
         yield folder
 
 
+@pytest.mark.slow
 def test_stable_diffusion_study_runs_every_method_to_the_evaluation(workspace: Path, tiny_sd_dir: Path) -> None:
     store = open_store(workspace / "data/samples")
     assert store.sample_shape == (4, 16, 16) and store.image_field == "images" and store.h_shape == (64, 8, 8)

@@ -79,7 +79,7 @@ def test_batched_edits_equal_single_decodes(tiny_model, single_thread, injection
     from pipeline.diffusion.hspace import hspace_shape
     from pipeline.diffusion.sampling import SamplerConfig, decode, to_image_range
     from pipeline.directions import Directions, Origin
-    from pipeline.editing import edit, held_out
+    from pipeline.editing.samples import edit, held_out
 
     sampler = SamplerConfig(steps=3, eta=1.0, batch_size=4, injection=injection)
     h_shape = hspace_shape(tiny_model.unet, "after", tiny_model.sample_shape)

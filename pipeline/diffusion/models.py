@@ -24,6 +24,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
 from pipeline.diffusion.loading import TEXT_SUBFOLDERS, compile_unet_blocks, load_parts
+from pipeline.io.artefacts import TOY_MODEL
 from pipeline.io.errors import ConfigError, ModelNotFoundError
 
 DEFAULT_LOCATION = "after"
@@ -371,7 +372,7 @@ class ModelConfig:
     (Jacobians and spectra run eagerly).
     """
 
-    source: str = "models/toyfaces/ddpm"
+    source: str = TOY_MODEL
     dtype: str = "float32"
     hspace_location: str = DEFAULT_LOCATION
     clip_sample: bool = True

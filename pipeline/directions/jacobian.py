@@ -16,17 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.diffusion.hspace import eps_of_h
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import ddim_grid, denoise_steps
 from pipeline.directions.format import Directions, Origin
+from pipeline.directions.masks import check_mask
 from pipeline.io.errors import ConfigError
 from pipeline.linalg import SolverConfig, frozen, jacobian_svd
 
@@ -199,37 +197,3 @@ def jacobian_directions(
             "converged": all(item.converged for item in spectra),
         },
     )
-
-
-def check_mask(mask: torch.Tensor, sample_shape: tuple[int, int, int]) -> None:
-    """Raise ConfigError unless ``mask`` is [1 or C, H, W] for samples [C, H, W] and not empty."""
-    channels, height, width = sample_shape
-    if mask.dim() != 3 or mask.shape[0] not in (1, channels) or tuple(mask.shape[1:]) != (height, width):
-        raise ConfigError(f"mask shape {tuple(mask.shape)}: expected (1, {height}, {width}) or {sample_shape}")
-    if not bool((mask != 0).any()):
-        raise ConfigError("mask: empty (no pixel inside the region)")
-
-
-def rectangle_mask(box: Sequence[float], sample_shape: tuple[int, int, int]) -> torch.Tensor:
-    """A [1, H, W] mask of the box [top, left, bottom, right] given as fractions of the height and width."""
-    if len(box) != 4 or not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
-        raise ConfigError(f"mask rectangle {list(box)}: expected [top, left, bottom, right] fractions, top < bottom")
-    _, height, width = sample_shape
-    mask = torch.zeros(1, height, width)
-    top, bottom = round(box[0] * height), round(box[2] * height)
-    left, right = round(box[1] * width), round(box[3] * width)
-    mask[:, top:bottom, left:right] = 1.0
-    check_mask(mask, sample_shape)
-    return mask
-
-
-def image_mask(path: str | Path, sample_shape: tuple[int, int, int]) -> torch.Tensor:
-    """A [1, H, W] mask from a greyscale image file (pixels > 50% grey are inside), resized to the samples."""
-    if not Path(path).is_file():
-        raise ConfigError(f"mask '{path}': no such file")
-    _, height, width = sample_shape
-    with Image.open(path) as picture:
-        grey = picture.convert("L").resize((width, height), Image.Resampling.NEAREST)
-    mask = torch.from_numpy((np.asarray(grey) > 127).astype(np.float32)).unsqueeze(0)
-    check_mask(mask, sample_shape)
-    return mask

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Method:
-    """One directions file ``directions/<name>.safetensors``.
+    """One directions file ``directions/<name>.safetensors`` (:func:`pipeline.io.artefacts.directions_path`).
 
     Attributes:
         name: the method name, also the file name and the ``method`` metadata of the file.
@@ -54,8 +54,3 @@ EVALUATED_METHODS = tuple(name for name, method in REGISTRY.items() if method.ev
 def written_by(*stages: str) -> tuple[str, ...]:
     """Names of the methods whose files the given stages write, in registry order."""
     return tuple(name for name, method in REGISTRY.items() if method.stage in stages)
-
-
-def directions_path(method: str) -> str:
-    """Where the study keeps the directions file of ``method``."""
-    return f"directions/{method}.safetensors"

@@ -33,7 +33,7 @@ from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import TARGETED_METHODS
 from pipeline.directions.pullback import states_at
-from pipeline.editing import AnyEditor, Editor, GuidedEditor, HeldOut, ResumableEditor, decode_images, subset
+from pipeline.editing.samples import AnyEditor, Editor, GuidedEditor, HeldOut, ResumableEditor, decode_images, subset
 from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.judge import CurvePoint, EditOutcome, best_curve, operating_point, stop_at_flip
 from pipeline.evaluation.measures import ssim_per_image

@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.classifiers import classify_logits
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
-from pipeline.editing import decode_images, held_out
+from pipeline.editing.samples import decode_images, held_out
 from pipeline.evaluation.broken import BrokenCheck, BrokenConfig, make_broken_check, resolved_detector
 from pipeline.evaluation.judge import decisions
 from pipeline.evaluation.measures import ClassifierFeatures

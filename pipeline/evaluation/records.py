@@ -2,8 +2,9 @@
 to every sample (decisions before and after, broken verdicts, image change, factor change), from which every
 judged figure is recomputed by :func:`pipeline.evaluation.protocol.judge_sides`.
 
-The per-method ``evaluate`` stages write them; the ``evaluate_summary`` stage reads all of them, so summaries
-that compare files sample by sample (conditional against plain directions) need no decode of their own.
+The per-method ``evaluate`` stages write them (at :func:`pipeline.io.artefacts.records_path`); the
+``evaluate_summary`` stage reads all of them, so summaries that compare files sample by sample (conditional
+against plain directions) need no decode of their own.
 
 Layout: tensors ``before`` [M, A] uint8, ``baseline_broken`` [M] uint8 and, for direction i and side s,
 ``{i}/{s}/after`` [S, M, A] uint8, ``{i}/{s}/broken`` [S, M] uint8, ``{i}/{s}/change`` [S, M] float32 and, on
@@ -29,15 +30,6 @@ from pipeline.io.files import load_tensors, save_tensors
 
 RECORDS_FORMAT = "hspace-directions/evaluation-records/1"
 """The ``format`` metadata of a records file (name and version)."""
-
-EVALUATION_FOLDER = "plots/evaluate/{method}"
-"""Where the ``evaluate`` stage of a method writes its grid, details and records (relative to the study)."""
-
-
-def records_path(method: str) -> str:
-    """The records file of ``method`` in a study: ``plots/evaluate/<method>/records.safetensors``."""
-    return f"{EVALUATION_FOLDER.format(method=method)}/records.safetensors"
-
 
 @dataclass
 class MethodRecords:

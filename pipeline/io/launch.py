@@ -8,10 +8,10 @@ With ``launch.shards = n > 1`` the stage process (what DVC runs) starts
 which blocks until every job has finished (Hydra launchers wait for their jobs), then merges: for ``generate``
 it checks that every shard of the samples store is present and consistent and writes its index; for
 ``label`` it checks the n label parts (each the table of the store shards s with s % n == i) and writes the
-one table. The merged outputs equal an unsharded run's. Params come from ``params.yaml`` only: the Hydra
-app takes params.yaml as its primary config and refuses any other override (:func:`check_job_config`), so DVC
-sees every setting. ``launch`` itself is an execution detail that no stage declares, so switching launcher
-or shard count never invalidates an output.
+one table (:func:`pipeline.data.labels.merge_label_parts`). The merged outputs equal an unsharded run's.
+Params come from ``params.yaml`` only: the Hydra app takes params.yaml as its primary config and refuses any
+other override (:func:`check_job_config`), so DVC sees every setting. ``launch`` itself is an execution detail
+that no stage declares, so switching launcher or shard count never invalidates an output.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from typing import Any
 
 import torch
 
-from pipeline.data.labels import read_labels, write_labels
-from pipeline.data.store import Store
 from pipeline.io.errors import ConfigError, PipelineError
 from pipeline.io.validation import first_difference
 
@@ -160,45 +158,3 @@ def job_device(device: str, index: int) -> str:
     if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         return f"cuda:{index % torch.cuda.device_count()}"
     return device
-
-
-def label_part_path(folder: str | Path, job: ShardJob) -> Path:
-    """Where label job ``job`` writes its part of the table."""
-    return Path(folder) / f"labels-{job.index:05d}-of-{job.count:05d}.csv"
-
-
-def job_shards(store: Store, job: ShardJob) -> list[int]:
-    """Store shard indices labelled by ``job``: those s with s % count == index."""
-    return list(range(job.index, len(store.shards), job.count))
-
-
-def merge_label_parts(folder: str | Path, store: Store, count: int, output: str | Path) -> None:
-    """Assemble the ``count`` label parts in ``folder`` into the table ``output`` (store order, atomic write).
-
-    Checks that every part is present, that all have the same attribute columns, and that part i holds
-    exactly the seeds of the store shards s with s % count == i, in order. Every part is read and the merge
-    written through :mod:`pipeline.data.labels`, whose 6-decimal rows survive that round trip exactly, so the
-    merged table is byte-identical to the unsharded one.
-    """
-    parts = [ShardJob("label", index, count) for index in range(count)]
-    missing = [label_part_path(folder, job).name for job in parts if not label_part_path(folder, job).is_file()]
-    if missing:
-        raise ShardJobError(f"label: {len(missing)} of {count} parts missing in '{folder}' ({', '.join(missing[:3])})")
-    names: list[str] | None = None
-    by_shard: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for job in parts:
-        path = label_part_path(folder, job)
-        seeds, columns, scores = read_labels(path, allow_empty=True)
-        if names is not None and columns != names:
-            raise ShardJobError(f"label part '{path}': its columns differ from the other parts'")
-        names = columns
-        for shard in job_shards(store, job):
-            size = store.shards[shard].count
-            by_shard[shard], seeds, scores = (seeds[:size], scores[:size]), seeds[size:], scores[size:]
-        if len(seeds):
-            raise ShardJobError(f"label part '{path}': {len(seeds)} rows more than its store shards hold")
-    ordered = [by_shard[shard] for shard in range(len(store.shards))]
-    seeds = torch.cat([part[0] for part in ordered])
-    if not torch.equal(seeds, store.seeds):
-        raise ShardJobError(f"label parts in '{folder}': seeds differ from the samples store's; rerun the label jobs")
-    write_labels(output, seeds, names or [], torch.cat([part[1] for part in ordered]))

@@ -1,5 +1,5 @@
 """Step ``edit``: edit the user's own images with any directions file, judge every edit on every attribute, and
-draw a labelled grid (:mod:`pipeline.image_edits`; docs/methods.md, "Editing your own images").
+draw a labelled grid (:mod:`pipeline.editing.images`; docs/methods.md, "Editing your own images").
 
 Each image is inverted (edit-friendly DDPM by default; DDIM as an option), edited with each chosen direction at
 every scale, and read by the classifier and the broken check the ``evaluate`` stage uses (the same
@@ -22,10 +22,8 @@ from pipeline.classifiers import classify_logits
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
-from pipeline.evaluation.broken import BrokenConfig
-from pipeline.evaluation.judge import decisions
-from pipeline.evaluation.readout import calibrated_reader
-from pipeline.image_edits import (
+from pipeline.directions.masks import sample_masks
+from pipeline.editing.images import (
     IMAGE_SPECIFIC,
     INVERSIONS,
     EditedRow,
@@ -36,10 +34,14 @@ from pipeline.image_edits import (
     invert_images,
     select_directions,
 )
+from pipeline.evaluation.broken import BrokenConfig
+from pipeline.evaluation.judge import EditOutcome, decisions
+from pipeline.evaluation.readout import calibrated_reader
+from pipeline.io.artefacts import directions_path
 from pipeline.io.grids import labelled_grid
 from pipeline.io.images import CROPS, list_images, read_images
 from pipeline.io.validation import require
-from pipeline.steps.jacobian import JacobianConfig, sample_masks
+from pipeline.steps.jacobian import JacobianConfig
 from pipeline.steps.pullback import PullbackConfig
 
 PARAMS = ("model", "sampler", "classifier", "toyfaces", "evaluate.broken", "directions.jacobian",
@@ -61,7 +63,7 @@ class EditConfig:
     """
 
     inputs: str = "inputs/toyfaces"
-    directions: str = "directions/supervised.safetensors"
+    directions: str = directions_path("supervised")
     names: list[str] = field(default_factory=lambda: ["smiling"])
     max_directions: int = 4
     scales: list[float] = field(default_factory=lambda: [-4.0, -2.0, 2.0, 4.0])
@@ -181,7 +183,8 @@ def _image_specific(
     jacobian = jacobian or JacobianConfig()
     masks = None
     if directions.method == "jacobian":
-        masks, _ = sample_masks(jacobian.mask, inverted.held_out(), inverted.reconstruction, classifier, world)
+        sample_shape = tuple(inverted.x_T.shape[1:])
+        masks, _ = sample_masks(jacobian.mask, sample_shape, inverted.reconstruction, classifier, world)
     return ImageSpecificSettings(masks, jacobian.solver, (pullback or PullbackConfig()).solver)
 
 
@@ -203,9 +206,13 @@ def _judge(row: EditedRow, position: int, scale: float, logits: torch.Tensor, br
     every attribute and its change, the broken flag and, for a targeted direction, whether it flipped the target
     cleanly. ``verdict`` is the grid's frame: clean / flip / none (eligible, not flipped) / broken / changed (an
     untargeted edit that changed an attribute), "" for a targeted edit of an image already on the far side."""
-    before, after = decisions(logits[0]), decisions(logits[position])
+    targeted = row.target is not None and row.target in attributes and scale != 0
+    outcome = EditOutcome(  # one sample; an untargeted edit is read against attribute 0, its changes alike
+        decisions(logits[0:1]), decisions(logits[position : position + 1]), broken[position : position + 1],
+        attributes.index(row.target) if targeted else 0, scale > 0,
+    )  # fmt: skip
     is_broken = bool(broken[position])
-    changed = [name for a, name in enumerate(attributes) if bool(before[a] != after[a]) and not is_broken]
+    changed = [name for a, name in enumerate(attributes) if bool(outcome.changed[0, a])]
     entry: dict[str, Any] = {
         "direction": row.direction,
         "scale": scale,
@@ -215,12 +222,10 @@ def _judge(row: EditedRow, position: int, scale: float, logits: torch.Tensor, br
         "logit_change": {name: float(logits[position, a] - logits[0, a]) for a, name in enumerate(attributes)},
     }
     verdict = "broken" if is_broken else ("changed" if changed else "none")
-    if row.target is not None and row.target in attributes and scale != 0:
-        target = attributes.index(row.target)
-        towards = scale > 0
-        eligible = bool(before[target] != towards)
-        flipped = eligible and bool(after[target] == towards) and not is_broken
-        clean = flipped and changed == [row.target]
+    if targeted:
+        eligible = bool(outcome.eligible[0])
+        flipped = eligible and bool(outcome.flipped[0])  # counted among the eligible, as the protocol's rates are
+        clean = eligible and bool(outcome.clean[0])
         entry.update({"target": row.target, "eligible": eligible, "flipped": flipped, "clean_flip": clean})
         if not is_broken:
             verdict = ("clean" if clean else "flip") if flipped else ("none" if eligible else "")

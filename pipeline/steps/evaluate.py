@@ -15,7 +15,7 @@ from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import EVALUATED_METHODS, METHODS
-from pipeline.editing import held_out
+from pipeline.editing.samples import held_out
 from pipeline.evaluation.protocol import DirectionResult, MethodGrid, ProtocolConfig, judge_files, method_grid
 from pipeline.evaluation.readout import Reading, calibrated_reader
 from pipeline.io.errors import ConfigError

@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,21 +16,15 @@ from torch import nn
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig, ddim_grid
 from pipeline.directions.format import Origin
-from pipeline.directions.jacobian import (
-    JacobianSpectra,
-    image_mask,
-    jacobian_directions,
-    jacobian_spectra,
-    rectangle_mask,
-)
-from pipeline.editing import HeldOut, decode_images, edit, held_out
-from pipeline.io.errors import ConfigError
+from pipeline.directions.jacobian import JacobianSpectra, jacobian_directions, jacobian_spectra
+from pipeline.directions.masks import check_mask_setting, sample_masks
+from pipeline.editing.samples import HeldOut, decode_images, edit, held_out
 from pipeline.io.files import WorkCache
 from pipeline.io.images import make_grid
 from pipeline.io.validation import require
 from pipeline.linalg import SolverConfig
 from pipeline.steps.result import StepResult
-from pipeline.toyfaces.world import REGIONS, ToyFacesConfig
+from pipeline.toyfaces.world import ToyFacesConfig
 
 PARAMS = ("model", "sampler", "classifier", "toyfaces", "directions.jacobian", "preview.scales")
 """The params this step reads (its stage's ``params`` in dvc.yaml)."""
@@ -72,79 +65,6 @@ class JacobianConfig:
         self.solver.check(f"{key}.solver")
 
 
-MASK_KEY = "directions.jacobian.mask"
-MASK_CHOICES = f"{', '.join(REGIONS)}, a rectangle [top, left, bottom, right] or an image file"
-"""What ``directions.jacobian.mask`` may be besides null, as error messages list it."""
-
-
-def check_mask_setting(mask: Any) -> None:
-    """Check ``directions.jacobian.mask`` without any model (milliseconds): null, a ToyFaces region of
-    :data:`~pipeline.toyfaces.world.REGIONS`, a rectangle [top, left, bottom, right] of fractions with
-    top < bottom and left < right, or an existing image file. A string that is neither a region nor a file is
-    an unknown region, or a missing file when it looks like a path (a folder or a suffix); ConfigError names the
-    key, the value and what is expected."""
-    if mask is None or (isinstance(mask, str) and mask in REGIONS):
-        return
-    if isinstance(mask, str):
-        if Path(mask).is_file():
-            return
-        if "/" in mask or Path(mask).suffix:
-            raise ConfigError(f"{MASK_KEY} '{mask}': no such image file (expected one of {MASK_CHOICES})")
-        raise ConfigError(f"{MASK_KEY} '{mask}': unknown region; expected one of {MASK_CHOICES}")
-    box = list(mask) if isinstance(mask, Sequence) else None
-    numbers = box is not None and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-    if not numbers or len(box) != 4:
-        raise ConfigError(f"{MASK_KEY} {mask!r}: expected null or one of {MASK_CHOICES}")
-    top, left, bottom, right = (float(v) for v in box)
-    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
-        raise ConfigError(
-            f"{MASK_KEY} {box}: a rectangle [top, left, bottom, right] needs fractions of the image in [0, 1] "
-            "with top < bottom and left < right"
-        )
-
-
-def check_mask_classifier(mask: Any, classifier: str) -> None:
-    """ConfigError when ``mask`` is a ToyFaces region but the classifier (``classifier.name``) cannot locate it:
-    regions are found on each sample by the ToyFaces classifier."""
-    if isinstance(mask, str) and mask in REGIONS and classifier != "toyfaces":
-        raise ConfigError(
-            f"{MASK_KEY} '{mask}': a ToyFaces region needs classifier.name 'toyfaces', not '{classifier}'; "
-            "set the mask to a rectangle [top, left, bottom, right], an image file or null"
-        )
-
-
-def sample_masks(
-    mask: Any, samples: HeldOut, images: torch.Tensor, classifier: nn.Module | None, world: ToyFacesConfig | None
-) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """Per sample: the Jacobian mask [1, H, W] (None: whole image) and the "rest of the face" to compare
-    against (ToyFaces regions: the face minus the mask; otherwise the complement; None without a mask)."""
-    count, shape = len(samples.seeds), tuple(samples.x_T.shape[1:])
-    if mask is None:
-        return [None] * count, [None] * count
-    if isinstance(mask, str) and mask in REGIONS:
-        from pipeline.toyfaces.classifier import ToyFacesClassifier, locate_regions
-
-        if not isinstance(classifier, ToyFacesClassifier) or world is None:
-            raise ConfigError(f"directions.jacobian.mask '{mask}': ToyFaces regions need the toyfaces classifier")
-        regions = {
-            name: (F.interpolate(value, size=shape[1:], mode="area") > 0.5).float()  # to the model's resolution
-            for name, value in locate_regions(classifier, images, world).items()
-        }
-        inside = [regions[mask][i] for i in range(count)]
-        rest = [regions["face"][i] * (1 - regions[mask][i]) for i in range(count)]
-        for region in inside:
-            if not region.any():
-                raise ConfigError(f"directions.jacobian.mask '{mask}': empty on a sample (region not found)")
-        return inside, rest
-    if isinstance(mask, str):
-        inside_one = image_mask(mask, shape)
-    elif isinstance(mask, Sequence):
-        inside_one = rectangle_mask([float(v) for v in mask], shape)
-    else:
-        raise ConfigError(f"directions.jacobian.mask {mask!r}: expected null, a region, a rectangle or an image path")
-    return [inside_one] * count, [1 - inside_one] * count
-
-
 def run(
     model: DiffusionModel,
     cfg: JacobianConfig,
@@ -164,7 +84,7 @@ def run(
     source_step = cfg.source_step % grid.num_steps if cfg.source_step < 0 else cfg.source_step
     samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
     originals = decode_images(model, samples.x_T, samples.noise, sampler)
-    masks, rests = sample_masks(cfg.mask, samples, originals, classifier, world)
+    masks, rests = sample_masks(cfg.mask, model.sample_shape, originals, classifier, world)
     work = work or WorkCache(None)
     started = time.perf_counter()
 

@@ -17,10 +17,11 @@ from pipeline.classifiers import ClassifierConfig, check_classifier
 from pipeline.diffusion.loading import check_source
 from pipeline.diffusion.models import AUTOCAST_DTYPES, COMPILE_MODES, ModelConfig, resolve_device, resolve_dtype
 from pipeline.diffusion.sampling import SamplerConfig
+from pipeline.directions.masks import check_mask_classifier
 from pipeline.io.errors import ConfigError, ModelNotFoundError
 from pipeline.io.images import list_images
 from pipeline.io.launch import LaunchConfig, check_launcher_installed
-from pipeline.steps.jacobian import JacobianConfig, check_mask_classifier
+from pipeline.steps.jacobian import JacobianConfig
 
 PARAMS = (
     "model",

@@ -17,7 +17,7 @@ from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.methods import written_by
-from pipeline.editing import held_out
+from pipeline.editing.samples import held_out
 from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.protocol import ProtocolConfig, file_entries, judge_files, method_grid
 from pipeline.evaluation.readout import calibrated_reader

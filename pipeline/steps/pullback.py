@@ -24,7 +24,7 @@ from pipeline.directions.pullback import (
     states_at,
     step_for_fraction,
 )
-from pipeline.editing import held_out
+from pipeline.editing.samples import held_out
 from pipeline.io.files import WorkCache
 from pipeline.io.images import make_grid
 from pipeline.io.validation import require

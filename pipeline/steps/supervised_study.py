@@ -29,7 +29,7 @@ from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
 from pipeline.directions.supervised import ESTIMATORS
-from pipeline.editing import held_out
+from pipeline.editing.samples import held_out
 from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, judge_files
 from pipeline.evaluation.readout import calibrated_reader

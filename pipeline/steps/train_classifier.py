@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipeline.io.artefacts import TOY_DATASET_IMAGES, TOY_DATASET_LABELS
 from pipeline.io.files import TrainingCheckpoint
 from pipeline.io.validation import require
 from pipeline.labellers.cnn import AttributeCNN, CNNConfig, decide
@@ -37,8 +38,8 @@ class TrainClassifierConfig:
     of training and measured; ``flip``: random horizontal flips (for attributes a mirror image keeps).
     """
 
-    images: str = "data/toy_dataset/images"
-    labels: str = "data/toy_dataset/labels.csv"
+    images: str = TOY_DATASET_IMAGES
+    labels: str = TOY_DATASET_LABELS
     attributes: list[str] = field(default_factory=list)
     model: CNNConfig = field(default_factory=lambda: CNNConfig(widths=[8, 16, 32], feature_dim=64))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=50))

@@ -1,10 +1,11 @@
-"""Applying directions: decode held-out samples with any directions file's edits, in its own space and unit.
+"""Editing held-out samples: decode them with any directions file's edits, in its own space and unit.
 
 * Spaces "h" and "x_T" (:func:`edit`, :class:`Editor`): h-space directions are injected at every step of the
   sampler grid, as ``sampler.injection`` says (docs/methods.md, "Injecting an h edit"); x_T directions shift
   the starting noise. The h location comes from the file's origin.
 * Space "x_t" (:class:`GuidedEditor`): x-space guidance at the file's edit step from each sample's own x_t,
-  then DDIM to x_0 with the file's quality boost (docs/methods.md, "Pullback directions").
+  then DDIM to x_0 with the file's quality boost (:mod:`pipeline.editing.guidance`; docs/methods.md, "Pullback
+  directions").
 
 Held-out samples are seeds that no stage fitted on (:func:`held_out`); a sample is a pure function of
 (model, sampler, seed), so edited and unedited decodes of a seed share its noise.
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.diffusion.models import DEFAULT_LOCATION, DiffusionModel
-from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, decode, denoise_steps, initial_noise
+from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, decode, initial_noise
 from pipeline.directions.format import Directions
-from pipeline.directions.pullback import guidance_rows
+from pipeline.editing.guidance import GUIDANCE_KEYS, Guidance
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import WorkCache
 
@@ -141,29 +142,23 @@ class GuidedEditor:
         states: Callable[[int], torch.Tensor],
         source: str,
     ):
-        if directions.origin.steps is None or len(directions.origin.steps) != 1:
-            raise ConfigError(f"directions file {source}: space 'x_t' needs exactly one edit step (origin.steps)")
-        missing = [key for key in ("step_size", "iterations", "boost_step") if key not in directions.extra]
-        if missing:
-            raise ConfigError(f"directions file {source}: extra lacks {missing} (x-space guidance settings)")
         check_grid(directions, sampler)
+        keys = (*GUIDANCE_KEYS, "boost_step")
+        self.guidance = Guidance.of(model, directions, sampler.steps, f"directions file {source}", keys)
         self.model, self.directions, self.samples, self.sampler = model, directions, samples, sampler
-        self.step = int(directions.origin.steps[0])
-        grid = ddim_grid(model.scheduler, sampler.steps)
-        if not 0 <= self.step < grid.num_steps:
-            raise ConfigError(f"directions file {source}: edit step {self.step} outside the grid [0, {grid.num_steps})")
-        self.timestep = int(grid.timesteps[self.step])
-        self.step_size = float(directions.extra["step_size"])
-        self.iterations = int(directions.extra["iterations"])
+        step, num_steps = self.guidance.step, ddim_grid(model.scheduler, sampler.steps).num_steps
         boost = directions.extra["boost_step"]
-        self.etas = [0.0] * grid.num_steps
+        self.etas = [0.0] * num_steps
         self.noise = None
         if boost is not None:
-            first = max(int(boost), self.step)
-            self.etas[first:] = [1.0] * (grid.num_steps - first)
+            first = max(int(boost), step)
+            self.etas[first:] = [1.0] * (num_steps - first)
             _, self.noise = initial_noise(model.sample_shape, samples.seeds, sampler.steps, 1.0)
-        self.x_t = states(self.step)
-        self.baseline = self._denoise(self.x_t, torch.arange(len(samples.seeds)))
+        self.x_t = states(step)
+        self.baseline = self.guidance.denoise(
+            model, self.x_t, torch.arange(len(samples.seeds)), steps=sampler.steps, eta=self.etas, noise=self.noise,
+            batch_size=sampler.batch_size,
+        )  # fmt: skip
 
     def __call__(self, k: int, scales: Sequence[float], index: torch.Tensor | None = None) -> torch.Tensor:
         """Images [S, m, 3, H, W] of the samples at ``index`` (default: all) at every guidance strength."""
@@ -171,22 +166,11 @@ class GuidedEditor:
         count = len(index)
         rows = index.repeat(len(scales))
         strengths = torch.as_tensor(list(scales), dtype=torch.float32).repeat_interleave(count)
-        edited = guidance_rows(
-            self.model, self.x_t[rows], self.directions.delta(k, 1.0), strengths, self.timestep,
-            step_size=self.step_size, iterations=self.iterations, batch_size=self.sampler.batch_size,
+        edited = self.guidance.edit(
+            self.model, self.x_t, rows, self.directions.delta(k, 1.0), strengths, steps=self.sampler.steps,
+            eta=self.etas, noise=self.noise, batch_size=self.sampler.batch_size,
         )  # fmt: skip
-        return self._denoise(edited, rows).reshape(len(scales), count, *self.baseline.shape[1:])
-
-    def _denoise(self, x_t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        images = []
-        size = self.sampler.batch_size
-        for chunk, chunk_rows in zip(x_t.split(size), rows.split(size), strict=True):
-            noise = None if self.noise is None else self.noise[chunk_rows]
-            x_0, _ = denoise_steps(
-                self.model, chunk, steps=self.sampler.steps, start_step=self.step, eta=self.etas, noise=noise
-            )
-            images.append(self.model.images(x_0))
-        return torch.cat(images)
+        return edited.reshape(len(scales), count, *self.baseline.shape[1:])
 
 
 class ResumableEditor:

@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.inversion import EDIT_FRIENDLY_ETA, invert_ddim, invert_edit_friendly
 from pipeline.diffusion.models import DEFAULT_LOCATION, DiffusionModel
-from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, decode, denoise_steps
+from pipeline.diffusion.sampling import SamplerConfig, decode
 from pipeline.directions.format import Directions
 from pipeline.directions.jacobian import jacobian_directions, jacobian_spectra
 from pipeline.directions.methods import REGISTRY
-from pipeline.directions.pullback import guidance_rows, local_basis, states_at
-from pipeline.editing import HeldOut, edit
+from pipeline.directions.pullback import local_basis, states_at
+from pipeline.editing.guidance import Guidance
+from pipeline.editing.samples import HeldOut, edit
 from pipeline.io.errors import ConfigError
 from pipeline.linalg import SolverConfig
 
@@ -234,14 +235,9 @@ def _guided_rows(
 ) -> list[EditedRow]:
     """x-space guidance at the file's edit step from each image's own x_t, along the image's own local basis
     vector (method "pullback") or the file's direction, then denoising along the inversion's noise."""
-    if directions.origin.steps is None or len(directions.origin.steps) != 1:
-        raise ConfigError(f"directions '{directions.method}': space 'x_t' needs exactly one edit step (origin.steps)")
-    missing = [key for key in ("step_size", "iterations") if key not in directions.extra]
-    if missing:
-        raise ConfigError(f"directions '{directions.method}': extra lacks {missing} (x-space guidance settings)")
-    step = int(directions.origin.steps[0])
     grid_settings = inverted.settings
-    timestep = int(ddim_grid(model.scheduler, grid_settings.steps).timesteps[step])
+    guidance = Guidance.of(model, directions, grid_settings.steps, f"directions '{directions.method}'")
+    step = guidance.step
     states = states_at(model, inverted.x_T, inverted.noise, steps=grid_settings.steps, eta=grid_settings.eta,
                        step_indices=[step])[step]  # fmt: skip
     own_basis = directions.method in IMAGE_SPECIFIC
@@ -255,13 +251,9 @@ def _guided_rows(
             ).v  # fmt: skip
         for name in names:
             vector = basis[int(name[1:])] if own_basis else directions.delta(name, 1.0)
-            edited = guidance_rows(
-                model, states[i].unsqueeze(0).repeat(len(strengths), 1, 1, 1), vector, strengths, timestep,
-                step_size=float(directions.extra["step_size"]), iterations=int(directions.extra["iterations"]),
-                batch_size=grid_settings.batch_size,
+            images = guidance.edit(
+                model, states, torch.full((len(strengths),), i), vector, strengths, steps=grid_settings.steps,
+                eta=grid_settings.eta, noise=inverted.noise, batch_size=grid_settings.batch_size,
             )  # fmt: skip
-            noise = None if inverted.noise is None else inverted.noise[i : i + 1].expand(len(strengths), -1, -1, -1, -1)
-            x_0, _ = denoise_steps(model, edited, steps=grid_settings.steps, start_step=step, eta=grid_settings.eta,
-                                   noise=noise)  # fmt: skip
-            rows.append(EditedRow(i, name, None, model.images(x_0)))
+            rows.append(EditedRow(i, name, None, images))
     return rows
