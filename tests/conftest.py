@@ -12,6 +12,17 @@ from pipeline.diffusion.models import DiffusionModel, load_model
 from tests.helpers import tiny_clip_tokenizer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_session() -> Iterator[None]:
+    """One intra-op thread for the whole session: the tiny models gain nothing from a second thread, and on a
+    loaded 2-core machine its waits cost more than it computes (a quarter to two thirds of the wall time of the
+    modules that ask for no ``single_thread``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_unet() -> UNet2DModel:
     """A 16 px, 3-channel UNet2DModel (one attention level) with fixed random weights; h "after" is 32x8x8."""

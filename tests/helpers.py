@@ -4,8 +4,6 @@ in a temporary workspace, and an in-memory CLIP tokenizer."""
 import contextlib
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -15,17 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
 """The committed ToyFaces classifier, which labels every tiny study."""
-
-def run_dvc(*args: str) -> subprocess.CompletedProcess[str]:
-    """``dvc <args>`` in the repository (checked, output captured as text), one such command at a time across
-    processes: pytest-xdist workers would otherwise start DVC commands on the same repository at once, and the
-    second can fail to take DVC's repository lock."""
-    import fcntl
-
-    with (Path(tempfile.gettempdir()) / "hspace-directions-tests-dvc.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        return subprocess.run(["dvc", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-
 
 def tiny_clip_tokenizer(max_length: int = 16):
     """A CLIP tokenizer built in memory (no download): the 256 byte-level characters, each also with the

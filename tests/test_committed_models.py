@@ -1,6 +1,7 @@
 """The committed ToyFaces DDPM: loads through the registry, samples faces, and is up to date in DVC."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 from pipeline.diffusion.ddim import DecodeSettings
 from pipeline.diffusion.models import load_model
 from pipeline.diffusion.sampling import sample, to_image_range
-from tests.helpers import run_dvc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,12 @@ def test_committed_ddpm_loads_and_samples_faces(single_thread):
 
 @pytest.mark.skipif(shutil.which("dvc") is None or not (ROOT / ".git").exists(), reason="needs dvc and a git clone")
 def test_trained_models_are_up_to_date_so_a_fresh_clone_does_not_retrain():
-    status = run_dvc("status", "--json", "train_toy_model", "train_toy_classifier")
+    status = subprocess.run(
+        ["dvc", "status", "--json", "train_toy_model", "train_toy_classifier"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     hint = "after a code change that keeps training as is, run `dvc commit train_toy_model train_toy_classifier`"
     assert status.stdout.strip() == "{}", f"{hint}:\n{status.stdout}"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from tests.helpers import run_dvc
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_METRIC_NUMBERS = 120
@@ -52,7 +51,7 @@ def _numbers(value: Any) -> int:
 
 @needs_dvc
 def test_every_declared_plot_renders() -> None:
-    result = run_dvc("plots", "show", "--json")
+    result = subprocess.run(["dvc", "plots", "show", "--json"], cwd=ROOT, capture_output=True, text=True, check=True)
     shown = json.loads(result.stdout)
     assert "errors" not in shown, shown.get("errors")
     declared = _declared_plots()
