@@ -4,6 +4,7 @@ template that has the fields it draws, and the metrics files stay summaries."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,6 +40,18 @@ def _declared_metrics() -> list[str]:
         for entry in stage.get("metrics", []):
             files.append(next(iter(entry)) if isinstance(entry, dict) else entry)
     return files
+
+
+def _declared_outputs() -> list[str]:
+    """Every path a stage writes (outs, metrics and plots) and every top-level plot; a ``foreach`` stage's paths
+    as their templates (``${item}`` for the item)."""
+    dvc_yaml = _dvc_yaml()
+    paths = list(_declared_plots())
+    for stage in dvc_yaml["stages"].values():
+        stage = stage.get("do", stage)
+        for kind in ("outs", "metrics", "plots"):
+            paths += [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage.get(kind, [])]
+    return paths
 
 
 def _numbers(value: Any) -> int:
@@ -86,6 +99,17 @@ def test_metrics_files_are_summaries() -> None:
     counts = {path: _numbers(json.loads((ROOT / path).read_text())) for path in _declared_metrics()}
     assert sum(counts.values()) <= MAX_METRIC_NUMBERS, counts
     assert max(counts.values()) <= MAX_FILE_NUMBERS, counts
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git clone")
+def test_every_committed_metrics_or_plots_file_is_a_declared_output() -> None:
+    """A file under metrics/ or plots/ that no stage writes any more (an output of an old protocol) would be shown
+    and diffed as if it were current: each one is declared, or lies in a declared folder."""
+    tracked = subprocess.run(["git", "ls-files", "metrics", "plots"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()  # fmt: skip
+    patterns = [re.escape(path).replace(re.escape("${item}"), "[^/]+") + "(/.*)?" for path in _declared_outputs()]
+    stale = [path for path in tracked if not any(re.fullmatch(pattern, path) for pattern in patterns)]
+    assert tracked and not stale, f"committed but written by no stage (git rm them): {stale}"
 
 
 def test_dvc_plots_output_is_ignored() -> None:
