@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,11 @@ distinct key, so the files hold headlines and the details live in files not decl
 (plots/evaluate_summary.json, plots/pullback_details.json, plots/evaluate/<method>/judge.json)."""
 MAX_FILE_NUMBERS = 25
 """Numbers in one metrics file: about the columns one `dvc metrics show <file>` line can hold legibly."""
+TERMINAL_COLUMNS = 120
+"""The terminal width every comparison recipe of docs/usage.md fits."""
+SWEEP_EXPERIMENT_CELL = len("├── 363da8d [unmoved-flagstone]")
+"""The widest Experiment cell of a sweep's rows (a generated name of two words); on the committed study the column
+is as wide as its header, `Experiment`."""
 
 needs_dvc = pytest.mark.skipif(
     shutil.which("dvc") is None or not (ROOT / ".git").exists(), reason="needs dvc and a git clone"
@@ -52,6 +58,16 @@ def _declared_outputs() -> list[str]:
         for kind in ("outs", "metrics", "plots"):
             paths += [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage.get(kind, [])]
     return paths
+
+
+def _comparison_recipes() -> list[str]:
+    """The `dvc exp show` and `dvc metrics show` lines of the "Comparing experiments" block of docs/usage.md (its
+    first bash block), continued lines joined."""
+    text = (ROOT / "docs/usage.md").read_text()
+    section = text[text.index("**Comparing experiments.**") :]
+    block = section[section.index("```bash\n") + len("```bash\n") : section.index("\n```\n")]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [line for line in lines if line.startswith(("dvc exp show", "dvc metrics show"))]
 
 
 def _numbers(value: Any) -> int:
@@ -110,6 +126,23 @@ def test_every_committed_metrics_or_plots_file_is_a_declared_output() -> None:
     patterns = [re.escape(path).replace(re.escape("${item}"), "[^/]+") + "(/.*)?" for path in _declared_outputs()]
     stale = [path for path in tracked if not any(re.fullmatch(pattern, path) for pattern in patterns)]
     assert tracked and not stale, f"committed but written by no stage (git rm them): {stale}"
+
+
+@needs_dvc
+@pytest.mark.parametrize("recipe", _comparison_recipes())
+def test_comparison_recipe_fits_the_terminal(recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each recipe, run on the committed study in a terminal too wide to truncate it, prints no line wider than
+    TERMINAL_COLUMNS once the Experiment column holds a sweep's rows (the baseline printed as its short sha)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    _, subcommand, *args = shlex.split(recipe, comments=True)
+    sha = ["--sha"] if subcommand == "exp" else []
+    printed = run_dvc(subcommand, *args, *sha).stdout
+    width = max(len(line.rstrip()) for line in printed.splitlines())
+    assert width + SWEEP_EXPERIMENT_CELL - len("Experiment") <= TERMINAL_COLUMNS, printed
+
+
+def test_the_comparison_block_has_exp_show_recipes() -> None:
+    assert sum(recipe.startswith("dvc exp show") for recipe in _comparison_recipes()) >= 3
 
 
 def test_dvc_plots_output_is_ignored() -> None:
