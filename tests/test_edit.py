@@ -25,7 +25,7 @@ from pipeline.editing.images import (
     select_directions,
 )
 from pipeline.evaluation.broken import BrokenConfig
-from pipeline.io.errors import ConfigError
+from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.images import list_images, read_images, save_png
 from pipeline.linalg import SolverConfig
 from pipeline.steps import edit as step
@@ -227,3 +227,26 @@ def test_command_edits_a_face_and_writes_grid_json_and_images(tmp_path: Path, ca
     assert [edit["scale"] for edit in details["images"][0]["edits"]] == [2.0, 4.0]
     assert (out / "grid.png").is_file()
     assert len(list((out / "images").rglob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("directions", "message"),
+    [
+        ("directions/supervised.safetensors",
+         "error: directions file directions/supervised.safetensors: not found; make it with: dvc repro supervised"),
+        ("directions/pullback_global.safetensors",
+         "error: directions file directions/pullback_global.safetensors: not found; make it with: dvc repro pullback"),
+        ("mine.safetensors", "error: directions file mine.safetensors: not found"),
+    ],
+)  # fmt: skip
+def test_command_names_the_stage_that_makes_a_missing_directions_file(
+    directions: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A fresh clone has no directions files (DVC outputs): the one-line error says which ``dvc repro`` makes the
+    file the user named, before any model loads."""
+    monkeypatch.chdir(tmp_path)  # no params.yaml, no directions/: the study's defaults on a fresh clone
+    monkeypatch.delenv("HSPACE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: command.cli([str(ROOT / "inputs/toyfaces/face_3.png"), "--directions", directions]))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [message]

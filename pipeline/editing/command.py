@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
 from pipeline.directions import Expected, load_directions
+from pipeline.directions.methods import REGISTRY
 from pipeline.editing.images import INVERSIONS
-from pipeline.io.errors import run_main
+from pipeline.io.artefacts import directions_path
+from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import CROPS, save_png
 from pipeline.io.params import DEFAULT_PARAMS, StageParams, load_params
@@ -28,10 +30,22 @@ from pipeline.steps import edit as step
 from pipeline.steps.sections import SECTIONS, stage_params
 
 
+def check_directions_file(path: str) -> None:
+    """Refuse a missing directions file before any model loads; when it is one the study writes (a DVC output,
+    absent from a fresh clone until its stage runs), the one-line ConfigError names the command that makes it."""
+    if Path(path).is_file():
+        return
+    for name, method in REGISTRY.items():
+        if Path(path).resolve() == Path(directions_path(name)).resolve():
+            raise ConfigError(f"directions file {path}: not found; make it with: dvc repro {method.stage}")
+    raise ConfigError(f"directions file {path}: not found")
+
+
 def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
     """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``) and write its grid, JSON and
     images under ``output``."""
     model_cfg, cfg = params["model"], params["edit"]
+    check_directions_file(cfg.directions)
     device = str(resolve_device(params.device))
     model = open_model(model_cfg, device)
     classifier = load_judge(params["classifier"], device)
