@@ -1,12 +1,14 @@
 """params.yaml: composed from conf/, validated against the stage schemas with one-line errors."""
 
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.io.errors import ConfigError
+from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.params import CONF_COMMAND, compose, load_params, load_section, load_value, schema_fields
+from pipeline.io.params import main as params_main
 from pipeline.steps.sections import CONF_NOTES, SECTIONS, conf_files
 from pipeline.toyfaces.world import ToyFacesConfig
 
@@ -137,3 +139,37 @@ def test_missing_file_section_and_value_are_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("generate.num_samples=-1", "error: params: generate.num_samples=-1: must be >= 2"),
+        ("directions.pca.n_componets=4",
+         "error: params: directions.pca.n_componets: unknown key; did you mean 'n_components'?"),
+    ],
+)  # fmt: skip
+def test_composer_refuses_a_bad_setting_before_writing(
+    override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``python -m pipeline.io.params`` validates the composed params as the stages do: a value out of range (or
+    an unknown key) stops it with one line, exit status 1, and the output file keeps its bytes."""
+    out = tmp_path / "params.yaml"
+    out.write_bytes((ROOT / "params.yaml").read_bytes())
+    before = out.read_bytes()
+    monkeypatch.delenv("HSPACE_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["pipeline.io.params", override, "--conf-dir", str(ROOT / "conf"),
+                                      "--out", str(out)])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(params_main)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [message]
+    assert out.read_bytes() == before
+
+
+def test_composer_writes_valid_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "params.yaml"
+    monkeypatch.setattr(sys, "argv", ["pipeline.io.params", "generate.num_samples=64", "--conf-dir",
+                                      str(ROOT / "conf"), "--out", str(out)])  # fmt: skip
+    params_main()
+    assert load_params(out).generate.num_samples == 64

@@ -110,6 +110,15 @@ def load_value(key: str, expected: type, params: DictConfig | None = None) -> An
     return value
 
 
+def check_params(params: DictConfig, schemas: Mapping[str, type]) -> None:
+    """Validate every section of ``params`` against its schema in ``schemas`` (params key -> dataclass), and the
+    ``device`` value, as the stages do: the first unknown key, wrong type or value out of range raises its
+    one-line ConfigError."""
+    for key, schema in schemas.items():
+        load_section(key, schema, params)
+    load_value("device", str, params)
+
+
 RUNTIME_KEYS = ("device", "logging", "launch")
 """Keys every stage may read besides its declared params: where it runs and how it logs, never what it
 computes, so DVC does not track them."""
@@ -325,8 +334,10 @@ def _flow(value: Any) -> str:
 
 def main() -> None:
     """``python -m pipeline.io.params [--write-conf] [overrides...]``: rewrite params.yaml from conf/ (what dvc
-    exp run does), after regenerating conf/'s default options from the dataclasses with ``--write-conf``; a
-    refused override (an unknown key, with the closest known one) stops it with one line."""
+    exp run does), after regenerating conf/'s default options from the dataclasses with ``--write-conf``. The
+    composed params are validated against the stages' schemas before anything is written: a refused override
+    (an unknown key, with the closest known one) or a value the schema refuses (out of range, wrong type) stops
+    it with one line and leaves the output file as it was."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sampler.steps=20")
     parser.add_argument("--conf-dir", default="conf")
@@ -336,16 +347,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     from pipeline.io.files import atomic_path
+    from pipeline.steps.sections import SECTIONS, conf_files  # the schemas import this module
 
     if args.write_conf:
-        from pipeline.steps.sections import conf_files  # the schemas import this module
-
         for path, text in conf_files(args.conf_dir).items():
             if not path.is_file() or path.read_text() != text:
                 with atomic_path(path, ".yaml") as tmp:
                     tmp.write_text(text)
+    composed = compose(args.conf_dir, overrides=args.overrides)
+    check_params(OmegaConf.create(composed), SECTIONS)
     with atomic_path(args.out, ".yaml") as tmp:
-        tmp.write_text(compose(args.conf_dir, overrides=args.overrides))
+        tmp.write_text(composed)
 
 
 if __name__ == "__main__":
