@@ -136,7 +136,8 @@ def test_comparison_recipe_fits_the_terminal(recipe: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("COLUMNS", "400")
     _, subcommand, *args = shlex.split(recipe, comments=True)
     sha = ["--sha"] if subcommand == "exp" else []
-    printed = run_dvc(subcommand, *args, *sha).stdout
+    command = ["dvc", subcommand, *args, *sha]
+    printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     width = max(len(line.rstrip()) for line in printed.splitlines())
     assert width + SWEEP_EXPERIMENT_CELL - len("Experiment") <= TERMINAL_COLUMNS, printed
 
