@@ -56,10 +56,12 @@ from pipeline.directions.masks import check_mask_classifier, rectangle_mask
 from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
 from pipeline.editing.images import select_directions
+from pipeline.evaluation.broken import BrokenConfig
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
 from pipeline.io.images import read_images
 from pipeline.io.params import compose, load_params, load_section
 from pipeline.linalg import LinearOperator, SolverConfig, block_krylov_svd
+from pipeline.steps import edit as edit_step
 from pipeline.steps import preflight as preflight_step
 from pipeline.steps.jacobian import JacobianConfig
 from pipeline.steps.pullback import PullbackConfig
@@ -488,6 +490,10 @@ CASES = [
     Case("edit_unknown_direction_name",
          lambda e: select_directions(_supervised_file(), ["nose"], 4),
          ConfigError, ("edit.names ['nose']", "not in the supervised file", "smiling")),
+    Case("edit_folder_of_unreadable_images",  # one unreadable file among good ones is skipped; all: the first's error
+         lambda e: edit_step.run(e.model, None, _supervised_file(), edit_step.EditConfig(inputs=_unreadable_folder(e)),
+                                 SamplerConfig(), BrokenConfig()),
+         ConfigError, ("image '{tmp}/photos/a.png': not an image that can be read",)),
 ]  # fmt: skip
 
 
@@ -495,6 +501,15 @@ def _wide_image(env: Env) -> Path:
     path = env.tmp / "wide.png"
     Image.new("RGB", (64, 32)).save(path)
     return path
+
+
+def _unreadable_folder(env: Env) -> str:
+    """A folder of two image files that cannot be read (random bytes)."""
+    folder = env.tmp / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(bytes(range(256)))
+    return str(folder)
 
 
 def _supervised_file() -> Directions:
@@ -851,6 +866,8 @@ def test_the_expensive_stages_wait_for_the_preflight() -> None:
 #     ConfigError: params: sampler.steps=2000: must be <= 1000, the training schedule of model '<tiny>'
 # stage_preflight_unknown_key_in_a_later_section
 #     ConfigError: params: directions.supervised.estimater: unknown key; did you mean 'estimator'?
+# edit_folder_of_unreadable_images
+#     ConfigError: image '<tmp>/photos/a.png': not an image that can be read (UnidentifiedImageError)
 #
 # The subprocess commands (COMMANDS) print on stderr, alone:
 #

@@ -42,8 +42,9 @@ def check_directions_file(path: str) -> None:
 
 
 def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
-    """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``) and write its grid, JSON and
-    images under ``output``."""
+    """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``), write its grid, JSON and images
+    under ``output`` and print what it did (:func:`print_report`). When some input files could not be read, the
+    others are edited and written, then a one-line ConfigError names the skipped files."""
     model_cfg, cfg = params["model"], params["edit"]
     check_directions_file(cfg.directions)
     device = str(resolve_device(params.device))
@@ -59,7 +60,29 @@ def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) 
         save_png(picture, output / "images" / name)
     save_png(result.grid, output / "grid.png")
     write_json(output / "edits.json", result.details)
+    print_report(result, output)
+    skipped = [entry["file"] for entry in result.details.get("skipped", [])]
+    if skipped:
+        total = len(skipped) + len(result.details["images"])
+        raise ConfigError(f"{len(skipped)} of {total} inputs could not be edited: {', '.join(skipped)}")
     return result
+
+
+def print_report(result: step.EditResult, output: Path) -> None:
+    """Print the files written and the reconstruction error, one line per skipped file, and per direction and
+    scale the edits that changed an attribute, were broken and flipped their target."""
+    details = result.details
+    mse = details["reconstruction_mse"]
+    print(f"wrote {output / 'grid.png'}, {output / 'edits.json'} and {len(result.images)} images under "
+          f"{output / 'images'}; reconstruction MSE mean {mse['mean']:.2e}, max {mse['max']:.2e}")  # fmt: skip
+    for entry in details.get("skipped", []):
+        print(f"  skipped {entry['file']}: {entry['reason']}")
+    for row in details["summary"]:
+        flips = ""
+        if "flipped" in row:
+            flips = f", target flipped {row['flipped']}/{row['eligible']} (clean {row['clean_flip']})"
+        print(f"  {row['direction']} {row['scale']:+g}: changed {row['changed_any']}/{row['images']}, "
+              f"broken {row['broken']}{flips}")  # fmt: skip
 
 
 def default_params() -> DictConfig:
@@ -100,17 +123,7 @@ def cli(argv: list[str] | None = None) -> None:
             OmegaConf.update(params, f"edit.{key}", value, force_add=True)
     if args.device is not None:
         params.device = args.device
-    output = Path(args.out)
-    result = edit_to(stage_params("edit", params), output, args.inputs)
-    mse = result.details["reconstruction_mse"]
-    print(f"wrote {output / 'grid.png'}, {output / 'edits.json'} and {len(result.images)} images under "
-          f"{output / 'images'}; reconstruction MSE mean {mse['mean']:.2e}, max {mse['max']:.2e}")  # fmt: skip
-    for row in result.details["summary"]:
-        flips = ""
-        if "flipped" in row:
-            flips = f", target flipped {row['flipped']}/{row['eligible']} (clean {row['clean_flip']})"
-        print(f"  {row['direction']} {row['scale']:+g}: changed {row['changed_any']}/{row['images']}, "
-              f"broken {row['broken']}{flips}")  # fmt: skip
+    edit_to(stage_params("edit", params), Path(args.out), args.inputs)
 
 
 def console() -> None:

@@ -4,7 +4,8 @@ draw a labelled grid (:mod:`pipeline.editing.images`; docs/methods.md, "Editing 
 Each image is inverted (edit-friendly DDPM by default; DDIM as an option), edited with each chosen direction at
 every scale, and read by the classifier and the broken check the ``evaluate`` stage uses (the same
 ``evaluate.broken`` calibration), against its unedited reconstruction: which attributes changed, whether the
-target flipped, whether the image is broken.
+target flipped, whether the image is broken. A file that cannot be read is skipped and recorded; the others are
+edited.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.judge import EditOutcome, decisions
 from pipeline.evaluation.readout import calibrated_reader
 from pipeline.io.artefacts import directions_path
+from pipeline.io.errors import ConfigError
 from pipeline.io.grids import labelled_grid
 from pipeline.io.images import CROPS, list_images, read_images
 from pipeline.io.validation import require
@@ -89,7 +91,8 @@ class EditConfig:
 @dataclass
 class EditResult:
     """What the edit step writes: the labelled ``grid`` [3, H, W] with its ``caption``, every edited image
-    ({relative path: [3, H, W]}) and the JSON ``details`` (reconstruction errors, every edit's judgement)."""
+    ({relative path: [3, H, W]}) and the JSON ``details`` (reconstruction errors, every edit's judgement, and
+    ``skipped``, the files that could not be read, when there are any)."""
 
     grid: torch.Tensor
     caption: str
@@ -115,9 +118,10 @@ def run(
 
     ``sampler`` gives the injection and batch size (the grid comes from the file's origin), ``broken`` the broken
     check's calibration, ``world`` the ToyFaces world (its exact broken check and regions), ``jacobian`` and
-    ``pullback`` the masks and solvers for directions recomputed on each image."""
-    paths = list_images([cfg.inputs] if inputs is None else inputs)
-    images = read_images(paths, model.image_size, cfg.crop)
+    ``pullback`` the masks and solvers for directions recomputed on each image. Files that cannot be read are
+    skipped (``details["skipped"]``); when none can, the first one's error is raised."""
+    paths, images, skipped = _read_each(list_images([cfg.inputs] if inputs is None else inputs), model.image_size,
+                                        cfg.crop)  # fmt: skip
     names = select_directions(directions, cfg.names, cfg.max_directions)
     settings = inversion_settings(directions, sampler, cfg.inversion)
     inverted = invert_images(model, images, settings, cfg.inversion, cfg.inversion_seed)
@@ -166,7 +170,28 @@ def run(
         "summary": _summary(entries, names, scales[1:]),
         "images": entries,
     }
+    if skipped:
+        details["skipped"] = skipped
     return EditResult(grid, caption, files, details)
+
+
+def _read_each(paths: Sequence[Path], size: tuple[int, int], crop: str
+               ) -> tuple[list[Path], torch.Tensor, list[dict[str, str]]]:  # fmt: skip
+    """Read every file of ``paths`` on its own at ``size`` (``crop`` as :func:`~pipeline.io.images.read_images`
+    takes it): the files read, their images [N, 3, H, W], and a {"file", "reason"} per file that could not be
+    read (unreadable, or an aspect ratio ``crop`` refuses). Raises the first file's ConfigError when none can."""
+    read, images, skipped, first_error = [], [], [], None
+    for path in paths:
+        try:
+            images.append(read_images([path], size, crop))
+        except ConfigError as error:
+            first_error = first_error or error
+            skipped.append({"file": str(path), "reason": str(error).removeprefix(f"image '{path}': ")})
+        else:
+            read.append(path)
+    if first_error is not None and not read:
+        raise first_error
+    return read, torch.cat(images), skipped
 
 
 def _image_specific(
