@@ -69,20 +69,28 @@ def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) 
 
 
 def print_report(result: step.EditResult, output: Path) -> None:
-    """Print the files written and the reconstruction error, one line per skipped file, and per direction and
-    scale the edits that changed an attribute, were broken and flipped their target."""
+    """Print the files written and the reconstruction error, one line per input outside what the model draws and
+    per skipped file, and per direction and scale the edits that changed attributes (which ones), were broken and
+    flipped their target."""
     details = result.details
     mse = details["reconstruction_mse"]
     print(f"wrote {output / 'grid.png'}, {output / 'edits.json'} and {len(result.images)} images under "
           f"{output / 'images'}; reconstruction MSE mean {mse['mean']:.2e}, max {mse['max']:.2e}")  # fmt: skip
+    for image in details["images"]:
+        if image.get("input_outside_model"):
+            print(f"  {image['file']}: its reconstruction already fails the broken check (MSE "
+                  f"{image['reconstruction_mse']:.1e}): the input lies outside what the model draws, so 'broken' "
+                  "cannot tell an edit's damage there; edits are judged on attribute changes alone")  # fmt: skip
     for entry in details.get("skipped", []):
         print(f"  skipped {entry['file']}: {entry['reason']}")
     for row in details["summary"]:
+        changes = ", ".join(f"{name} {count}" for name, count in row["changed_by_attribute"].items())
+        outside = f" (not judged on {row['outside']} outside the model)" if "outside" in row else ""
         flips = ""
         if "flipped" in row:
             flips = f", target flipped {row['flipped']}/{row['eligible']} (clean {row['clean_flip']})"
-        print(f"  {row['direction']} {row['scale']:+g}: changed {row['changed_any']}/{row['images']}, "
-              f"broken {row['broken']}{flips}")  # fmt: skip
+        print(f"  {row['direction']} {row['scale']:+g}: changed {row['changed_any']}/{row['images']}"
+              f"{f' ({changes})' if changes else ''}, broken {row['broken']}{outside}{flips}")  # fmt: skip
 
 
 def default_params() -> DictConfig:

@@ -6,6 +6,9 @@ every scale, and read by the classifier and the broken check the ``evaluate`` st
 ``evaluate.broken`` calibration), against its unedited reconstruction: which attributes changed, whether the
 target flipped, whether the image is broken. A file that cannot be read is skipped and recorded; the others are
 edited.
+
+An input whose reconstruction the broken check already rejects lies outside what the model draws: "broken"
+cannot tell an edit's damage there, so its edits are judged on their attribute changes alone (``broken`` null).
 """
 
 from __future__ import annotations
@@ -136,24 +139,33 @@ def run(
     for row in rows:
         logits = classify_logits(classifier, row.images)  # once per row: the decisions and the logged logits
         flagged = reader.check(row.images)
-        outcomes = [
-            _judge(row, position, scale, logits, flagged, attributes) for position, scale in enumerate(scales)
-        ]
         entry = entries[row.image]
-        if "reconstruction" not in entry:
-            entry["reconstruction"] = outcomes[0]
-        entry["edits"] += outcomes[1:]
-        verdicts.append(["", "broken" if outcomes[0]["broken"] else ""] + [o["verdict"] for o in outcomes[1:]])
+        if "reconstruction" not in entry:  # the same reconstruction in every row of the image: judged once
+            entry["reconstruction"] = _judge(row, 0, 0.0, logits, flagged, attributes)
+            if entry["reconstruction"]["broken"]:
+                entry["reconstruction"]["verdict"] = "outside"
+                entry["input_outside_model"] = True
+        outside = "input_outside_model" in entry
+        edits = [
+            _judge(row, position, scale, logits, flagged, attributes, outside)
+            for position, scale in enumerate(scales) if position
+        ]  # fmt: skip
+        entry["edits"] += edits
+        verdicts.append(["", "outside" if outside else ""] + [edit["verdict"] for edit in edits])
         stem = _file_name(paths[row.image].stem)
         files[f"{stem}/reconstruction.png"] = row.images[0]
         for scale, picture in zip(scales[1:], row.images[1:], strict=True):
             files[f"{stem}/{_file_name(row.direction)}_{scale:+g}.png"] = picture
     tiles = torch.stack([torch.cat([inverted.images[row.image : row.image + 1], row.images]) for row in rows])
-    row_labels = [f"{paths[row.image].name} {row.direction}" for row in rows]
+    outside_images = {i for i, entry in enumerate(entries) if "input_outside_model" in entry}
+    row_labels = [f"{paths[row.image].name} {row.direction}{' (outside)' if row.image in outside_images else ''}"
+                  for row in rows]  # fmt: skip
     column_labels = ["input", "0 (inverted)", *[f"{scale:+g}" for scale in scales[1:]]]
     caption = (
         f"{directions.method} edits of {len(paths)} image(s), {cfg.inversion} inversion on {settings.steps} steps; "
         f"frames: the judge's verdict against the reconstruction"
+        + ("; (outside): an input outside what the model draws, judged on attribute changes alone"
+           if outside_images else "")
     )
     title = f"{directions.method}, {cfg.inversion} inversion, {settings.steps} steps"  # fits a one-image grid
     grid = labelled_grid(tiles, row_labels, column_labels, verdicts, upscale=cfg.upscale, title=title)
@@ -167,7 +179,7 @@ def run(
         "attributes": attributes,
         "broken_check": reader.describe(),
         "reconstruction_mse": {"mean": float(mse.mean()), "max": float(mse.max())},
-        "summary": _summary(entries, names, scales[1:]),
+        "summary": _summary(entries, names, scales[1:], attributes),
         "images": entries,
     }
     if skipped:
@@ -225,27 +237,33 @@ def _image_entry(path: Path, inverted: Inverted, i: int, input_decisions: torch.
 
 
 def _judge(row: EditedRow, position: int, scale: float, logits: torch.Tensor, broken: torch.Tensor,
-           attributes: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+           attributes: Sequence[str], outside: bool = False) -> dict[str, Any]:  # fmt: skip
     """One edit (``row``'s image ``position``, made at ``scale``; position 0 of ``logits`` [S, A] and ``broken``
     [S] is the reconstruction) judged against the reconstruction: attributes whose decision changed, the logit of
     every attribute and its change, the broken flag and, for a targeted direction, whether it flipped the target
     cleanly. ``verdict`` is the grid's frame: clean / flip / none (eligible, not flipped) / broken / changed (an
-    untargeted edit that changed an attribute), "" for a targeted edit of an image already on the far side."""
+    untargeted edit that changed an attribute), "" for a targeted edit of an image already on the far side.
+
+    ``outside``: the image's reconstruction already fails the broken check, so the check cannot tell what the
+    edit damaged: ``broken`` is None, the check's own verdict is ``check_flagged``, and the attribute changes,
+    flip and verdict are read as on an image that is not broken."""
     targeted = row.target is not None and row.target in attributes and scale != 0
+    is_broken = bool(broken[position]) and not outside
     outcome = EditOutcome(  # one sample; an untargeted edit is read against attribute 0, its changes alike
-        decisions(logits[0:1]), decisions(logits[position : position + 1]), broken[position : position + 1],
+        decisions(logits[0:1]), decisions(logits[position : position + 1]), torch.tensor([is_broken]),
         attributes.index(row.target) if targeted else 0, scale > 0,
     )  # fmt: skip
-    is_broken = bool(broken[position])
     changed = [name for a, name in enumerate(attributes) if bool(outcome.changed[0, a])]
     entry: dict[str, Any] = {
         "direction": row.direction,
         "scale": scale,
-        "broken": is_broken,
+        "broken": None if outside else is_broken,
         "changed": changed,
         "logits": {name: float(logits[position, a]) for a, name in enumerate(attributes)},
         "logit_change": {name: float(logits[position, a] - logits[0, a]) for a, name in enumerate(attributes)},
     }
+    if outside:
+        entry["check_flagged"] = bool(broken[position])
     verdict = "broken" if is_broken else ("changed" if changed else "none")
     if targeted:
         eligible = bool(outcome.eligible[0])
@@ -263,9 +281,12 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def _summary(entries: Sequence[dict[str, Any]], names: Sequence[str], scales: Sequence[float]) -> list[dict[str, Any]]:
-    """Per direction and scale, over the images: how many edits, broken, changed any attribute and, for a targeted
-    direction, were eligible, flipped and flipped cleanly."""
+def _summary(entries: Sequence[dict[str, Any]], names: Sequence[str], scales: Sequence[float],
+             attributes: Sequence[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Per direction and scale, over the images: how many edits, broken, changed any attribute, changed each
+    attribute (those changed at least once, in ``attributes`` order), of inputs outside what the model draws (when
+    any: their edits are not judged broken) and, for a targeted direction, were eligible, flipped and flipped
+    cleanly."""
     rows = []
     for name in names:
         for scale in scales:
@@ -274,9 +295,14 @@ def _summary(entries: Sequence[dict[str, Any]], names: Sequence[str], scales: Se
                 "direction": name,
                 "scale": scale,
                 "images": len(edits),
-                "broken": sum(e["broken"] for e in edits),
+                "broken": sum(e["broken"] is True for e in edits),
                 "changed_any": sum(bool(e["changed"]) for e in edits),
             }
+            counts = {attribute: sum(attribute in e["changed"] for e in edits) for attribute in attributes}
+            row["changed_by_attribute"] = {attribute: count for attribute, count in counts.items() if count}
+            outside = sum(e["broken"] is None for e in edits)
+            if outside:
+                row["outside"] = outside
             if edits and "target" in edits[0]:
                 row |= {key: sum(e[key] for e in edits) for key in ("eligible", "flipped", "clean_flip")}
             rows.append(row)
