@@ -3,16 +3,22 @@ template that has the fields it draws, and the metrics files stay summaries."""
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from pipeline.io import plots_page
+from pipeline.io.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_METRIC_NUMBERS = 120
@@ -27,8 +33,25 @@ SWEEP_EXPERIMENT_CELL = len("├── 363da8d [unmoved-flagstone]")
 """The widest Experiment cell of a sweep's rows (a generated name of two words); on the committed study the column
 is as wide as its header, `Experiment`."""
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
+"""Chromium flags that leave a page no network: no name resolves and every request goes to a closed port."""
+VIEW_PROBE = (
+    "<script>const errors = [];"
+    "addEventListener('error', e => errors.push(String(e.message)));"
+    "addEventListener('unhandledrejection', e => errors.push(String(e.reason)));"
+    "addEventListener('load', () => setTimeout(() => { document.title = JSON.stringify({errors, drawn:"
+    " [...document.querySelectorAll('.vega-embed')].filter(v => v.querySelector('canvas.marks, svg.marks'))"
+    ".map(v => v.id)}); }, 1000));</script>"
+)
+"""Put first in <head>: the page's uncaught errors, and the ids of the vega-embed views that drew their marks, go
+to the title as JSON once the page has loaded."""
+
 needs_dvc = pytest.mark.skipif(
     shutil.which("dvc") is None or not (ROOT / ".git").exists(), reason="needs dvc and a git clone"
+)
+needs_vega_package = pytest.mark.skipif(
+    importlib.util.find_spec(plots_page.PACKAGE) is None, reason="needs the plots extra (pip install -e '.[plots]')"
 )
 
 
@@ -148,3 +171,51 @@ def test_the_comparison_block_has_exp_show_recipes() -> None:
 
 def test_dvc_plots_output_is_ignored() -> None:
     assert "/dvc_plots/" in (ROOT / ".gitignore").read_text().split()
+
+
+@needs_vega_package
+def test_the_offline_template_inlines_the_libraries_in_place_of_the_cdn_tags() -> None:
+    page = plots_page.offline_template()
+    assert "{plot_divs}" in page and "{scripts}" not in page  # DVC adds its CDN tags only at {scripts}
+    assert "<script src" not in page
+    _, libraries = plots_page.library_scripts()
+    assert len(libraries) == 3 and all(library in page for library in libraries)
+
+
+def test_the_offline_template_without_its_package_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots_page, "PACKAGE", "no_such_vega_package")
+    with pytest.raises(ConfigError, match=r"^the offline plots page needs the vega libraries: pip install"):
+        plots_page.offline_template()
+
+
+def _views_drawn_offline(page: Path) -> dict[str, list[str]]:
+    """The errors and drawn views (``VIEW_PROBE``) of ``page`` opened in headless Chromium with no network."""
+    probed = page.with_name("probed.html")
+    probed.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + VIEW_PROBE, 1), encoding="utf-8")
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", *OFFLINE, "--virtual-time-budget=10000",
+         "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(html.unescape(result.stdout.split("<title>", 1)[1].split("</title>", 1)[0]))
+
+
+@pytest.mark.slow
+@needs_dvc
+@needs_vega_package
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_dvc_plots_show_draws_every_plot_offline_with_the_offline_template(tmp_path: Path) -> None:
+    """Every declared plot is a committed file, so a fresh clone draws them all: with the template written by
+    ``python -m pipeline.io.plots_page`` each one draws its marks without a network, and DVC's default page, in the
+    same sandbox, draws none (its libraries are on a CDN), which shows the sandbox has no network."""
+    template = tmp_path / "offline.html"
+    subprocess.run([sys.executable, "-m", "pipeline.io.plots_page", "--out", str(template)], cwd=ROOT, check=True)
+    for out, options in (("offline", ["--html-template", str(template)]), ("default", [])):
+        subprocess.run(["dvc", "plots", "show", *options, "-o", str(tmp_path / out)], cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+    offline = _views_drawn_offline(tmp_path / "offline/index.html")
+    assert offline["errors"] == []
+    assert sorted(offline["drawn"]) == sorted(re.sub(r"[/.]", "_", name) for name in _declared_plots())
+    default = _views_drawn_offline(tmp_path / "default/index.html")
+    assert default["drawn"] == [] and default["errors"], default
