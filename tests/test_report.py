@@ -231,7 +231,7 @@ def test_the_page_loads_in_headless_chromium_with_its_images(study, tmp_path_fac
     assert result.returncode == 0, result.stderr[-2000:]
     title = result.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
     total, loaded = (int(value) for value in title.split(":"))
-    assert total == 3 + 2 * 3 + 2 and loaded == total
+    assert total == 3 + 2 * 3 + 2 + 1 and loaded == total  # grids, clean/broken curves, spectra, few-samples curve
 
 
 def test_the_edits_of_your_own_images_have_their_section(tmp_path):
