@@ -115,3 +115,28 @@ def test_invalid_world_is_one_line_naming_the_key(world, change, key):
     with pytest.raises(ConfigError) as error:
         sample_factors([0], dataclasses.replace(world, **change))
     assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_toy_quality_statistics_on_decisions_with_known_answers():
+    """Frequencies, the pair's correlation and the gaps of toy_quality, on probabilities built to known decisions:
+    smiling and light_hair decided together on the first half (correlation 1), every other attribute on a quarter."""
+    from pipeline.steps.toy_quality import attribute_statistics
+
+    world = ToyFacesConfig()
+    probabilities = torch.full((8, len(BINARY_ATTRIBUTES)), 0.05)
+    probabilities[:2] = 0.95
+    for name in ("smiling", "light_hair"):
+        probabilities[:4, BINARY_ATTRIBUTES.index(name)] = 0.95
+    probabilities[7, BINARY_ATTRIBUTES.index("hat")] = 0.6  # decided positive, but not confidently
+    stats = attribute_statistics(probabilities, world, confidence=0.9)
+    expected = {name: 0.5 if name in ("smiling", "light_hair") else 0.25 for name in BINARY_ATTRIBUTES}
+    expected["hat"] += 0.125
+    assert stats["frequency"] == pytest.approx(expected)
+    assert stats["confident_fraction"] == pytest.approx(7 / 8)
+    pair = world.correlations[0]
+    key = f"{pair.first}-{pair.second}"
+    assert set(stats["correlation"]) == {key} and key == "smiling-light_hair"
+    assert stats["correlation"][key] == pytest.approx(1.0)
+    assert stats["correlation_gap"] == pytest.approx(abs(stats["correlation"][key] - pair.rho))
+    gaps = [abs(expected[name] - world.probabilities[name]) for name in BINARY_ATTRIBUTES]
+    assert stats["max_marginal_gap"] == pytest.approx(max(gaps))

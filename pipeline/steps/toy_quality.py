@@ -44,23 +44,25 @@ def _validate(cfg: ToyQualityConfig) -> None:
 
 def attribute_statistics(
     probabilities: torch.Tensor, world: ToyFacesConfig, confidence: float
-) -> dict[str, float]:
+) -> dict[str, float | dict[str, float]]:
     """Compare classifier probabilities [N, 7] of generated images with the world's true statistics.
 
     Returns ``confident_fraction`` (share of images whose every attribute has p < 1-confidence or
     p > confidence), ``max_marginal_gap`` (largest |frequency - configured probability| over attributes,
     frequencies of p > 0.5), ``correlation_gap`` (largest |correlation - configured rho| over the
-    correlated pairs), and per attribute ``frequency/<name>``.
+    correlated pairs), ``frequency`` {attribute: share of images decided positive} and ``correlation``
+    {"<first>-<second>": Pearson correlation of the pair's decisions}. Nested like the label table's
+    ``frequency`` in metrics/label.json, so that ``dvc metrics show`` puts both files' frequencies in one column.
     """
     decided = (probabilities > 0.5).float()
     confident = ((probabilities < 1 - confidence) | (probabilities > confidence)).all(dim=1)
-    stats = {"confident_fraction": confident.float().mean().item()}
+    frequencies: dict[str, float] = {}
     gaps = []
     for index, name in enumerate(BINARY_ATTRIBUTES):
         frequency = decided[:, index].mean().item()
-        stats[f"frequency/{name}"] = frequency
+        frequencies[name] = frequency
         gaps.append(abs(frequency - world.probabilities[name]))
-    stats["max_marginal_gap"] = max(gaps)
+    correlations: dict[str, float] = {}
     correlation_gaps = []
     for pair in world.correlations:
         first, second = (
@@ -68,10 +70,15 @@ def attribute_statistics(
             decided[:, BINARY_ATTRIBUTES.index(pair.second)],
         )
         correlation = torch.corrcoef(torch.stack([first, second]))[0, 1].nan_to_num(0.0).item()
-        stats[f"correlation/{pair.first}-{pair.second}"] = correlation
+        correlations[f"{pair.first}-{pair.second}"] = correlation
         correlation_gaps.append(abs(correlation - pair.rho))
-    stats["correlation_gap"] = max(correlation_gaps, default=0.0)
-    return stats
+    return {
+        "confident_fraction": confident.float().mean().item(),
+        "correlation": correlations,
+        "correlation_gap": max(correlation_gaps, default=0.0),
+        "frequency": frequencies,
+        "max_marginal_gap": max(gaps),
+    }
 
 
 @torch.no_grad()
