@@ -57,6 +57,7 @@ from pipeline.directions.pullback import local_basis, step_for_fraction
 from pipeline.directions.supervised import supervised_directions
 from pipeline.editing.images import select_directions
 from pipeline.evaluation.broken import BrokenConfig
+from pipeline.io.artefacts import PREFLIGHT_CHECKS
 from pipeline.io.errors import ConfigError, ModelNotFoundError, NumericalError, PipelineError
 from pipeline.io.images import read_images
 from pipeline.io.params import compose, load_params, load_section
@@ -670,9 +671,9 @@ def test_preflight_passes_on_the_tiny_study_with_the_same_file_every_time(
     (tmp_path / "params.yaml").write_text(params_text)
     monkeypatch.chdir(tmp_path)
     preflight.main()
-    first = (tmp_path / preflight.CHECKED).read_bytes()
+    first = (tmp_path / PREFLIGHT_CHECKS).read_bytes()
     preflight.main()
-    assert (tmp_path / preflight.CHECKED).read_bytes() == first
+    assert (tmp_path / PREFLIGHT_CHECKS).read_bytes() == first
     assert json.loads(first) == preflight_step.CHECKS
 
 
@@ -681,9 +682,9 @@ def test_the_expensive_stages_wait_for_the_preflight() -> None:
     need no samples depend on the preflight's output; the preflight itself depends only on committed models."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     outputs = {next(iter(entry)) if isinstance(entry, dict) else entry for entry in stages["preflight"]["outs"]}
-    assert outputs == {preflight.CHECKED}
+    assert outputs == {PREFLIGHT_CHECKS}
     for name in ("generate", "jacobian", "pullback"):
-        assert preflight.CHECKED in stages[name]["deps"], name
+        assert PREFLIGHT_CHECKS in stages[name]["deps"], name
     produced = {
         next(iter(entry)) if isinstance(entry, dict) else entry
         for name, stage in stages.items()
