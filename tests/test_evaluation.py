@@ -4,6 +4,7 @@ evaluate and preview stages end to end."""
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pipeline.directions import Directions, Origin
 from pipeline.directions.pullback import guidance_edit, guidance_rows
 from pipeline.editing.samples import Editor, GuidedEditor, decode_images, held_out
 from pipeline.evaluation.measures import ClassifierFeatures, ssim_per_image
-from pipeline.evaluation.protocol import ProtocolConfig, judge_direction, method_grid
+from pipeline.evaluation.protocol import STATUSES, ProtocolConfig, judge_direction, judge_sides, method_grid
 from pipeline.evaluation.readout import Reading
 from pipeline.io.errors import ConfigError
 from pipeline.io.params import load_params, load_section
@@ -152,7 +153,7 @@ def test_a_targeted_direction_is_judged_per_side_on_its_eligible_samples_only():
     images = _synthetic_samples()
     reader, editor = _PixelReader(), _ShiftEditor(images)
     baseline = reader(images)
-    cfg = ProtocolConfig(scales=[1.0, 2.0, 3.0], grid_samples=1)
+    cfg = ProtocolConfig(scales=[1.0, 2.0, 3.0], grid_samples=1, max_extensions=0)
     result = judge_direction(editor, reader, baseline, 0, "smiling", 0, cfg.scales_for("supervised"), cfg)
     # up: samples 0-2 (without a smile), plus the grid's sample 0; down: samples 3-5 and the grid's sample 0
     assert editor.asked == [[0, 1, 2], [0, 3, 4, 5]]
@@ -176,7 +177,7 @@ def test_an_untargeted_direction_is_labelled_by_its_cleanest_attribute_and_side(
     images = _synthetic_samples()
     reader, editor = _PixelReader(), _ShiftEditor(images)
     baseline = reader(images)
-    cfg = ProtocolConfig(scales=[1.0, 2.0], min_eligible=2)
+    cfg = ProtocolConfig(scales=[1.0, 2.0], min_eligible=2, max_extensions=0)
     result = judge_direction(editor, reader, baseline, 0, "pc0", None, cfg.scales_for("pca_all_steps"), cfg)
     assert editor.asked == [list(range(6)), list(range(6))]
     assert result.target is None
@@ -186,11 +187,103 @@ def test_an_untargeted_direction_is_labelled_by_its_cleanest_attribute_and_side(
         judge_direction(editor, reader, baseline, 0, "pc0", None, [1.0], ProtocolConfig(min_eligible=7))
 
 
+class _ThresholdEditor:
+    """Edits synthetic images: at |scale| >= ``flips_at[sample]`` the target (channel 0) crosses, at |scale| >=
+    ``spills_at`` channel 1 (an off-target attribute) crosses too, and at |scale| >= ``breaks_at`` the image breaks.
+    Records every (scales, rows) it decodes."""
+
+    def __init__(self, images: torch.Tensor, flips_at: torch.Tensor, spills_at: float = 1e9, breaks_at: float = 1e9):
+        self.baseline, self.flips_at, self.spills_at, self.breaks_at = images, flips_at, spills_at, breaks_at
+        self.asked: list[tuple[list[float], list[int]]] = []
+
+    def __call__(self, k: int, scales: Sequence[float], index: torch.Tensor) -> torch.Tensor:
+        self.asked.append(([abs(s) for s in scales], index.tolist()))
+        edited = []
+        for scale in scales:
+            images = self.baseline[index].clone()
+            crossed = abs(scale) >= self.flips_at[index]
+            images[crossed, 0] = 1.0 - images[crossed, 0]
+            if abs(scale) >= self.spills_at:
+                images[:, 1] = 0.9
+            if abs(scale) >= self.breaks_at:
+                images[:, 2, 0, 0] = 2.0
+            edited.append(images)
+        return torch.stack(edited)
+
+
+def _judge_up(editor: _ThresholdEditor, cfg: ProtocolConfig, choose: int):
+    baseline = _PixelReader()(editor.baseline)
+    result = judge_direction(editor, _PixelReader(), baseline, 0, "smiling", 0, cfg.scales, cfg, choose)
+    return result.sides["up"]
+
+
+def test_the_operating_scale_is_chosen_on_the_choosing_samples_and_reported_on_the_others():
+    images = torch.full((12, 3, 8, 8), 0.2)  # nobody smiles: every sample is eligible "up"
+    # the 4 choosing samples flip at scale 1; the 8 reported ones only at 2 (at 2 everyone also gains a hat)
+    flips_at = torch.tensor([1.0] * 4 + [2.0] * 8)
+    cfg = ProtocolConfig(scales=[1.0, 2.0], max_extensions=0, grid_samples=1)
+    up = _judge_up(_ThresholdEditor(images, flips_at, spills_at=2.0), cfg, choose=4)
+    assert up.operating.scale == 1.0 and up.operating.outcome.clean_flip_rate() == 1.0
+    entry = up.entry()
+    # reported on the 8 others at scale 1, where none of them flips: the choosing samples' 1.0 is not reported
+    assert entry["scale"] == 1.0 and entry["chosen_on"] == 4 and entry["clean_flip"] == {**entry["clean_flip"], "n": 8}
+    assert entry["clean_flip"]["rate"] == 0.0 and entry["flip"]["rate"] == 0.0
+    # whatever the reported samples do, the choice is the same: it never sees them
+    changed = _judge_up(_ThresholdEditor(images, torch.tensor([1.0] * 4 + [0.5] * 8), spills_at=2.0), cfg, 4)
+    assert changed.operating.scale == 1.0 and changed.entry()["clean_flip"]["rate"] == 1.0
+
+
+def test_reported_samples_are_decoded_at_the_operating_scale_only():
+    images = torch.full((10, 3, 8, 8), 0.2)
+    images[[3, 8], 0] = 0.8  # two smile: not eligible "up"
+    editor = _ThresholdEditor(images, torch.full((10,), 2.0))
+    _judge_up(editor, ProtocolConfig(scales=[1.0, 2.0], max_extensions=0, grid_samples=1), choose=5)
+    up_calls = editor.asked[:2]
+    assert up_calls == [([1.0, 2.0], [0, 1, 2, 4]), ([2.0], [5, 6, 7, 9])]
+
+
+def test_a_curve_whose_best_point_is_past_the_first_scales_is_extended_to_it():
+    images = torch.full((6, 3, 8, 8), 0.2)
+    # nothing flips at 1 or 2; at 4 every sample flips cleanly, at 8 it also gains a hat, at 16 it breaks
+    editor = _ThresholdEditor(images, torch.full((6,), 4.0), spills_at=8.0, breaks_at=16.0)
+    cfg = ProtocolConfig(scales=[1.0, 2.0], growth=2.0, max_extensions=3, grid_samples=1)
+    up = _judge_up(editor, cfg, choose=3)
+    assert [point.scale for point in up.curve] == [1.0, 2.0, 4.0, 8.0]
+    assert up.operating.scale == 4.0 and up.status == "inside" and up.entry()["clean_flip"]["rate"] == 1.0
+    # with a single extension the best point seen is the end of the curve: marked, not hidden
+    capped = _judge_up(_ThresholdEditor(images, torch.full((6,), 4.0), 8.0, 16.0), replace(cfg, max_extensions=1), 3)
+    assert [point.scale for point in capped.curve] == [1.0, 2.0, 4.0] and capped.status == "edge"
+
+
+def test_a_side_that_no_scale_flips_says_so():
+    images = torch.full((6, 3, 8, 8), 0.2)
+    editor = _ThresholdEditor(images, torch.full((6,), 1e9), breaks_at=4.0)  # never flips, breaks from 4 on
+    up = _judge_up(editor, ProtocolConfig(scales=[0.5, 1.0, 2.0], max_extensions=3, grid_samples=1), choose=3)
+    # the curve grows while its largest scale is within the broken budget, and stops at the first broken one
+    assert [point.scale for point in up.curve] == [0.5, 1.0, 2.0, 4.0]
+    assert up.status == "no_flip" and up.entry()["status"] == "no_flip" and up.feasible
+    breaks = _ThresholdEditor(images, torch.full((6,), 1.0), breaks_at=0.1)
+    assert _judge_up(breaks, ProtocolConfig(scales=[1.0, 2.0], max_extensions=1), choose=3).status == "infeasible"
+
+
+def test_judging_again_from_the_edits_finds_the_same_and_refuses_edits_without_the_reported_decodes():
+    images = torch.full((8, 3, 8, 8), 0.2)
+    cfg = ProtocolConfig(scales=[1.0, 2.0], max_extensions=0, grid_samples=1)
+    editor = _ThresholdEditor(images, torch.tensor([1.0] * 4 + [2.0] * 4), spills_at=2.0)
+    up = _judge_up(editor, cfg, choose=4)
+    names = list(_PixelReader.names)
+    assert judge_sides({"up": up.edits}, up.unedited, 0, cfg, names)["up"].entry() == up.entry()
+    decoded = up.edits.decoded.clone()
+    decoded[0, 4:] = False  # the reported samples' decodes at the operating scale 1 missing
+    with pytest.raises(ConfigError, match="4 reported samples were not decoded at the operating scale 1"):
+        judge_sides({"up": replace(up.edits, decoded=decoded)}, up.unedited, 0, cfg, names)
+
+
 def test_method_grid_rows_follow_the_results_order_with_one_label_per_row():
     images = _synthetic_samples()
     reader = _PixelReader()
     baseline = reader(images)
-    cfg = ProtocolConfig(scales=[1.0], grid_samples=2)
+    cfg = ProtocolConfig(scales=[1.0], grid_samples=2, max_extensions=0)
     results = {
         name: judge_direction(_ShiftEditor(images), reader, baseline, 0, name, 0, [1.0], cfg)
         for name in ("smiling", "also_smiling")
@@ -322,9 +415,11 @@ def test_evaluate_writes_a_short_summary_and_every_side_in_the_details(workspace
             for side, values in entry["sides"].items():
                 if targeted:
                     assert values["target"] == name and values["towards"] == side
-                assert values["target"] in names and abs(values["scale"]) in (1.0, 2.0)
-                assert (values["scale"] > 0) == (side in ("up", "plus"))
-                assert len(values["curve"]) == 2 and len(values["off_target"]) == 6
+                curve = [point["scale"] for point in values["curve"]]
+                assert values["target"] in names and abs(values["scale"]) in curve and {1.0, 2.0} <= set(curve)
+                assert (values["scale"] > 0) == (side in ("up", "plus")) and values["status"] in STATUSES
+                assert len(curve) <= 3 and len(values["off_target"]) == 6  # one extension at most
+                assert values["attributes_changed"]["n"] <= values["broken"]["n"] <= 4
                 for rate in ("flip", "clean_flip", "broken", "any_off_target"):
                     r = values[rate]
                     assert r["rate"] is None or r["low"] <= r["rate"] <= r["high"]
@@ -341,6 +436,7 @@ def test_evaluate_writes_a_short_summary_and_every_side_in_the_details(workspace
     for method in cfg.methods:
         settings = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())["settings"]
         assert settings["broken_check"]["detector"] == "rerender" and settings["num_samples"] == 4
+        assert settings["choose_samples"] == 4
 
 
 def test_evaluate_writes_curves_method_table_and_grids(workspace):
@@ -349,7 +445,7 @@ def test_evaluate_writes_curves_method_table_and_grids(workspace):
     columns = {"method", "direction", "side", "target", "scale", "flip", "clean_flip", "broken", "operating"}
     assert columns <= set(rows[0])
     smiling = [row for row in rows if row["method"] == "supervised" and row["direction"] == "smiling"]
-    assert sorted(float(row["scale"]) for row in smiling) == [-2.0, -1.0, 1.0, 2.0]
+    assert {-2.0, -1.0, 1.0, 2.0} <= {float(row["scale"]) for row in smiling}
     assert sum(int(row["operating"]) for row in smiling) == 2  # one per side
     with (workspace / "plots/evaluate_methods.csv").open() as handle:
         table = list(csv.DictReader(handle))
@@ -372,12 +468,16 @@ def test_the_records_reproduce_every_judged_entry(workspace):
 
 
 def test_preview_and_evaluate_judge_the_same_edit_alike(workspace):
-    """The same seeds, direction and scales give the same verdicts and rates in both stages."""
+    """The same seeds, direction and scales give the same rates in both stages: the preview's samples are the
+    evaluation's choosing samples, so their curves agree wherever both edited."""
     previewed = json.loads((workspace / "plots/preview/judge.json").read_text())
     for method in ("supervised", "supervised_conditional"):
         evaluated = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())
         assert previewed["broken_check"] == evaluated["settings"]["broken_check"]
-        assert previewed["methods"][method] == evaluated["directions"]
+        for shown, judged in zip(previewed["methods"][method], evaluated["directions"], strict=True):
+            for side, values in shown["sides"].items():
+                curve = {point["scale"]: point for point in judged["sides"][side]["curve"]}
+                assert values["curve"] and all(point == curve[point["scale"]] for point in values["curve"])
     assert not (workspace / "metrics/preview.json").exists()
 
 

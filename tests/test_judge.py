@@ -10,6 +10,8 @@ from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.evaluation.broken import BrokenCheck, BrokenConfig, KNNRealismScore, RerenderScore, make_broken_check
 from pipeline.evaluation.judge import (
     CurvePoint,
+    attribute_dependency,
+    attributes_changed,
     EditOutcome,
     Rate,
     best_curve,
@@ -127,6 +129,36 @@ def test_stop_at_flip_takes_each_samples_smallest_flipping_scale() -> None:
 def test_distortion_is_averaged_over_the_eligible_samples_only() -> None:
     outcome = _outcome([[0, 0, 0], [1, 0, 0]], [[1, 0, 0], [1, 0, 0]])
     assert CurvePoint(1.0, outcome, torch.tensor([0.2, float("nan")])).distortion == pytest.approx(0.2)
+
+
+def test_mnac_counts_the_other_attributes_changed_per_eligible_unbroken_sample() -> None:
+    # four samples edited towards smiling: sample 0 changes hat and glasses, sample 1 nothing else, sample 2 is
+    # broken (left out), sample 3 already smiles (not eligible)
+    outcome = _outcome(
+        [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]],
+        [[1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 1]],
+        broken=[False, False, True, False],
+    )
+    changed = attributes_changed(outcome)
+    assert changed["n"] == 2 and changed["mean"] == 1.0  # (2 + 0) / 2: the target is not counted
+    # the normal interval: mean -+ 1.96 s / sqrt(n), s = sqrt(2)
+    assert changed["high"] - 1.0 == pytest.approx(1.959964 * math.sqrt(2) / math.sqrt(2), rel=1e-5)
+    assert attributes_changed(_outcome([[1, 0, 0]], [[1, 0, 0]]))["mean"] is None  # nobody eligible
+
+
+def test_attribute_dependency_reads_logit_changes_in_units_of_their_spread() -> None:
+    outcome = _outcome([[0, 0, 0], [0, 0, 0], [1, 0, 0]], [[1, 0, 0], [1, 1, 0], [1, 0, 0]])
+    before = torch.tensor([[-2.0, -1.0, -3.0], [-2.0, -1.0, -3.0], [2.0, -1.0, -3.0]])
+    after = torch.tensor([[2.0, -1.0, -2.0], [4.0, 1.0, -3.0], [9.0, 9.0, 9.0]])  # the last sample is not eligible
+    spread = torch.tensor([2.0, 0.5, 1.0])
+    dependency = attribute_dependency(outcome, before, after, spread, NAMES)
+    # hat: |0| / 0.5 and |2| / 0.5 -> mean 2; glasses: |1| / 1 and 0 -> mean 0.5; AD = mean of the two = 1.25
+    assert dependency["mean"] == pytest.approx(1.25) and dependency["max"] == pytest.approx(2.0)
+    assert dependency["max_attribute"] == "hat"
+    assert dependency["target"] == pytest.approx((4 / 2 + 6 / 2) / 2)  # towards the side edited
+    away = _outcome([[1, 0, 0]], [[0, 0, 0]], towards=False)
+    moved = attribute_dependency(away, torch.tensor([[3.0, 0, 0]]), torch.tensor([[-1.0, 0, 0]]), spread, NAMES)
+    assert moved["target"] == pytest.approx(2.0) and moved["mean"] == 0.0
 
 
 def test_decisions_threshold_the_logits_at_zero() -> None:

@@ -24,14 +24,16 @@ present before and after the edit (a hatless face's hat hue is not observable)."
 
 @dataclass
 class Reading:
-    """Images [M, 3, H, W] in [0, 1] with their attribute decisions [M, A] bool, broken verdicts [M] bool and,
-    on ToyFaces, the continuous factors [M, F] read by the classifier in units of each factor's standard
-    deviation in the world (None otherwise)."""
+    """Images [M, 3, H, W] in [0, 1] with their attribute decisions [M, A] bool, broken verdicts [M] bool,
+    on ToyFaces the continuous factors [M, F] read by the classifier in units of each factor's standard
+    deviation in the world (None otherwise), and the classifier's logits [M, A] (the decisions are logit > 0;
+    None for readings that only decide)."""
 
     images: torch.Tensor
     decisions: torch.Tensor
     broken: torch.Tensor
     factors: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
     def head(self, count: int) -> Reading:
         """The reading of the first ``count`` images."""
@@ -40,7 +42,8 @@ class Reading:
     def subset(self, index: torch.Tensor) -> Reading:
         """The reading of the images at positions ``index`` (1-d integer tensor)."""
         factors = None if self.factors is None else self.factors[index]
-        return Reading(self.images[index], self.decisions[index], self.broken[index], factors)
+        logits = None if self.logits is None else self.logits[index]
+        return Reading(self.images[index], self.decisions[index], self.broken[index], factors, logits)
 
 
 class Reader:
@@ -62,13 +65,13 @@ class Reader:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> Reading:
         """The reading of images [M, 3, H, W] in [0, 1]."""
-        decided = decisions(classify_logits(self.classifier, images))
+        logits = classify_logits(self.classifier, images)
         factors = None
         if self.factor_std is not None:
             device = next(self.classifier.parameters()).device
             predicted = [self.classifier.predict_factors(chunk.to(device)).float().cpu() for chunk in images.split(256)]
             factors = torch.cat(predicted) / self.factor_std
-        return Reading(images, decided, self.check(images), factors)
+        return Reading(images, decisions(logits), self.check(images), factors, logits)
 
     def factor_change(self, before: Reading, after: Reading) -> torch.Tensor | None:
         """|change| [M, F] of the continuous factors from ``before`` to ``after`` (world standard deviations),

@@ -6,11 +6,13 @@ The per-method ``evaluate`` stages write them (at :func:`pipeline.io.artefacts.r
 ``evaluate_summary`` stage reads all of them, so summaries that compare files sample by sample (conditional
 against plain directions) need no decode of their own.
 
-Layout: tensors ``before`` [M, A] uint8, ``baseline_broken`` [M] uint8 and, for direction i and side s,
-``{i}/{s}/after`` [S, M, A] uint8, ``{i}/{s}/broken`` [S, M] uint8, ``{i}/{s}/change`` [S, M] float32 and, on
+Layout: tensors ``before`` [M, A] uint8, ``before_logits`` [M, A] float32, ``baseline_broken`` [M] uint8 and,
+for direction i and side s, ``{i}/{s}/decoded`` [S, M] uint8, ``{i}/{s}/after`` [S, M, A] uint8,
+``{i}/{s}/logits`` [S, M, A] float32, ``{i}/{s}/broken`` [S, M] uint8, ``{i}/{s}/change`` [S, M] float32 and, on
 ToyFaces, ``{i}/{s}/factor_change`` [S, M, F] float32; metadata ``format`` (:data:`RECORDS_FORMAT`) and
-``records`` (JSON: method, attribute and factor names, per direction its name, target and each side's sign and
-scales, and the comparison a conditional file asks for).
+``records`` (JSON: method, attribute and factor names, ``choose`` (how many of the first samples chose the
+operating points; the others report them), per direction its name, target and each side's sign and scales, and
+the comparison a conditional file asks for).
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from typing import Any
 
 import torch
 
-from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, SideEdits, judge_sides
+from pipeline.evaluation.protocol import DirectionResult, ProtocolConfig, SideEdits, Unedited, judge_sides
 from pipeline.evaluation.readout import Reading
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import load_tensors, save_tensors
 
-RECORDS_FORMAT = "hspace-directions/evaluation-records/1"
+RECORDS_FORMAT = "hspace-directions/evaluation-records/2"
 """The ``format`` metadata of a records file (name and version)."""
+
 
 @dataclass
 class MethodRecords:
     """The records of one file: attribute ``names`` [A], ``factor_names`` [F] (empty without factors), the
-    unedited decisions ``before`` [M, A] bool and broken verdicts ``baseline_broken`` [M] bool, and per
+    unedited readings ``unedited`` (decisions, logits, how many samples chose), the unedited broken verdicts
+    ``baseline_broken`` [M] bool, and per
     direction (name, target attribute or None, side -> :class:`SideEdits` without tiles); ``compare`` is the
     comparison a conditional file asks for ({"source_method", "partners": target -> projected-out attributes})
     or empty."""
@@ -42,7 +46,7 @@ class MethodRecords:
     method: str
     names: list[str]
     factor_names: list[str]
-    before: torch.Tensor
+    unedited: Unedited
     baseline_broken: torch.Tensor
     directions: list[tuple[str, str | None, dict[str, SideEdits]]]
     compare: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +56,7 @@ class MethodRecords:
         results = {}
         for name, target, edits in self.directions:
             index = None if target is None else self.names.index(target)
-            sides = judge_sides(edits, self.before, index, cfg, self.names, self.factor_names)
+            sides = judge_sides(edits, self.unedited, index, cfg, self.names, self.factor_names)
             results[name] = DirectionResult(name, target, sides)
         return results
 
@@ -61,15 +65,24 @@ def save_records(
     path: str | Path, method: str, results: Mapping[str, DirectionResult], baseline: Reading, names: list[str],
     factor_names: list[str], compare: Mapping[str, Any] | None = None,
 ) -> None:  # fmt: skip
-    """Write the records of ``results`` (one file's judged directions), their unedited ``baseline`` and the
-    comparison the file asks for (:attr:`MethodRecords.compare`)."""
-    tensors = {"before": baseline.decisions.to(torch.uint8), "baseline_broken": baseline.broken.to(torch.uint8)}
+    """Write the records of ``results`` (one file's judged directions, sharing one split into choosing and
+    reported samples), their unedited ``baseline`` and the comparison the file asks for
+    (:attr:`MethodRecords.compare`)."""
+    splits = {side.unedited.choose for result in results.values() for side in result.sides.values()}
+    if baseline.logits is None or len(splits) != 1:
+        raise ConfigError(f"save_records: needs the unedited logits and one split (got choose {sorted(splits)})")
+    tensors = {
+        "before": baseline.decisions.to(torch.uint8), "before_logits": baseline.logits.float(),
+        "baseline_broken": baseline.broken.to(torch.uint8),
+    }  # fmt: skip
     described = []
     for i, result in enumerate(results.values()):
         sides = {}
         for side, side_result in result.sides.items():
             edits = side_result.edits
+            tensors[f"{i}/{side}/decoded"] = edits.decoded.to(torch.uint8)
             tensors[f"{i}/{side}/after"] = edits.after.to(torch.uint8)
+            tensors[f"{i}/{side}/logits"] = edits.logits.float()
             tensors[f"{i}/{side}/broken"] = edits.broken.to(torch.uint8)
             tensors[f"{i}/{side}/change"] = edits.change.float()
             if edits.factor_change is not None:
@@ -77,7 +90,7 @@ def save_records(
             sides[side] = {"sign": edits.sign, "scales": edits.scales}
         described.append({"name": result.name, "target": result.target, "sides": sides})
     header = {
-        "method": method, "names": names, "factor_names": factor_names, "directions": described,
+        "method": method, "names": names, "factor_names": factor_names, "choose": splits.pop(), "directions": described,
         "compare": dict(compare or {}),
     }  # fmt: skip
     save_tensors(path, tensors, {"format": RECORDS_FORMAT, "records": json.dumps(header, sort_keys=True)})
@@ -93,14 +106,15 @@ def load_records(path: str | Path) -> MethodRecords:
     for i, entry in enumerate(header["directions"]):
         edits = {}
         for side, values in entry["sides"].items():
-            after = tensors[f"{i}/{side}/after"].bool()
             edits[side] = SideEdits(
-                values["sign"], [float(s) for s in values["scales"]], after, tensors[f"{i}/{side}/broken"].bool(),
-                tensors[f"{i}/{side}/change"], tensors.get(f"{i}/{side}/factor_change"),
-                torch.empty(len(values["scales"]), 0),
+                values["sign"], [float(s) for s in values["scales"]], tensors[f"{i}/{side}/decoded"].bool(),
+                tensors[f"{i}/{side}/after"].bool(), tensors[f"{i}/{side}/logits"],
+                tensors[f"{i}/{side}/broken"].bool(), tensors[f"{i}/{side}/change"],
+                tensors.get(f"{i}/{side}/factor_change"), torch.empty(len(values["scales"]), 0),
             )  # fmt: skip
         directions.append((entry["name"], entry["target"], edits))
+    unedited = Unedited(tensors["before"].bool(), tensors["before_logits"], int(header["choose"]))
     return MethodRecords(
-        header["method"], header["names"], header["factor_names"], tensors["before"].bool(),
-        tensors["baseline_broken"].bool(), directions, header.get("compare", {}),
+        header["method"], header["names"], header["factor_names"], unedited, tensors["baseline_broken"].bool(),
+        directions, header.get("compare", {}),
     )  # fmt: skip

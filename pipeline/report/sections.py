@@ -56,6 +56,34 @@ def _rate(entry: Mapping[str, Any] | None) -> str:
     return f"{entry['rate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] (n {entry['n']})"
 
 
+def _mean(entry: Mapping[str, Any] | None) -> str:
+    """A mean entry (MNAC) as "0.41 [0.30, 0.52] (n 120)"."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    return f"{entry['mean']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] (n {entry['n']})"
+
+
+def _dependency(side: Mapping[str, Any]) -> str:
+    """The attribute dependency of a side as "0.12 (max 0.40 hat; target 2.1)"."""
+    value = side.get("attribute_dependency") or {}
+    if value.get("mean") is None:
+        return "–"
+    return f"{value['mean']:.2f} (max {value['max']:.2f} {value['max_attribute']}; target {value['target']:.2f})"
+
+
+STATUS_WORDS = {
+    "inside": "inside its curve",
+    "edge": "at the curve's end",
+    "no_flip": "no scale flips it",
+    "infeasible": "every scale breaks",
+}
+"""How the report words each side's status (:data:`pipeline.evaluation.protocol.STATUSES`)."""
+
+
+def _status(side: Mapping[str, Any]) -> str:
+    return STATUS_WORDS.get(side.get("status", ""), "–")
+
+
 def _sides(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """A direction's sides, the positive one (up, plus) first."""
     return sorted(entry["sides"].items(), key=lambda item: item[0] not in ("up", "plus"))
@@ -78,9 +106,13 @@ def methods_section(page: Page, evaluation: Mapping[str, Any] | None, details: M
         settings = (details or {}).get("settings", {})
         check = settings.get("broken_check", {})
         page.parts.append(
-            "<p>Every direction is edited with each sign separately at every scale of its curve, on "
-            f"{html.escape(cell(evaluation.get('num_samples')))} held-out samples (untargeted files: the first "
-            f"{html.escape(cell(evaluation.get('untargeted_samples')))}). Per sample the classifier decides every "
+            "<p>Every direction is edited with each sign separately. Its operating point is chosen on "
+            f"{html.escape(cell(evaluation.get('choose_samples')))} held-out samples (untargeted files: the first "
+            f"{html.escape(cell(evaluation.get('untargeted_choose_samples')))}), edited at every scale of a curve "
+            "that is extended while its best point lies at an end; every figure below is then read at that scale "
+            f"on {html.escape(cell(evaluation.get('num_samples')))} other held-out samples (untargeted files: the "
+            f"first {html.escape(cell(evaluation.get('untargeted_samples')))}), which took no part in the choice. "
+            "Per sample the classifier decides every "
             "attribute before and after: a <b>flip</b> turns the target to the other side, a <b>clean flip</b> "
             "does so while no other attribute changes and the image is not broken. An image is <b>broken</b> when "
             f"the {html.escape(cell(check.get('detector')))} check rejects it (threshold "
@@ -90,7 +122,10 @@ def methods_section(page: Page, evaluation: Mapping[str, Any] | None, details: M
             "Each side's operating scale has the highest clean-flip rate with at most "
             f"{html.escape(cell(settings.get('max_broken')))} broken. Rates are over eligible samples (those "
             "that start on the near side), with Wilson 95% intervals in the tables below; untargeted directions "
-            "are labelled with the attribute they flip most cleanly on the same samples, which favours them.</p>"
+            "are labelled, on the choosing samples, with the attribute they flip most cleanly. MNAC is the mean "
+            "number of other attributes whose decision changed per eligible, unbroken sample; the attribute "
+            "dependency the mean |logit change| of the other attributes in units of each logit's spread over "
+            "unedited samples, beside its largest and the target's own change.</p>"
         )
     if path is not None:
         rows = read_csv(path)
@@ -109,13 +144,14 @@ def supervised_section(page: Page, details: Mapping[str, Any] | None) -> None:
     for entry in judged:
         for side, values in _sides(entry):
             rows.append([
-                entry["name"], side, values["scale"], _rate(values["flip"]), _rate(values["clean_flip"]),
-                _rate(values["broken"]), _worst_off_target(values),
+                entry["name"], side, values["scale"], _status(values), _rate(values["flip"]),
+                _rate(values["clean_flip"]), _rate(values["broken"]), _worst_off_target(values),
+                _mean(values.get("attributes_changed")), _dependency(values),
                 _rate(values.get("stop_at_flip", {}).get("clean_flip")),
             ])  # fmt: skip
     header = [
-        "attribute", "side", "operating scale", "flip", "clean flip", "broken", "worst off-target flip",
-        "clean flip, each sample stopped at its first flip",
+        "attribute", "side", "operating scale", "status", "flip", "clean flip", "broken", "worst off-target flip",
+        "MNAC", "attribute dependency", "clean flip, each sample stopped at its first flip (choosing samples)",
     ]  # fmt: skip
     page.parts.append(
         "<section id=supervised><h2>Supervised directions, per attribute and side</h2>"
@@ -201,12 +237,13 @@ def per_method_section(page: Page, details: Mapping[str, Any] | None) -> None:
             for side, values in _sides(entry):
                 rows.append([
                     entry["name"], side, f"{values['target']} {values['towards']}", values["scale"],
-                    _rate(values["flip"]), _rate(values["clean_flip"]), _rate(values["broken"]),
-                    _worst_off_target(values), values.get("distortion"), values.get("feasible"),
-                    _truth(values),
+                    _status(values), _rate(values["flip"]), _rate(values["clean_flip"]), _rate(values["broken"]),
+                    _worst_off_target(values), _mean(values.get("attributes_changed")), _dependency(values),
+                    values.get("distortion"), _truth(values),
                 ])  # fmt: skip
-        header = ["direction", "side", "target", "operating scale", "flip", "clean flip", "broken",
-                  "worst off-target flip", "1 - SSIM", "within broken budget", "true factor moved most"]  # fmt: skip
+        header = ["direction", "side", "target", "operating scale", "status", "flip", "clean flip", "broken",
+                  "worst off-target flip", "MNAC", "attribute dependency", "1 - SSIM",
+                  "true factor moved most"]  # fmt: skip
         page.parts.append(table(header, rows, f"table-{method}"))
         grid = page.path(artefacts.evaluation_grid(method))
         if grid is not None:

@@ -14,9 +14,16 @@ from torch import nn
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions.format import Directions
-from pipeline.directions.methods import EVALUATED_METHODS, METHODS
+from pipeline.directions.methods import EVALUATED_METHODS, METHODS, TARGETED_METHODS
 from pipeline.editing.samples import held_out
-from pipeline.evaluation.protocol import DirectionResult, MethodGrid, ProtocolConfig, judge_files, method_grid
+from pipeline.evaluation.protocol import (
+    DirectionResult,
+    MethodGrid,
+    ProtocolConfig,
+    judge_files,
+    judged_rows,
+    method_grid,
+)
 from pipeline.evaluation.readout import Reading, calibrated_reader
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import WorkCache
@@ -29,14 +36,17 @@ classifier, whose broken check re-renders faces."""
 
 @dataclass
 class EvaluateConfig(ProtocolConfig):
-    """The ``evaluate`` params section: which files (``methods``; targeted files whole, on ``num_samples``
-    held-out seeds from ``seed_offset``; the first ``max_directions`` directions of untargeted files, on the
-    first ``untargeted_samples`` of those seeds); the fields of :class:`ProtocolConfig` say how each direction
-    is judged."""
+    """The ``evaluate`` params section: which files (``methods``; targeted files whole; the first
+    ``max_directions`` directions of untargeted files) on which held-out seeds: from ``seed_offset``, first the
+    ``choose_samples`` seeds that choose each side's operating point, then the ``num_samples`` seeds that report
+    it (untargeted files: the first ``untargeted_choose_samples`` and ``untargeted_samples`` of each); the
+    fields of :class:`ProtocolConfig` say how each direction is judged."""
 
     seed_offset: int = 95_000_000
-    num_samples: int = 64
-    untargeted_samples: int = 32
+    choose_samples: int = 64
+    num_samples: int = 256
+    untargeted_choose_samples: int = 32
+    untargeted_samples: int = 128
     methods: list[str] = field(default_factory=lambda: list(EVALUATED_METHODS))
     max_directions: int = 2
 
@@ -44,6 +54,7 @@ class EvaluateConfig(ProtocolConfig):
         super().__post_init__()
         key = "evaluate"
         require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        require(self.choose_samples >= 2, f"{key}.choose_samples", self.choose_samples, "must be >= 2")
         require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2")
         require(len(self.methods) >= 1, f"{key}.methods", self.methods, "must list at least one method")
         for method in [*self.methods, *self.method_scales]:
@@ -53,10 +64,15 @@ class EvaluateConfig(ProtocolConfig):
             2 <= self.untargeted_samples <= self.num_samples, f"{key}.untargeted_samples", self.untargeted_samples,
             "must be in [2, num_samples]",
         )  # fmt: skip
+        require(
+            2 <= self.untargeted_choose_samples <= self.choose_samples, f"{key}.untargeted_choose_samples",
+            self.untargeted_choose_samples, "must be in [2, choose_samples]",
+        )  # fmt: skip
         require(self.max_directions >= 1, f"{key}.max_directions", self.max_directions, "must be >= 1")
         broken = self.broken
         calibration_end = broken.seed_offset + broken.calibration_samples + broken.reference_samples
-        overlap = max(self.seed_offset, broken.seed_offset) < min(self.seed_offset + self.num_samples, calibration_end)
+        evaluated_end = self.seed_offset + self.choose_samples + self.num_samples
+        overlap = max(self.seed_offset, broken.seed_offset) < min(evaluated_end, calibration_end)
         require(
             not overlap, f"{key}.broken.seed_offset", self.broken.seed_offset,
             "its calibration seeds overlap the evaluated ones",
@@ -98,19 +114,25 @@ def run(
         raise ConfigError(f"evaluate: method '{method}' is not in evaluate.methods ({', '.join(cfg.methods)})")
     started = time.perf_counter()
     reader = calibrated_reader(model, sampler, classifier, world, cfg.broken)
-    samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
+    samples = held_out(model, sampler, cfg.seed_offset, cfg.choose_samples + cfg.num_samples)
+    untargeted = (cfg.untargeted_choose_samples, cfg.untargeted_samples)
     results, baselines, _ = judge_files(
-        model, reader, {method: directions}, cfg, sampler, samples, cfg.max_directions, cfg.untargeted_samples,
-        work, progress,
+        model, reader, {method: directions}, cfg, sampler, samples, cfg.max_directions, untargeted, work, progress,
+        choose=cfg.choose_samples,
     )  # fmt: skip
     judged, baseline = results[method], baselines[method]
     grid = method_grid(method, judged, baseline, cfg.grid_samples)
+    _, choose = judged_rows(len(samples.seeds), cfg.choose_samples, None if method in TARGETED_METHODS else untargeted)
     details = {
         "method": method,
         "settings": {
-            "num_samples": len(baseline.decisions),
+            "choose_samples": choose,
+            "num_samples": len(baseline.decisions) - choose,
             "scales": cfg.scales_for(method),
+            "growth": cfg.growth,
+            "max_extensions": cfg.max_extensions,
             "max_broken": cfg.max_broken,
+            "min_clean_flip": cfg.min_clean_flip,
             "min_eligible": cfg.min_eligible,
             "broken_check": reader.describe(),
         },

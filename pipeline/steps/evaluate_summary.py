@@ -45,7 +45,9 @@ def run(records: Mapping[str, MethodRecords], cfg: EvaluateConfig) -> Summary:
     targeted = [method for method in cfg.methods if method in TARGETED_METHODS] or list(cfg.methods)
     unedited = records[targeted[0]].baseline_broken
     details: dict[str, Any] = {
+        "choose_samples": cfg.choose_samples,
         "num_samples": cfg.num_samples,
+        "untargeted_choose_samples": cfg.untargeted_choose_samples,
         "untargeted_samples": cfg.untargeted_samples,
         "unedited_broken": Rate.of(unedited, torch.ones_like(unedited)).value,
         "methods": summaries,

@@ -75,7 +75,9 @@ def run(
 ) -> PreviewResult:
     """Judge and draw every file of ``files`` (method -> Directions) on ``cfg.grid_samples`` held-out seeds;
     ``broken`` is the ``evaluate.broken`` calibration, ``world`` the ToyFaces world (its exact check)."""
-    protocol = ProtocolConfig(scales=cfg.magnitudes, min_eligible=1, grid_samples=cfg.grid_samples, broken=broken)
+    protocol = ProtocolConfig(
+        scales=cfg.magnitudes, max_extensions=0, min_eligible=1, grid_samples=cfg.grid_samples, broken=broken
+    )  # the grid's columns are the configured scales; its few samples choose and show
     reader = calibrated_reader(model, sampler, classifier, world, broken)
     samples = held_out(model, sampler, cfg.seed_offset, cfg.grid_samples)
     results, baselines, _ = judge_files(

@@ -81,13 +81,15 @@ class StudyVariant:
 
 @dataclass
 class SupervisedStudyConfig:
-    """The ``supervised_study`` params section: ``num_samples`` held-out seeds from ``seed_offset``, each
-    direction edited at ``scales`` (both signs, in the mean difference's unit); the ``variants`` (name -> what
-    it changes) besides the configured default; the few-samples curve at each of ``samples_per_side`` (each
-    attribute's ``few_samples_variant`` direction from that many random samples per side, ``draws`` draws
-    each)."""
+    """The ``supervised_study`` params section: held-out seeds from ``seed_offset``, the first
+    ``choose_samples`` choosing each side's operating scale and the next ``num_samples`` reporting it, each
+    direction edited along a curve from ``scales`` (both signs, in the mean difference's unit); the ``variants``
+    (name -> what it changes) besides the configured default; the few-samples curve at each of
+    ``samples_per_side`` (each attribute's ``few_samples_variant`` direction from that many random samples per
+    side, ``draws`` draws each)."""
 
     seed_offset: int = 96_000_000
+    choose_samples: int = 32
     num_samples: int = 64
     scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     variants: list[StudyVariant] = field(
@@ -110,13 +112,14 @@ class SupervisedStudyConfig:
     def shared(self) -> dict[str, Any]:
         """The settings every arm's judged results depend on (the seeds, scales and broken budget)."""
         return {
-            "seed_offset": self.seed_offset, "num_samples": self.num_samples, "scales": self.scales,
-            "max_broken": self.max_broken,
+            "seed_offset": self.seed_offset, "choose_samples": self.choose_samples, "num_samples": self.num_samples,
+            "scales": self.scales, "max_broken": self.max_broken,
         }  # fmt: skip
 
     def __post_init__(self) -> None:
         key = "supervised_study"
         require(self.seed_offset >= 0, f"{key}.seed_offset", self.seed_offset, "must be >= 0")
+        require(self.choose_samples >= 2, f"{key}.choose_samples", self.choose_samples, "must be >= 2")
         require(self.num_samples >= 2, f"{key}.num_samples", self.num_samples, "must be >= 2")
         names = [variant.name for variant in self.variants]
         require(len(names) >= 1, f"{key}.variants", names, "must list at least one variant")
@@ -165,7 +168,7 @@ def run(
     arms keeps the other arms' finished decodes."""
     protocol = ProtocolConfig(scales=cfg.scales, max_broken=cfg.max_broken, broken=broken)
     reader = calibrated_reader(model, sampler, classifier, world, broken)
-    samples = held_out(model, sampler, cfg.seed_offset, cfg.num_samples)
+    samples = held_out(model, sampler, cfg.seed_offset, cfg.choose_samples + cfg.num_samples)
 
     def judged(arm: str, arm_cfg: supervised.SupervisedConfig, arm_sampler: SamplerConfig) -> dict[str, Any]:
         directions = supervised.run(store, stats, names, arm_cfg, scores, threshold)["supervised"]
@@ -173,7 +176,7 @@ def run(
         cache = work(arm, spec) if work is not None else None
         results, _, _ = judge_files(
             model, reader, {"supervised": directions}, protocol, arm_sampler, samples, directions.num_directions,
-            work=cache, progress=False,
+            work=cache, progress=False, choose=cfg.choose_samples,
         )  # fmt: skip
         return {"directions": directions, "results": results["supervised"]}
 
@@ -208,6 +211,7 @@ def run(
         **{key: base_row[key] for key in SUMMARY_KEYS},
     })  # fmt: skip
     details = {
+        "choose_samples": cfg.choose_samples,
         "num_samples": cfg.num_samples,
         "seed_offset": cfg.seed_offset,
         "scales": cfg.scales,
@@ -227,7 +231,7 @@ def arm_summary(results: dict[str, DirectionResult]) -> dict[str, Any]:
     side with the lowest clean-flip rate (``worst_side``, "<attribute> up|down")."""
     summary = method_summary(results)
     sides = [(result.sides[side], f"{name} {side}") for name, result in results.items() for side in result.sides]
-    worst = min(sides, key=lambda pair: pair[0].operating.outcome.clean_flip_rate())[1]
+    worst = min(sides, key=lambda pair: pair[0].reported.outcome.clean_flip_rate())[1]
     row = {**summary, "worst_side": worst}
     return {key: row[key] for key in SUMMARY_KEYS}
 
