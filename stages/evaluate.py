@@ -1,16 +1,26 @@
 """DVC stage ``evaluate`` (one per directions file, a ``foreach`` over ``evaluate.methods``): the file of the method
-given on the command line judged on held-out seeds (pipeline/steps/evaluate.py)."""
+given on the command line judged on held-out seeds (pipeline/steps/evaluate.py).
+
+With ``launch.shards = n > 1`` shard jobs (:mod:`pipeline.io.launch`) first decode the edits of the directions
+k with k % n == i into the stage's work folder; the stage then judges the whole file, loading every decode from
+that folder, so its outputs are those of an unsharded run.
+"""
 
 import sys
 
+import torch
+from omegaconf import DictConfig
+
 from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
-from pipeline.directions import Expected, load_directions
+from pipeline.directions import Directions, Expected, load_directions
 from pipeline.evaluation.records import save_records
 from pipeline.io.artefacts import directions_path, evaluation_details, evaluation_grid, records_path
 from pipeline.io.errors import ConfigError, run_main
-from pipeline.io.files import stage_work, write_json
+from pipeline.io.files import WorkCache, stage_work, write_json
 from pipeline.io.images import save_png
+from pipeline.io.launch import LaunchConfig, ShardJob, run_shard_jobs
+from pipeline.io.params import StageParams
 from pipeline.io.tracking import Tracker
 from pipeline.steps import evaluate as step
 from pipeline.steps.sections import stage_params
@@ -24,18 +34,15 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("usage: python -m stages.evaluate METHOD (one of evaluate.methods)")
     method = args[0]
     params = stage_params("evaluate")
-    model_cfg, sampler, classifier_cfg = params["model"], params["sampler"], params["classifier"]
-    cfg = params["evaluate"]
-    device = str(resolve_device(params.device))
-    world = params["toyfaces"] if classifier_cfg.name == "toyfaces" else None
+    launch = params.runtime("launch", LaunchConfig)
+    device = resolve_device(params.device)
     with Tracker.of(params, f"evaluate@{method}") as tracker:
-        path = directions_path(method)
-        inputs = [model_cfg.source, classifier_cfg.path, path]
-        work = stage_work(f"evaluate@{method}", {**params.tracked, "device": device}, inputs)
-        model = open_model(model_cfg, device)
-        classifier = load_judge(classifier_cfg, device)
-        directions = load_directions(path, Expected(model_id=model_cfg.source, num_steps=sampler.steps))
-        result = step.run(model, classifier, method, directions, cfg, sampler, world, work=work)
+        work = work_cache(params, method, device)  # stamped before any shard job joins it
+        directions = _directions(params, method)  # a bad file fails here, before any job starts
+        if launch.sharded:
+            run_shard_jobs("evaluate", launch, method)
+        result = _judge(params, method, directions, device, work)
+        assert result is not None, "no shard: the whole file is judged"
         save_png(result.grid.picture, evaluation_grid(method))
         tracker.image("grid", result.grid.picture, caption=result.grid.caption)
         write_json(evaluation_details(method), result.details)
@@ -46,6 +53,50 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         tracker.timings(result.timings)
         work.clear()
+
+
+def run_shard(raw: DictConfig, job: ShardJob, device: str) -> None:
+    """Shard job ``job``: decode the edits of the directions k with k % count == index of ``evaluate@<job.method>``
+    into the stage's work folder (decodes already there are kept, so a rerun resumes); the judgements are left to
+    the stage, which makes them from every job's decodes."""
+    assert job.method is not None, "check_job_config gives evaluate jobs a method"
+    params = stage_params("evaluate", raw)
+    resolved = resolve_device(device)
+    work = work_cache(params, job.method, resolved, join=True)
+    _judge(params, job.method, _directions(params, job.method), resolved, work, job.partition)
+
+
+def work_cache(params: StageParams, method: str, device: torch.device, join: bool = False) -> WorkCache:
+    """The work folder of ``evaluate@<method>``, shared by the stage and its shard jobs (``join``: a job's).
+
+    Its fingerprint holds the device *type*, not the device: jobs on cuda:0, cuda:1, ... (:func:`job_device`)
+    decode with the kernels of the stage's cuda, so their units are the stage's, while CPU and CUDA decodes differ
+    in rounding and must never mix (a job whose type differs from the stage's is refused by ``join``)."""
+    inputs = [params["model"].source, params["classifier"].path, directions_path(method)]
+    return stage_work(f"evaluate@{method}", {**params.tracked, "device": device.type}, inputs, join)
+
+
+def _directions(params: StageParams, method: str) -> Directions:
+    """The directions file of ``method``, checked against the model and sampler."""
+    expected = Expected(model_id=params["model"].source, num_steps=params["sampler"].steps)
+    return load_directions(directions_path(method), expected)
+
+
+def _judge(
+    params: StageParams,
+    method: str,
+    directions: Directions,
+    device: torch.device,
+    work: WorkCache,
+    shard: tuple[int, int] | None = None,
+) -> step.MethodEvaluation | None:
+    """:func:`pipeline.steps.evaluate.run` of ``directions`` on ``device`` (None for a shard job)."""
+    classifier_cfg = params["classifier"]
+    world = params["toyfaces"] if classifier_cfg.name == "toyfaces" else None
+    model = open_model(params["model"], str(device))
+    classifier = load_judge(classifier_cfg, str(device))
+    cfg, sampler = params["evaluate"], params["sampler"]
+    return step.run(model, classifier, method, directions, cfg, sampler, world, work=work, shard=shard)
 
 
 def _log_judged(tracker: Tracker, result: step.MethodEvaluation) -> None:

@@ -1,9 +1,11 @@
-"""One shard job of ``generate`` or ``label``: a Hydra app whose primary config is params.yaml.
+"""One shard job of ``generate``, ``label`` or ``evaluate``: a Hydra app whose primary config is params.yaml.
 
 Started by those stages when ``launch.shards > 1`` (see :mod:`pipeline.io.launch`), for example::
 
     python -m stages.shard --config-dir . --config-name params -m hydra/launcher=joblib \
         +shard.stage=generate +shard.count=3 '+shard.index=range(0,3)'
+
+An ``evaluate`` job also names its directions file: ``+shard.stage=evaluate +shard.method=supervised``.
 """
 
 import hydra
@@ -13,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.io.errors import PipelineError, debug_enabled, run_main
 from pipeline.io.launch import check_job_config, job_device
 from pipeline.io.params import load_params, load_value
-from stages import generate, label
+from stages import evaluate, generate, label
 
 
 class ShardJobFailure(CompactHydraException):
@@ -30,7 +32,8 @@ def main(job_config: DictConfig) -> None:
         params = load_params()
         job = check_job_config(OmegaConf.to_container(job_config, resolve=True), OmegaConf.to_container(params))
         device = job_device(load_value("device", str, params), job.index)
-        {"generate": generate.run_shard, "label": label.run_shard}[job.stage](params, job, device)
+        run_shard = {"generate": generate.run_shard, "label": label.run_shard, "evaluate": evaluate.run_shard}
+        run_shard[job.stage](params, job, device)
     except PipelineError as error:
         if debug_enabled():
             raise

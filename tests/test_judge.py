@@ -10,10 +10,10 @@ from pipeline.classifiers import ClassifierConfig, load_classifier
 from pipeline.evaluation.broken import BrokenCheck, BrokenConfig, KNNRealismScore, RerenderScore, make_broken_check
 from pipeline.evaluation.judge import (
     CurvePoint,
-    attribute_dependency,
-    attributes_changed,
     EditOutcome,
     Rate,
+    attribute_dependency,
+    attributes_changed,
     best_curve,
     decisions,
     operating_point,

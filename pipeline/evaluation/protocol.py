@@ -589,13 +589,15 @@ def judge_files(
     work: WorkCache | None = None,
     progress: bool = True,
     choose: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[dict[str, dict[str, DirectionResult]], dict[str, Reading], dict[str, float]]:
     """Judge the first ``max_directions`` directions of every file of ``files`` (targeted files whole) on the
     held-out ``samples``, the first ``choose`` of which choose each side's operating point and the rest report
     it (``choose`` 0: all do both; see the module docstring). Untargeted files use the first ``untargeted``
     = (choosing, reported) samples of each set (all when None). Returns (method -> direction name -> result,
     method -> the unedited reading of its samples, seconds per method). Every edit decode is a unit of ``work``
-    (a killed run resumes from those it did)."""
+    (a killed run resumes from those it did). With ``shard`` (index, count) only the directions k with
+    k % count == index are judged: a shard job fills ``work`` with their decodes."""
     work = work or WorkCache(None)
     plain: list[Reading] = []
     states: dict[tuple[int, ...], torch.Tensor] = {}
@@ -612,7 +614,9 @@ def judge_files(
         return state_at
 
     counts = {method: _count(method, d, max_directions) for method, d in files.items()}
-    bar = tqdm(total=sum(counts.values()), desc="judge", unit="direction", disable=not progress)
+    first, stride = shard or (0, 1)
+    total = sum(len(range(first, count, stride)) for count in counts.values())
+    bar = tqdm(total=total, desc="judge", unit="direction", disable=not progress)
     results: dict[str, dict[str, DirectionResult]] = {}
     baselines: dict[str, Reading] = {}
     seconds: dict[str, float] = {}
@@ -632,7 +636,7 @@ def judge_files(
             decoder = Editor(model, directions, chosen, sampler, baselines[method].images)
         editor = ResumableEditor(decoder, work, method)
         results[method] = {}
-        for k in range(counts[method]):
+        for k in range(first, counts[method], stride):
             name = directions.names[k]
             target = reader.names.index(name) if targeted and name in reader.names else None
             results[method][name] = judge_direction(

@@ -205,17 +205,26 @@ class WorkCache:
     ``fingerprint`` (for example the stage's params and the signatures of its input files): opening it with
     another fingerprint empties it first, so a changed config or input never reuses stale work. The stage
     calls :meth:`clear` once its outputs are written. ``WorkCache(None)`` keeps nothing (library use).
-    Loaded units are bit-identical to computed ones, so a resumed run writes the same outputs.
+    Loaded units are bit-identical to computed ones, so a resumed run writes the same outputs. With ``join`` (a
+    shard job filling its stage's folder beside other jobs) a folder not stamped with ``fingerprint`` is a
+    ConfigError instead of being emptied: emptying it would delete the other jobs' units, and units of another
+    fingerprint would reach the stage.
     """
 
-    def __init__(self, folder: str | Path | None, fingerprint: Mapping[str, Any] | None = None):
+    def __init__(self, folder: str | Path | None, fingerprint: Mapping[str, Any] | None = None, join: bool = False):
         self.folder = None if folder is None else Path(folder)
         self.resumed = 0
         if self.folder is None:
             return
         stamp = fingerprint_text(fingerprint)
         stamp_file = self.folder / "fingerprint.json"
-        if self.folder.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
+        stale = not stamp_file.is_file() or stamp_file.read_text() != stamp
+        if join and stale:
+            raise ConfigError(
+                f"work folder '{self.folder}': not stamped by this job's stage with the same params, inputs and "
+                "device type (run the stage where its device resolves to the jobs' device type)"
+            )
+        if self.folder.exists() and stale:
             shutil.rmtree(self.folder)
         if not stamp_file.is_file():
             with atomic_path(stamp_file, ".json") as tmp:
@@ -254,6 +263,7 @@ def input_signature(paths: Iterable[str | Path]) -> dict[str, list[int]]:
     return signature
 
 
-def stage_work(stage: str, params: Mapping[str, Any], inputs: Iterable[str | Path]) -> WorkCache:
-    """The :class:`WorkCache` of DVC stage ``stage`` (``.work/<stage>``) for these params and input files."""
-    return WorkCache(WORK_ROOT / stage, {"params": params, "inputs": input_signature(inputs)})
+def stage_work(stage: str, params: Mapping[str, Any], inputs: Iterable[str | Path], join: bool = False) -> WorkCache:
+    """The :class:`WorkCache` of DVC stage ``stage`` (``.work/<stage>``) for these params and input files
+    (``join``: a shard job's, which the stage must have opened first; see :class:`WorkCache`)."""
+    return WorkCache(WORK_ROOT / stage, {"params": params, "inputs": input_signature(inputs)}, join)

@@ -1,4 +1,4 @@
-"""Scale-out of the ``generate`` and ``label`` stages: shard jobs run as a Hydra multirun, then a merge.
+"""Scale-out of the ``generate``, ``label`` and ``evaluate`` stages: shard jobs run as a Hydra multirun, then a merge.
 
 With ``launch.shards = n > 1`` the stage process (what DVC runs) starts
 
@@ -8,7 +8,9 @@ With ``launch.shards = n > 1`` the stage process (what DVC runs) starts
 which blocks until every job has finished (Hydra launchers wait for their jobs), then merges: for ``generate``
 it checks that every shard of the samples store is present and consistent and writes its index; for
 ``label`` it checks the n label parts (each the table of the store shards s with s % n == i) and writes the
-one table (:func:`pipeline.data.labels.merge_label_parts`). The merged outputs equal an unsharded run's.
+one table (:func:`pipeline.data.labels.merge_label_parts`); for ``evaluate@<method>`` (``+shard.method=<method>``)
+job i decodes the edits of the directions k with k % n == i into the stage's work folder, and the stage then judges
+the whole file from those decodes. The merged outputs equal an unsharded run's.
 Params come from ``params.yaml`` only: the Hydra app takes params.yaml as its primary config and refuses any
 other override (:func:`check_job_config`), so DVC sees every setting. ``launch`` itself is an execution detail
 that no stage declares, so switching launcher or shard count never invalidates an output.
@@ -36,9 +38,14 @@ LAUNCHER_PLUGINS = {
     "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
 }
 """Hydra launchers a sharded stage can use, with the plugin module each needs (the ``launch`` extra)."""
-SHARDED_STAGES = ("generate", "label")
+SHARDED_STAGES = ("generate", "label", "evaluate")
 SHARD_KEY = "shard"
-"""Top-level key of the job config that carries the job's stage, index and count (``+shard.*`` overrides)."""
+"""Top-level key of the job config that carries the job's stage, index, count and, for ``evaluate``, method
+(``+shard.*`` overrides)."""
+
+
+_SHARD_FIELDS = {"stage", "index", "count", "method"}
+"""Every key the ``shard`` section may hold (``method`` only for ``evaluate``)."""
 
 
 class ShardJobError(PipelineError):
@@ -47,7 +54,7 @@ class ShardJobError(PipelineError):
 
 @dataclass
 class LaunchConfig:
-    """``launch`` params: how ``generate`` and ``label`` run.
+    """``launch`` params: how ``generate``, ``label`` and ``evaluate`` run.
 
     ``launcher`` null runs in the stage process; otherwise a Hydra launcher of :data:`LAUNCHER_PLUGINS` runs
     ``shards`` jobs. ``overrides`` are extra Hydra overrides for the launcher (for example
@@ -85,42 +92,55 @@ def check_launcher_installed(launcher: str) -> None:
         )
 
 
-def shard_command(stage: str, cfg: LaunchConfig, params_file: str = "params.yaml") -> list[str]:
-    """The command line of the Hydra multirun that runs ``stage``'s ``cfg.shards`` shard jobs."""
+def _logs(stage: str, cfg: LaunchConfig, method: str | None) -> str:
+    """The Hydra sweep folder of ``stage``'s jobs (of ``evaluate``, one per method)."""
+    return f"{cfg.sweep_dir}/{stage}" if method is None else f"{cfg.sweep_dir}/{stage}/{method}"
+
+
+def shard_command(
+    stage: str, cfg: LaunchConfig, params_file: str = "params.yaml", method: str | None = None
+) -> list[str]:
+    """The command line of the Hydra multirun that runs ``stage``'s ``cfg.shards`` shard jobs (``method``: the
+    directions file an ``evaluate`` stage judges)."""
     if stage not in SHARDED_STAGES:
         raise ConfigError(f"stage {stage!r}: only {', '.join(SHARDED_STAGES)} run as shard jobs")
     params = Path(params_file)
     return [
         sys.executable, "-m", "stages.shard", "--config-dir", str(params.parent), "--config-name", params.stem, "-m",
-        f"hydra/launcher={cfg.launcher}", f"hydra.sweep.dir={cfg.sweep_dir}/{stage}",
-        f"+{SHARD_KEY}.stage={stage}", f"+{SHARD_KEY}.count={cfg.shards}", f"+{SHARD_KEY}.index=range(0,{cfg.shards})",
+        f"hydra/launcher={cfg.launcher}", f"hydra.sweep.dir={_logs(stage, cfg, method)}",
+        f"+{SHARD_KEY}.stage={stage}", *([] if method is None else [f"+{SHARD_KEY}.method={method}"]),
+        f"+{SHARD_KEY}.count={cfg.shards}", f"+{SHARD_KEY}.index=range(0,{cfg.shards})",
         *cfg.overrides,
     ]  # fmt: skip
 
 
-def run_shard_jobs(stage: str, cfg: LaunchConfig) -> None:
-    """Run ``stage``'s shard jobs through the configured launcher and wait for all of them.
+def run_shard_jobs(stage: str, cfg: LaunchConfig, method: str | None = None) -> None:
+    """Run ``stage``'s shard jobs (of ``evaluate``: for ``method``) through the configured launcher and wait for
+    all of them.
 
     Raises :class:`ShardJobError` (one line, naming the logs folder) when the multirun fails.
     """
     assert cfg.launcher is not None
     check_launcher_installed(cfg.launcher)
-    command = shard_command(stage, cfg)
-    print(f"{stage}: {cfg.shards} shard jobs via {cfg.launcher}: {' '.join(command)}", file=sys.stderr)
+    command = shard_command(stage, cfg, method=method)
+    name = stage if method is None else f"{stage}@{method}"
+    print(f"{name}: {cfg.shards} shard jobs via {cfg.launcher}: {' '.join(command)}", file=sys.stderr)
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise ShardJobError(
-            f"{stage}: the shard jobs failed (exit {result.returncode}); logs under {cfg.sweep_dir}/{stage}"
+            f"{name}: the shard jobs failed (exit {result.returncode}); logs under {_logs(stage, cfg, method)}"
         )
 
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One job of a sharded stage: ``stage`` on partition ``index`` of ``count``."""
+    """One job of a sharded stage: ``stage`` on partition ``index`` of ``count`` (``method``: the directions file
+    of an ``evaluate`` job, None for the other stages)."""
 
     stage: str
     index: int
     count: int
+    method: str | None = None
 
     @property
     def partition(self) -> tuple[int, int]:
@@ -132,11 +152,15 @@ def check_job_config(job_config: Mapping[str, Any], params: Mapping[str, Any]) -
     """The :class:`ShardJob` of a Hydra job config that must be ``params`` plus the ``shard`` section.
 
     Any other difference (a params override on the command line, which DVC would not see) is a one-line
-    ConfigError naming the first differing key.
+    ConfigError naming the first differing key; so is an ``evaluate`` job without ``shard.method`` or with one not
+    in ``evaluate.methods``, and a ``shard.method`` on another stage.
     """
     shard = job_config.get(SHARD_KEY)
-    if not isinstance(shard, Mapping) or set(shard) != {"stage", "index", "count"}:
-        raise ConfigError(f"shard job: expected +{SHARD_KEY}.stage, +{SHARD_KEY}.index and +{SHARD_KEY}.count")
+    if not isinstance(shard, Mapping) or not {"stage", "index", "count"} <= set(shard) <= _SHARD_FIELDS:
+        raise ConfigError(
+            f"shard job: expected +{SHARD_KEY}.stage, +{SHARD_KEY}.index and +{SHARD_KEY}.count "
+            f"(and +{SHARD_KEY}.method for evaluate)"
+        )
     rest = {key: value for key, value in job_config.items() if key != SHARD_KEY}
     difference = first_difference(rest, dict(params))
     if difference is not None:
@@ -149,7 +173,20 @@ def check_job_config(job_config: Mapping[str, Any], params: Mapping[str, Any]) -
         raise ConfigError(f"shard job: {SHARD_KEY}.stage={stage!r}: expected one of {', '.join(SHARDED_STAGES)}")
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
         raise ConfigError(f"shard job: {SHARD_KEY}.index={index!r}, count={count!r}: need 0 <= index < count")
-    return ShardJob(stage, index, count)
+    method = shard.get("method")
+    if stage == "evaluate":
+        methods = params.get("evaluate", {}).get("methods", [])
+        if method is None:
+            raise ConfigError(
+                f"shard job: evaluate needs +{SHARD_KEY}.method, one of evaluate.methods ({', '.join(methods)})"
+            )
+        if method not in methods:
+            raise ConfigError(
+                f"shard job: {SHARD_KEY}.method={method!r} is not in evaluate.methods ({', '.join(methods)})"
+            )
+    elif method is not None:
+        raise ConfigError(f"shard job: {SHARD_KEY}.method={method!r}: only evaluate jobs take a method, not {stage}")
+    return ShardJob(stage, index, count, method)
 
 
 def job_device(device: str, index: int) -> str:

@@ -107,9 +107,12 @@ def run(
     world: Any = None,
     progress: bool = True,
     work: WorkCache | None = None,
-) -> MethodEvaluation:
+    shard: tuple[int, int] | None = None,
+) -> MethodEvaluation | None:
     """Judge the directions file of ``method`` by the protocol of the module docstring. ``world`` (a
-    ToyFacesConfig) enables the exact broken check and the true factors of a ToyFaces classifier."""
+    ToyFacesConfig) enables the exact broken check and the true factors of a ToyFaces classifier. With ``shard``
+    (index, count), a shard job: only the directions k with k % count == index are judged, to fill ``work`` with
+    their decodes, and None is returned (the stage then judges the whole file from ``work``)."""
     if method not in cfg.methods:
         raise ConfigError(f"evaluate: method '{method}' is not in evaluate.methods ({', '.join(cfg.methods)})")
     started = time.perf_counter()
@@ -118,8 +121,10 @@ def run(
     untargeted = (cfg.untargeted_choose_samples, cfg.untargeted_samples)
     results, baselines, _ = judge_files(
         model, reader, {method: directions}, cfg, sampler, samples, cfg.max_directions, untargeted, work, progress,
-        choose=cfg.choose_samples,
+        choose=cfg.choose_samples, shard=shard,
     )  # fmt: skip
+    if shard is not None:
+        return None
     judged, baseline = results[method], baselines[method]
     grid = method_grid(method, judged, baseline, cfg.grid_samples)
     _, choose = judged_rows(len(samples.seeds), cfg.choose_samples, None if method in TARGETED_METHODS else untargeted)

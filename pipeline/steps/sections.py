@@ -128,8 +128,9 @@ CONF_NOTES: dict[str, str] = {
     "generate": "Samples whose h statistics define the directions (held-out edit seeds live in `preview`).",
     "generate.h_dtype": "storage of h in the shards: float16 | float32",
     "generate.store_noise": "keep the variance noise z (only when sampler.eta > 0); else it is redrawn from seeds",
-    "launch": "How generate and label run: in the stage process (launcher null), or as `shards` Hydra shard jobs then"
-    " a merge.\nNo stage declares this section, so switching launcher or shard count never invalidates an output.\n"
+    "launch": "How generate, label and evaluate run: in the stage process (launcher null), or as `shards` Hydra shard"
+    " jobs\nthen a merge. No stage declares this section, so switching launcher or shard count never invalidates an"
+    " output.\n"
     "The other options (conf/launch/*.yaml) extend this one and state what differs.",
     "launch.launcher": "null | basic | joblib | submitit_local | submitit_slurm (the last three: pip install -e"
     " '.[launch]')",
