@@ -2,7 +2,10 @@
 
 * Spaces "h" and "x_T" (:func:`edit`, :class:`Editor`): h-space directions are injected at every step of the
   sampler grid, as ``sampler.injection`` says (docs/methods.md, "Injecting an h edit"); x_T directions shift
-  the starting noise. The h location comes from the file's origin.
+  the starting noise. The h location comes from the file's origin. An h edit whose delta is zero on the first
+  steps (a windowed direction, such as the supervised later half) starts from the unedited x at its first edited
+  step (:func:`first_edited_step`, :func:`unedited_state`): those steps are the unedited decode's, so
+  recomputing them (twice per step with the "asyrp" injection) would change nothing.
 * Space "x_t" (:class:`GuidedEditor`): x-space guidance at the file's edit step from each sample's own x_t,
   then DDIM to x_0 with the file's quality boost (:mod:`pipeline.editing.guidance`; docs/methods.md, "Pullback
   directions").
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from pipeline.diffusion.models import DEFAULT_LOCATION, DiffusionModel
-from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, decode, initial_noise
+from pipeline.diffusion.sampling import SamplerConfig, ddim_grid, decode, denoise_steps, initial_noise
 from pipeline.directions.format import Directions
 from pipeline.editing.guidance import GUIDANCE_KEYS, Guidance
 from pipeline.io.errors import ConfigError
@@ -62,6 +66,31 @@ def check_grid(directions: Directions, sampler: SamplerConfig) -> None:
         )
 
 
+def first_edited_step(delta: torch.Tensor) -> int:
+    """The first step index where an h edit ``delta`` [T, *h_shape] is nonzero; T when it is zero at every step.
+
+    Steps before it are the unedited decode's, whatever the edit's scale.
+    """
+    edited = torch.nonzero(delta.flatten(1).abs().amax(1) > 0)
+    return int(edited[0]) if len(edited) else len(delta)
+
+
+@torch.no_grad()
+def unedited_state(model: DiffusionModel, samples: HeldOut, sampler: SamplerConfig, step: int) -> torch.Tensor:
+    """x [M, C, H, W] (CPU, the model's compute dtype) of each held-out sample just before grid step ``step`` of
+    its own unedited trajectory (DDIM with ``sampler.eta`` and the samples' stored noise); ``step`` = T gives
+    x_0. Run ``sampler.batch_size`` samples at a time, one UNet call per step and batch."""
+    parts = []
+    for begin in range(0, len(samples.seeds), sampler.batch_size):
+        rows = slice(begin, begin + sampler.batch_size)
+        noise = None if samples.noise is None else samples.noise[rows]
+        x, _ = denoise_steps(
+            model, samples.x_T[rows], steps=sampler.steps, stop_step=step, eta=sampler.eta, noise=noise
+        )
+        parts.append(x)
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def edit(
     model: DiffusionModel,
@@ -70,6 +99,8 @@ def edit(
     scales: Sequence[float],
     samples: HeldOut,
     sampler: SamplerConfig,
+    *,
+    reuse_unedited_steps: bool = True,
 ) -> torch.Tensor:
     """Decode the held-out samples with direction ``k`` at every scale (in the direction's own unit), in one
     batched decode: images [S, M, 3, H, W] in [0, 1].
@@ -77,7 +108,28 @@ def edit(
     h-space directions are injected at every step (as ``sampler.injection`` says) at the file's h location;
     x_T-space directions shift the starting noise. With no scales edited (scale 0) the result equals the
     unedited decode.
+
+    ``reuse_unedited_steps`` (default): an h edit whose delta is zero on the steps before
+    :func:`first_edited_step` decodes from the unedited x at that step (:func:`unedited_state`), and one that is
+    zero everywhere is the unedited decode; equal to the full decode up to float rounding (the batches differ),
+    at the cost of the edited steps only. False decodes every step from x_T: the reference that the tests and
+    ``benchmarks/evaluate.py`` compare with.
     """
+    state = partial(unedited_state, model, samples, sampler) if reuse_unedited_steps else None
+    return _edit(model, directions, k, scales, samples, sampler, state)
+
+
+def _edit(
+    model: DiffusionModel,
+    directions: Directions,
+    k: int,
+    scales: Sequence[float],
+    samples: HeldOut,
+    sampler: SamplerConfig,
+    state: Callable[[int], torch.Tensor] | None,
+) -> torch.Tensor:
+    """:func:`edit`, given ``state``: step -> the samples' unedited x [M, C, H, W] just before that step (as
+    :func:`unedited_state`), or None to decode every step from x_T."""
     if directions.space not in ("h", "x_T"):
         raise ConfigError(f"directions space '{directions.space}': decoding edits supports 'h' and 'x_T'")
     check_grid(directions, sampler)
@@ -90,7 +142,13 @@ def edit(
     if directions.space == "x_T":
         images = decode_images(model, x_T + shifts, noise, sampler)
     else:
-        images = decode_images(model, x_T, noise, sampler, shifts, directions.origin.hspace_location)
+        start = 0 if state is None else first_edited_step(unit)
+        if start == len(unit):  # no step edited: every scale is the unedited decode
+            images = model.images(state(start)).repeat(len(scales), 1, 1, 1)
+        else:
+            x_start = x_T if start == 0 else state(start).repeat(len(scales), 1, 1, 1)
+            location = directions.origin.hspace_location
+            images = decode_images(model, x_start, noise, sampler, shifts, location, start_step=start)
     return images.reshape(len(scales), count, *images.shape[1:])
 
 
@@ -102,28 +160,48 @@ def decode_images(
     sampler: SamplerConfig,
     delta_h: torch.Tensor | None = None,
     location: str | None = None,
+    *,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Decode x_T [B, C, H, W] (with stored noise, and a per-sample delta_h [B, T, *h] at ``location`` if
-    given, injected as ``sampler.injection`` says) to images [B, 3, H, W] in [0, 1]."""
+    given, injected as ``sampler.injection`` says) to images [B, 3, H, W] in [0, 1]. With ``start_step`` > 0,
+    ``x_T`` is x just before that grid step and only the steps from it on run (``noise`` is still the full
+    [B, T, C, H, W])."""
     if delta_h is not None and location is None:
         raise ConfigError("decode_images: an h edit needs its h location")
     settings = sampler.decode_settings(location or DEFAULT_LOCATION)
-    result = decode(model, x_T, noise, settings, capture_steps=None, delta_h=delta_h)
+    result = decode(model, x_T, noise, settings, capture_steps=None, delta_h=delta_h, start_step=start_step)
     return model.images(result.x_0)
 
 
 class Editor:
-    """Decodes held-out samples with direction k of a file in space "h" or "x_T" (:func:`edit`)."""
+    """Decodes held-out samples with direction k of a file in space "h" or "x_T" (:func:`edit`).
+
+    With ``reuse_unedited_steps`` (default) the unedited x of the samples at a first edited step is computed once
+    per step and reused by every direction, scale and index subset (rows of the cache); False decodes every step
+    from x_T (the reference of the tests and ``benchmarks/evaluate.py``).
+    """
 
     def __init__(self, model: DiffusionModel, directions: Directions, samples: HeldOut, sampler: SamplerConfig,
-                 baseline: torch.Tensor):  # fmt: skip
+                 baseline: torch.Tensor, *, reuse_unedited_steps: bool = True):  # fmt: skip
         self.model, self.directions, self.samples, self.sampler = model, directions, samples, sampler
         self.baseline = baseline
+        self.reuse_unedited_steps = reuse_unedited_steps
+        self.states: dict[int, torch.Tensor] = {}
+        """step -> unedited x [M, C, H, W] of all the samples just before that step (:func:`unedited_state`)."""
 
     def __call__(self, k: int, scales: Sequence[float], index: torch.Tensor | None = None) -> torch.Tensor:
         """Images [S, m, 3, H, W] of the samples at ``index`` (default: all) at every scale."""
         samples = self.samples if index is None else subset(self.samples, index)
-        return edit(self.model, self.directions, k, scales, samples, self.sampler)
+        state = partial(self.unedited_state, index) if self.reuse_unedited_steps else None
+        return _edit(self.model, self.directions, k, scales, samples, self.sampler, state)
+
+    def unedited_state(self, index: torch.Tensor | None, step: int) -> torch.Tensor:
+        """Unedited x [m, C, H, W] of the samples at ``index`` (default: all) just before grid ``step``, from the
+        cache of all the samples' states (computed on first use)."""
+        if step not in self.states:
+            self.states[step] = unedited_state(self.model, self.samples, self.sampler, step)
+        return self.states[step] if index is None else self.states[step][index]
 
 
 class GuidedEditor:
@@ -190,4 +268,3 @@ class ResumableEditor:
 
 
 AnyEditor = Editor | GuidedEditor | ResumableEditor
-
