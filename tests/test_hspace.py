@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from pipeline.diffusion.hspace import HSpaceHook, check_location, hspace_locations, hspace_shape
+from pipeline.diffusion.hspace import HSpaceHook, SharedPrefix, check_location, hspace_locations, hspace_shape
 from pipeline.io.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -203,3 +203,34 @@ def test_unet_without_mid_block_rejects_mid_locations() -> None:
 
     assert "no mid block" in str(error.value) and "\n" not in str(error.value)
     assert hspace_locations(unet)[0] == "down_blocks.0"
+
+
+@pytest.mark.parametrize("location", list(TINY_H_SHAPES))
+def test_a_shared_prefix_pass_equals_a_full_pass_with_the_clean_h(
+    tiny_unet: UNet2DModel, x_t: torch.Tensor, location: str
+) -> None:
+    """The Asyrp pair: an edited pass, then a pass with the clean h at the same x_t that reuses everything
+    computed before the h site; it must give exactly what a full pass with the clean h gives."""
+    delta = torch.full(TINY_H_SHAPES[location], 0.3)
+    prefix = SharedPrefix(tiny_unet, location)
+    calls = []
+    first = tiny_unet.down_blocks[0]
+    with HSpaceHook(tiny_unet, location, capture=False) as hook, torch.no_grad():
+        hook.delta = delta
+        with prefix.recording():
+            edited = tiny_unet(x_t, 400).sample
+        hook.delta = None
+        handle = first.register_forward_pre_hook(lambda module, args: calls.append(module))
+        original_forward = type(first).forward
+        ran = []
+        type(first).forward = lambda self, *a, **k: (ran.append(1), original_forward(self, *a, **k))[1]
+        try:
+            with prefix.replaying():
+                clean = tiny_unet(x_t, 400).sample
+        finally:
+            type(first).forward = original_forward
+            handle.remove()
+    assert torch.equal(clean, _eps(tiny_unet, x_t)) and not torch.equal(edited, clean)
+    assert calls and not ran, "the first down block is before every h site: it must not run again"
+    with torch.no_grad(), prefix.replaying():  # nothing recorded since: a plain pass
+        assert torch.equal(tiny_unet(x_t, 400).sample, clean)

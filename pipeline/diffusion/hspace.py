@@ -19,7 +19,7 @@ both halves, so an edit moves the guided prediction as a whole (the choice of pa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -175,6 +175,77 @@ class HSpaceHook:
             return None if edited is args[0] else ((edited, *args[1:]), kwargs)
         edited = self._record_and_edit(kwargs["hidden_states"])
         return None if edited is kwargs["hidden_states"] else (args, {**kwargs, "hidden_states": edited})
+
+
+class SharedPrefix:
+    """Runs the part of the UNet before the h site once for a pair of passes that differ only after it.
+
+    An Asyrp step needs epsilon twice at the same x_t: once with the edited h and once with the clean h
+    (docs/methods.md, "Injecting an h edit"). Everything computed before the h site (time embedding, the input
+    convolution, the down blocks, and the mid block itself when h is its output) is the same in both passes.
+    Inside :meth:`recording` the UNet's top-level layers and blocks keep their outputs, up to the h site; inside
+    :meth:`replaying` those layers return the kept outputs instead of running, so the second pass computes only
+    what follows h. The kept tensors are the first pass's own, so the second pass's result is bit for bit the
+    one a full pass would give. The h site's hook (:class:`HSpaceHook`) still sees the clean h and applies its
+    delta, if any. When the recorded pass did not reach the site, or a layer ran twice in it, the replay is a
+    plain pass.
+    """
+
+    def __init__(self, unet: UNet2DModel | UNet2DConditionModel, location: str = DEFAULT_LOCATION) -> None:
+        self._site, self._site_is_input = _resolve_location(unet, location)
+        self._layers = [
+            layer
+            for child in unet.children()
+            for layer in (child if isinstance(child, nn.ModuleList) else [child])
+        ]
+        self._kept: list[tuple[nn.Module, Any]] | None = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Keep the outputs of the layers that finish before h, in the UNet pass run inside the block."""
+        kept: list[tuple[nn.Module, Any]] = []
+        reached = False
+
+        def finished(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            nonlocal reached
+            if not reached:
+                kept.append((module, output))
+                reached = module is self._site
+
+        def started(module: nn.Module, args: tuple[Any, ...]) -> None:
+            nonlocal reached
+            reached = True
+
+        # prepended, so that the output kept is the site's clean one, before an HSpaceHook adds its delta
+        handles = [layer.register_forward_hook(finished, prepend=True) for layer in self._layers]
+        if self._site_is_input:
+            handles.append(self._site.register_forward_pre_hook(started, prepend=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        once = len({id(module) for module, _ in kept}) == len(kept)
+        self._kept = kept if reached and once else None
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Inside the block, the layers kept by the last :meth:`recording` return their kept outputs."""
+        kept, self._kept = self._kept or [], None
+        for module, output in kept:
+            module.forward = _returning(output)  # an instance attribute shadows the class's forward
+        try:
+            yield
+        finally:
+            for module, _ in kept:
+                del module.forward
+
+
+def _returning(output: Any) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return output
+
+    return forward
 
 
 def hspace_shape(

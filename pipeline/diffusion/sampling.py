@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,7 +44,7 @@ from pipeline.diffusion.ddim import (
     to_image_range,
     variance_noise_seed,
 )
-from pipeline.diffusion.hspace import HSpaceHook, check_location, hspace_shape
+from pipeline.diffusion.hspace import HSpaceHook, SharedPrefix, check_location, hspace_shape
 from pipeline.diffusion.models import DiffusionModel
 from pipeline.io.errors import ConfigError, NumericalError
 from pipeline.io.validation import as_int
@@ -364,21 +365,25 @@ def _run_steps(
     if delta is not None:
         delta = (delta[chunk] if walk.delta_per_sample else delta).to(model.device)
     recorder = _HRecorder(walk, len(x))
+    prefix = SharedPrefix(model.unet, settings.location)
     with HSpaceHook.for_model(model, settings.location, capture=False) as hook:
         for step_index in range(walk.start_step, grid.num_steps):
             if override is not None and step_index == override[0]:
                 x = override[1].to(device=model.device, dtype=compute_dtype)
             edited = delta is not None and step_index in walk.edit
+            paired = edited and settings.asyrp  # a second pass at the same x_t with the clean h
             hook.delta = None
             if edited:
                 hook.delta = delta[:, step_index] if walk.delta_per_sample else delta[step_index]
             hook.capture = recorder.wants(step_index)
-            eps = _predict_eps(model, x, grid, step_index)
+            with prefix.recording() if paired else nullcontext():
+                eps = _predict_eps(model, x, grid, step_index)
             recorder.record(step_index, hook)
             eps_direction = eps
-            if edited and settings.asyrp:
+            if paired:
                 hook.delta, hook.capture = None, False
-                eps_direction = _predict_eps(model, x, grid, step_index)
+                with prefix.replaying():
+                    eps_direction = _predict_eps(model, x, grid, step_index)
             step_z = None if z is None else z[:, step_index]
             x = ddim_step(grid, step_index, x, eps, settings.eta, step_z, eps_direction)
             bar.update(1)
