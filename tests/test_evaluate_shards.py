@@ -111,6 +111,7 @@ def test_a_shard_job_decodes_only_its_directions_into_its_stages_folder(
         ({}, r"shard job: evaluate needs \+shard\.method, one of evaluate\.methods \(pca_per_step, "),
         ({"method": "pullback"}, r"shard job: shard\.method='pullback' is not in evaluate\.methods \("),
     ],
+    ids=["missing", "not_in_evaluate_methods"],
 )
 def test_an_evaluate_shard_job_needs_a_method_of_evaluate_methods(shard: dict[str, str], message: str):
     params = {"evaluate": {"methods": ["pca_per_step", "supervised"]}, "device": "cpu"}
