@@ -142,9 +142,13 @@ def test_truncated_file_is_one_line_error_naming_it(tmp_path: Path, keep_bytes: 
     assert "\n" not in str(error.value)
 
 
-def test_missing_foreign_and_future_files(tmp_path: Path) -> None:
+def test_missing_foreign_and_future_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"not found$"):
         load_directions(tmp_path / "absent.safetensors")
+    monkeypatch.chdir(tmp_path)  # a clone before its first dvc repro: the study's own files are named with their stage
+    with pytest.raises(ConfigError, match=r"^directions file directions/jacobian.safetensors: not found; make it with: "
+                       r"dvc repro jacobian$"):  # fmt: skip
+        load_directions("directions/jacobian.safetensors")
     foreign = tmp_path / "foreign.safetensors"
     save_file({"directions": torch.zeros(1, 2, 3)}, str(foreign))
     with pytest.raises(ConfigError, match=r"not a directions file"):

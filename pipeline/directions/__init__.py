@@ -9,6 +9,7 @@ from pipeline.directions.format import (
     Origin,
     check_expected,
     load_directions,
+    require_directions_file,
     save_directions,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "Origin",
     "check_expected",
     "load_directions",
+    "require_directions_file",
     "save_directions",
 ]

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from pipeline.directions.methods import METHODS
+from pipeline.directions.methods import METHODS, REGISTRY
+from pipeline.io.artefacts import directions_path
 from pipeline.io.errors import ConfigError
 from pipeline.io.files import save_tensors
 
@@ -275,6 +276,17 @@ def save_directions(path: str | Path, directions: Directions) -> None:
     save_tensors(path, tensors, metadata)
 
 
+def require_directions_file(path: str | Path) -> None:
+    """Refuse a missing directions file with a one-line ConfigError; when it is one the study writes (a DVC output,
+    absent from a fresh clone until its stage runs), the message names the command that makes it."""
+    if Path(path).is_file():
+        return
+    for name, method in REGISTRY.items():
+        if Path(path).resolve() == Path(directions_path(name)).resolve():
+            raise ConfigError(f"directions file {path}: not found; make it with: dvc repro {method.stage}")
+    raise ConfigError(f"directions file {path}: not found")
+
+
 def load_directions(path: str | Path, expect: Expected | None = None, device: torch.device | str = "cpu") -> Directions:
     """Read a directions file written by :func:`save_directions`, with its tensors on ``device``.
 
@@ -282,8 +294,7 @@ def load_directions(path: str | Path, expect: Expected | None = None, device: to
     directions file, of another format version, or does not match ``expect`` (naming the field).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"directions file {path}: not found")
+    require_directions_file(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as reader:
             metadata = reader.metadata() or {}

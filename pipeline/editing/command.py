@@ -18,10 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.classifiers import load_judge
 from pipeline.diffusion.models import open_model, resolve_device
-from pipeline.directions import Expected, load_directions
-from pipeline.directions.methods import REGISTRY
+from pipeline.directions import Expected, load_directions, require_directions_file
 from pipeline.editing.images import INVERSIONS
-from pipeline.io.artefacts import directions_path
 from pipeline.io.errors import ConfigError, run_main
 from pipeline.io.files import write_json
 from pipeline.io.images import CROPS, save_png
@@ -30,23 +28,12 @@ from pipeline.steps import edit as step
 from pipeline.steps.sections import SECTIONS, stage_params
 
 
-def check_directions_file(path: str) -> None:
-    """Refuse a missing directions file before any model loads; when it is one the study writes (a DVC output,
-    absent from a fresh clone until its stage runs), the one-line ConfigError names the command that makes it."""
-    if Path(path).is_file():
-        return
-    for name, method in REGISTRY.items():
-        if Path(path).resolve() == Path(directions_path(name)).resolve():
-            raise ConfigError(f"directions file {path}: not found; make it with: dvc repro {method.stage}")
-    raise ConfigError(f"directions file {path}: not found")
-
-
 def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
     """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``), write its grid, JSON and images
     under ``output`` and print what it did (:func:`print_report`). When some input files could not be read, the
     others are edited and written, then a one-line ConfigError names the skipped files."""
     model_cfg, cfg = params["model"], params["edit"]
-    check_directions_file(cfg.directions)
+    require_directions_file(cfg.directions)  # before any model loads
     device = str(resolve_device(params.device))
     model = open_model(model_cfg, device)
     classifier = load_judge(params["classifier"], device)
