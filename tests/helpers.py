@@ -85,6 +85,19 @@ EVERY_METHOD_STUDY: dict[str, object] = {
 """Changes to :data:`TINY_STUDY` for a study that evaluates one file of every method, one scale each."""
 
 
+def _preview_every_method() -> None:
+    from pipeline.steps.sections import stage_params
+    from stages import preview
+
+    for method in stage_params("preview")["preview"].methods:
+        preview.main([method])
+
+
+PREVIEW = SimpleNamespace(main=_preview_every_method)
+"""A stand-in stage for :func:`run_study`: the ``preview`` stage of every method of ``preview.methods`` (what
+``dvc repro`` runs for the DVC ``foreach``)."""
+
+
 def _evaluate_every_method() -> None:
     from pipeline.steps.sections import stage_params
     from stages import evaluate, evaluate_summary

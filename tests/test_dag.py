@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline.directions.methods import EVALUATED_METHODS, METHODS, REGISTRY
 from pipeline.io import artefacts
-from pipeline.io.artefacts import EVALUATIONS, directions_path, evaluation_folder
+from pipeline.io.artefacts import EVALUATIONS, PREVIEWS, directions_path, evaluation_folder, preview_folder
 from pipeline.io.params import DEFAULT_PARAMS, load_params
 from pipeline.steps import preview
 from pipeline.steps.evaluate import EvaluateConfig
@@ -162,12 +162,17 @@ def test_the_scan_follows_imports_through_steps_to_the_library() -> None:
 
 
 def test_directions_files_are_the_method_registry() -> None:
-    """Each stage that writes directions declares exactly its methods' files; preview and evaluate read them."""
+    """Each stage that writes directions declares exactly its methods' files; preview and evaluate read them, one
+    ``foreach`` stage per file of their params list (``preview@<method>`` depends on that method's file only)."""
     for name, stage in STAGES.items():
         written = {path for path in _paths(stage.get("outs", [])) if path.startswith("directions/")}
         assert written == {directions_path(m) for m, method in REGISTRY.items() if method.stage == name}, name
+    assert tuple(_params().preview.methods) == preview.METHODS == tuple(preview.PreviewConfig().methods)
+    assert FOREACH["preview"] == "${preview.methods}"  # one preview stage per previewed file
     read = {dep for dep in _dependencies(STAGES["preview"]) if dep.startswith("directions/")}
-    assert read == {directions_path(method) for method in preview.METHODS}
+    assert read == {directions_path("${item}")}
+    assert _paths(STAGES["preview"]["outs"]) == {preview_folder("${item}")}
+    assert {PREVIEWS} <= _dependencies(STAGES["report"])
     evaluated = _params().evaluate.methods
     assert tuple(evaluated) == EVALUATED_METHODS == tuple(EvaluateConfig().methods)
     assert FOREACH["evaluate"] == "${evaluate.methods}"  # one evaluate stage per evaluated file

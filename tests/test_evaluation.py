@@ -23,7 +23,7 @@ from pipeline.io.errors import ConfigError
 from pipeline.io.params import load_params, load_section
 from pipeline.steps.evaluate import EvaluateConfig
 from stages import generate, hstats, jacobian, label, pca, preview, pullback, report, supervised
-from tests.helpers import EVALUATE, run_study, tiny_study_overrides
+from tests.helpers import EVALUATE, PREVIEW, run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = ROOT / "models/toyfaces/classifier"
@@ -368,7 +368,7 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         pytest.skip("committed ToyFaces classifier absent")
     folder = tmp_path_factory.mktemp("evaluate")
     overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER, SAME_EDITS)
-    stages = (generate, label, hstats, pca, supervised, preview, jacobian, pullback, EVALUATE, report)
+    stages = (generate, label, hstats, pca, supervised, PREVIEW, jacobian, pullback, EVALUATE, report)
     with run_study(folder, overrides, stages):
         yield folder
 
@@ -467,14 +467,28 @@ def test_the_records_reproduce_every_judged_entry(workspace):
         assert json.loads(json.dumps([result.entry() for result in judged.values()])) == entries, method
 
 
+def test_preview_stage_takes_one_method_of_preview_methods(tmp_path, monkeypatch):
+    """``python -m stages.preview METHOD``: no method or two is a one-line usage error, a method outside
+    ``preview.methods`` a one-line error naming the key (before any model loads)."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    for argv in ([], ["supervised", "pca_per_step"]):
+        with pytest.raises(ConfigError, match=r"usage: python -m stages\.preview METHOD") as error:
+            preview.main(argv)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"not in preview\.methods") as error:
+        preview.main(["jacobian"])
+    assert "\n" not in str(error.value)
+
+
 def test_preview_and_evaluate_judge_the_same_edit_alike(workspace):
     """The same seeds, direction and scales give the same rates in both stages: the preview's samples are the
     evaluation's choosing samples, so their curves agree wherever both edited."""
-    previewed = json.loads((workspace / "plots/preview/judge.json").read_text())
     for method in ("supervised", "supervised_conditional"):
+        previewed = json.loads((workspace / f"plots/preview/{method}/judge.json").read_text())
         evaluated = json.loads((workspace / f"plots/evaluate/{method}/judge.json").read_text())
         assert previewed["broken_check"] == evaluated["settings"]["broken_check"]
-        for shown, judged in zip(previewed["methods"][method], evaluated["directions"], strict=True):
+        for shown, judged in zip(previewed["directions"], evaluated["directions"], strict=True):
             for side, values in shown["sides"].items():
                 curve = {point["scale"]: point for point in judged["sides"][side]["curve"]}
                 assert values["curve"] and all(point == curve[point["scale"]] for point in values["curve"])

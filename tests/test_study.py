@@ -9,8 +9,8 @@ import torch
 
 from pipeline.data.labels import read_labels
 from pipeline.directions import load_directions
-from stages import generate, hstats, jacobian, label, pca, preview, pullback, supervised
-from tests.helpers import CLASSIFIER, run_study, tiny_study_overrides
+from stages import generate, hstats, jacobian, label, pca, pullback, supervised
+from tests.helpers import CLASSIFIER, PREVIEW, run_study, tiny_study_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def workspace(tiny_model_dir, tmp_path_factory, single_thread):
         "directions.pullback.scales": "[-1.0,0.0,1.0]",
     }
     overrides = tiny_study_overrides(tiny_model_dir, CLASSIFIER, changes)
-    with run_study(folder, overrides, (generate, label, hstats, pca, supervised, preview, jacobian, pullback)):
+    with run_study(folder, overrides, (generate, label, hstats, pca, supervised, PREVIEW, jacobian, pullback)):
         yield folder
 
 
@@ -42,7 +42,7 @@ def test_every_stage_writes_its_outputs(workspace):
     assert (workspace / "data/samples/index.json").is_file()
     assert (workspace / "data/hstats.safetensors").is_file()
     for method in ("pca_per_step", "pca_all_steps", "supervised", "supervised_conditional", "noise_supervised"):
-        assert (workspace / f"plots/preview/{method}.png").is_file()
+        assert (workspace / f"plots/preview/{method}/grid.png").is_file()
     assert (workspace / "plots/pca_spectrum.csv").read_text().startswith("component,all_steps,per_step_mean")
 
 
@@ -62,15 +62,15 @@ def test_directions_files_follow_the_one_format(workspace):
 
 
 def test_preview_judges_every_supervised_attribute_on_both_sides(workspace):
-    details = json.loads((workspace / "plots/preview/judge.json").read_text())
+    details = json.loads((workspace / "plots/preview/supervised/judge.json").read_text())
     names = load_directions(workspace / "directions/supervised.safetensors").names
-    assert [entry["name"] for entry in details["methods"]["supervised"]] == names
-    for entry in details["methods"]["supervised"]:
+    assert [entry["name"] for entry in details["directions"]] == names
+    for entry in details["directions"]:
         assert entry["target"] == entry["name"] and set(entry["sides"]) == {"up", "down"}
         for side in entry["sides"].values():
             assert abs(side["scale"]) == 1.0 and side["flip"]["n"] <= 3
-    assert set(details["methods"]) == {"pca_per_step", "pca_all_steps", "supervised", "supervised_conditional",
-                                       "noise_supervised"}  # fmt: skip
+    previewed = {path.name for path in (workspace / "plots/preview").iterdir() if (path / "judge.json").is_file()}
+    assert previewed == {"pca_per_step", "pca_all_steps", "supervised", "supervised_conditional", "noise_supervised"}
     assert details["broken_check"]["calibration_samples"] == 8
 
 

@@ -8,7 +8,7 @@ step module and package name), and every path ``dvc.yaml`` declares is defined h
 contents of each file are described in docs/outputs.md.
 
 Per-method paths are functions of the method name (``directions_path("supervised")``); with ``"${item}"`` they give
-the templates of the ``foreach`` stage ``evaluate@${item}``.
+the templates of the ``foreach`` stages ``preview@${item}`` and ``evaluate@${item}``.
 """
 
 from __future__ import annotations
@@ -77,14 +77,23 @@ PULLBACK_METRICS = "metrics/pullback.json"
 
 # ---------------------------------------------------------------------------------------------- judged edits
 
-PREVIEW_FOLDER = "plots/preview"
-"""The ``preview`` stage's grids and judge's entries."""
-PREVIEW_DETAILS = f"{PREVIEW_FOLDER}/judge.json"
+PREVIEWS = "plots/preview"
+"""The folder of every method's preview (each written by its ``preview@<method>`` stage)."""
+
+
+def preview_folder(method: str) -> str:
+    """Where the ``preview`` stage of ``method`` writes its grid and judge's entries: ``plots/preview/<method>``."""
+    return f"{PREVIEWS}/{method}"
 
 
 def preview_grid(method: str) -> str:
-    """The preview grid of ``method``: ``plots/preview/<method>.png``."""
-    return f"{PREVIEW_FOLDER}/{method}.png"
+    """The labelled, verdict-framed preview grid of ``method``: ``plots/preview/<method>/grid.png``."""
+    return f"{preview_folder(method)}/grid.png"
+
+
+def preview_details(method: str) -> str:
+    """The judge's entries of ``method``'s preview: ``plots/preview/<method>/judge.json``."""
+    return f"{preview_folder(method)}/judge.json"
 
 
 EVALUATIONS = "plots/evaluate"

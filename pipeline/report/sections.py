@@ -293,15 +293,17 @@ def _grid_caption(method: str, labels: Mapping[str, Any]) -> str:
 
 
 def preview_section(page: Page) -> None:
-    """The preview stage's grids, one per method."""
-    folder = page.root / artefacts.PREVIEW_FOLDER
-    grids = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    """The preview stages' grids, one per method (each ``preview@<method>`` writes ``plots/preview/<method>/``)."""
+    folder = page.root / artefacts.PREVIEWS
+    methods = sorted(path.name for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+    grids = {method: page.root / artefacts.preview_grid(method) for method in methods}
+    grids = {method: path for method, path in grids.items() if path.is_file()}
     if not grids:
         return
     page.parts.append(
         "<section id=preview><h2>Preview grids</h2><p>The preview stage's grids (other held-out seeds, the "
         "same judge).</p>"
-        + "".join(f"<h3>{html.escape(path.stem)}</h3>{img(path.read_bytes(), path.stem)}" for path in grids)
+        + "".join(f"<h3>{html.escape(method)}</h3>{img(path.read_bytes(), method)}" for method, path in grids.items())
         + "</section>"
     )
 

@@ -7,7 +7,7 @@ Every input is optional; a missing one is named in a note on the page instead of
   the conditional check; ``plots/evaluate/<method>/judge.json``: every direction's judged sides (tables, with
   intervals);
 - ``plots/evaluate/<method>/grid.png``: labelled edit grids; ``plots/evaluate_curves.csv``: clean-flip and broken
-  curves; ``plots/preview/<method>.png``: the preview grids; ``plots/edit/``: the edits of the user's images;
+  curves; ``plots/preview/<method>/grid.png``: the preview grids; ``plots/edit/``: the edits of the user's images;
 - ``plots/pca_spectrum.csv``, ``plots/jacobian_spectrum.csv``, ``plots/pullback_spectrum.csv``,
   ``plots/pullback_psd.csv``: spectra; ``metrics/*.json``: every stage's metrics; ``params.yaml``: the config.
 

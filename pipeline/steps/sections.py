@@ -192,6 +192,7 @@ CONF_NOTES: dict[str, str] = {
     "preview.grid_samples": "samples per direction",
     "preview.scales": "in each method's unit (PCA: std; supervised: mean difference); 0 = unedited",
     "preview.max_directions": "directions shown per untargeted file (targeted files: every attribute)",
+    "preview.methods": "files previewed, one preview@<method> stage each (dvc.yaml foreach)",
     "logging": "DVC metrics/plots files are always written. W&B: auto (online with an API key, else offline) |\n"
     'offline | online | disabled; the WANDB_MODE environment variable wins. dir "" = $WANDB_DIR or\n'
     "~/.cache/hspace-directions/wandb (outside the repository, so DVC temp workspaces do not lose runs).",
