@@ -77,11 +77,13 @@ def _rate(rate: float, n: int = 8) -> dict:
 
 def _side(target: str, towards: str, scale: float, clean: float) -> dict:
     return {
-        "target": target, "towards": towards, "scale": scale, "feasible": True, "distortion": 0.1,
+        "target": target, "towards": towards, "scale": scale, "status": "edge", "feasible": True, "distortion": 0.1,
         "flip": _rate(0.9), "clean_flip": _rate(clean), "broken": _rate(0.0), "any_off_target": _rate(0.5),
         "off_target": {"hat": _rate(0.25), "light_hair": _rate(0.5)},
         "curve": [{"scale": abs(scale), "flip": 0.9, "clean_flip": clean, "broken": 0.0, "distortion": 0.1}],
         "stop_at_flip": {"flip": _rate(0.9), "clean_flip": _rate(0.75), "broken": _rate(0.0)},
+        "attributes_changed": {"mean": 0.625, "low": 0.25, "high": 1.0, "n": 8},
+        "attribute_dependency": {"mean": 0.3, "max": 0.5, "max_attribute": "hat", "target": 2.0},
     }  # fmt: skip
 
 
@@ -176,14 +178,17 @@ def test_the_page_is_self_contained_with_one_row_per_method(study):
     assert len(parsed.images) == 3 + 2 * 3 + 2 + 1
     assert [row[0] for row in parsed.tables["supervised-study"]] == ["default", "mean_difference"]
     assert [row[0] for row in parsed.tables["few-samples"]] == ["10", "100", "all"]
-    assert parsed.tables["supervised"][0][7] == "0.75 [0.55, 0.95] (n 8)"  # each sample stopped at its first flip
+    assert parsed.tables["supervised"][0][-1] == "0.75 [0.55, 0.95] (n 8)"  # each sample stopped at its first flip
     assert [row[0] for row in parsed.tables["methods"]] == METHODS
     assert parsed.tables["conditional"][0][:2] == ["smiling", "up"]
     # the supervised tables keep the file's order (the grid's), whatever the JSON's key order
     assert [row[0] for row in parsed.tables["table-supervised"]] == ["smiling", "smiling", "eyeglasses", "eyeglasses"]
     assert [row[0] for row in parsed.tables["supervised"]][::2] == ["smiling", "eyeglasses"]
-    assert parsed.tables["supervised"][0][4] == "0.50 [0.30, 0.70] (n 8)"  # clean flip with its interval
-    assert parsed.tables["supervised"][0][6] == "light_hair 0.50"  # the worst off-target flip
+    assert parsed.tables["supervised"][0][5] == "0.50 [0.30, 0.70] (n 8)"  # clean flip with its interval
+    assert parsed.tables["supervised"][0][3] == "at the curve's end"  # the status, in words
+    assert parsed.tables["supervised"][0][7] == "light_hair 0.50"  # the worst off-target flip
+    assert parsed.tables["supervised"][0][8] == "0.62 [0.25, 1.00] (n 8)"  # MNAC
+    assert parsed.tables["supervised"][0][9] == "0.30 (max 0.50 hat; target 2.00)"  # attribute dependency
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "num_samples: 4" in page  # the config
     assert "metrics/pca.json" in page
