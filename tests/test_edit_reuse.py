@@ -4,18 +4,23 @@ unedited x there, equals the full decode from x_T, with fewer UNet calls."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.diffusion.hspace import hspace_shape
-from pipeline.diffusion.models import DiffusionModel
+from pipeline.diffusion.models import DiffusionModel, load_model
 from pipeline.diffusion.sampling import SamplerConfig, ddim_grid
-from pipeline.directions import Directions, Origin
+from pipeline.directions import Directions, Origin, save_directions
 from pipeline.editing.samples import Editor, HeldOut, decode_images, edit, first_edited_step, held_out
+from pipeline.io.params import load_section
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = 6
 SCALES = [-2.0, 0.0, 1.5]
@@ -126,3 +131,29 @@ def test_the_editor_runs_the_unedited_steps_once_for_all_its_edits(
     assert rows[False] == 2 * STEPS * edited_rows
     assert rows[True] == first * 3 + 2 * (STEPS - first) * edited_rows
     assert rows[True] < 0.55 * rows[False]
+
+
+def test_the_benchmark_compares_both_editors(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m benchmarks.evaluate`` on the tiny model, at the params' sampler grid (a smoke test: its
+    timings are not checked)."""
+    from benchmarks.evaluate import main
+
+    monkeypatch.chdir(ROOT)  # params.yaml
+    steps = load_section("sampler", SamplerConfig).steps
+    model = load_model(str(tiny_model_dir), device="cpu")
+    shape = hspace_shape(model.unet, "after", model.sample_shape)
+    window = torch.arange(steps // 2, steps)
+    origin = Origin(model.model_id, "after", sampler_steps=steps, eta=0.0, steps=window,
+                    timesteps=ddim_grid(model.scheduler, steps).timesteps[window])  # fmt: skip
+    vectors = torch.randn((1, len(window), *shape), generator=torch.Generator().manual_seed(4)) * 0.3
+    save_directions(tmp_path / "d.safetensors", Directions(vectors, "supervised", "h", ["a"], origin))
+    report = main([
+        "--model", str(tiny_model_dir), "--directions", str(tmp_path / "d.safetensors"), "--samples", "2",
+        "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "report.json"),
+    ])  # fmt: skip
+    assert json.loads((tmp_path / "report.json").read_text())["results"] == report["results"]
+    assert report["results"]["first_edited_steps"] == [steps // 2]
+    assert report["results"]["edited_images"] == 2 * len(report["config"]["scales"])
+    assert report["results"]["max_abs_pixel_difference"] < 1e-5
