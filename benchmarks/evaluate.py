@@ -1,7 +1,9 @@
-"""Suite ``evaluate``: edits of held-out samples that reuse the unedited steps, against the full decode.
+"""Suite ``evaluate``: edits of held-out samples that reuse the unedited steps, against the full decode and
+against an earlier revision's code.
 
     python -m benchmarks.evaluate [--model models/toyfaces/ddpm] [--directions directions/supervised.safetensors]
-        [--samples 32] [--count 2] [--repeats 2] [--warmup 1] [--threads N] [--device auto] [--json out.json]
+        [--samples 32] [--count 2] [--repeats 2] [--warmup 1] [--threads N] [--device auto]
+        [--baseline-rev REV] [--json out.json]
 
 The evaluate stage's edits: :class:`pipeline.editing.samples.Editor` decodes the first ``--count`` directions of
 the file at the evaluate section's scales (``evaluate.scales``, or its ``method_scales`` for the file's method) on
@@ -12,14 +14,24 @@ stage does. ``full`` is ``reuse_unedited_steps=False`` (every step from x_T), ``
 that drifts in machine load hit both alike. Reports the median seconds per edited image of each, the ratio
 full / reuse (> 1: reuse is faster), the largest pixel difference between their images (in [0, 1] units) and
 each direction's first edited step.
+
+``--baseline-rev REV`` adds ``baseline``: the same edits by the code of git revision REV (its tree exported to a
+temporary folder; each of its rounds a fresh process that loads the model and the editor of that code, timed
+from its first edit decode on, interleaved with the others), with the ratio baseline / reuse and the largest
+pixel difference to ``reuse``. It measures what a change to the editor or the sampler gained, side by side on
+one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each configuration (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default auto)")
+    parser.add_argument("--baseline-rev", default=None, help="also time the edits by this git revision's code")
     parser.add_argument("--json", type=Path, default=None, help="write the report to this JSON file")
     return parser
 
@@ -71,6 +84,57 @@ def edit_all(
     return torch.stack([editor(k, scales) for k in range(count)])
 
 
+BASELINE_ROUND = """
+import json, sys, time, torch
+from dataclasses import replace
+from pipeline.diffusion.models import open_model
+from pipeline.directions import load_directions
+from pipeline.editing.samples import Editor, held_out
+from pipeline.steps.sections import stage_params
+job = json.loads(sys.argv[1])
+torch.set_num_threads(job["threads"])
+params = stage_params("evaluate")
+sampler = params["sampler"]
+model = open_model(replace(params["model"], source=job["model"]), job["device"])
+directions = load_directions(job["directions"])
+samples = held_out(model, sampler, job["seed_offset"], job["samples"])
+editor = Editor(model, directions, samples, sampler, torch.empty(0))
+start = time.perf_counter()
+images = torch.stack([editor(k, job["scales"]) for k in range(job["count"])])
+seconds = time.perf_counter() - start
+torch.save(images, job["images"])
+print(json.dumps({"seconds": seconds}))
+"""
+"""One baseline round, run by a fresh interpreter in the exported tree of ``--baseline-rev``: the same edits through
+the APIs that revision has (``stage_params``, ``open_model``, ``load_directions``, ``held_out``, ``Editor``)."""
+
+
+def export_revision(revision: str, folder: Path) -> Path:
+    """The tree of git revision ``revision`` of this repository, exported under ``folder``; ConfigError naming the
+    revision when git cannot read it."""
+    root = Path(__file__).resolve().parents[1]
+    tree = folder / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise ConfigError(f"--baseline-rev {revision}: {archive.stderr.decode().strip().splitlines()[-1]}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def baseline_round(tree: Path, job: dict[str, Any]) -> tuple[float, torch.Tensor]:
+    """Seconds and images [count, S, M, 3, H, W] of one baseline round (:data:`BASELINE_ROUND` in ``tree``)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", BASELINE_ROUND, json.dumps(job)], cwd=tree, env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise PipelineError(f"baseline round failed: {done.stderr.strip().splitlines()[-1]}")
+    seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    return seconds, torch.load(job["images"], weights_only=True)
+
+
 def compare(
     model: DiffusionModel,
     directions: Directions,
@@ -80,22 +144,33 @@ def compare(
     count: int,
     repeats: int,
     warmup: int,
+    baseline: tuple[Path, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Seconds per edited image of the full and the reusing editor, timed interleaved; their ratio and the
-    largest pixel difference between their images."""
+    """Seconds per edited image of the full and the reusing editor (and, with ``baseline`` = (exported tree, job),
+    of the baseline revision's), timed interleaved; the ratios to ``reuse`` and the largest pixel differences
+    between their images and its."""
+    names = [*CONFIGURATIONS, *(["baseline"] if baseline is not None else [])]
+
+    def run(name: str) -> tuple[float, torch.Tensor]:
+        if name == "baseline":
+            assert baseline is not None
+            return baseline_round(*baseline)
+        synchronize(model.device)
+        start = time.perf_counter()
+        edited = edit_all(model, directions, samples, sampler, scales, count, CONFIGURATIONS[name])
+        synchronize(model.device)
+        return time.perf_counter() - start, edited
+
     images: dict[str, torch.Tensor] = {}
-    for name, reuse in CONFIGURATIONS.items():
+    for name in names:
         for _ in range(warmup):
-            images[name] = edit_all(model, directions, samples, sampler, scales, count, reuse)
-    seconds: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+            images[name] = run(name)[1]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
-        for name, reuse in CONFIGURATIONS.items():
-            synchronize(model.device)
-            start = time.perf_counter()
-            images[name] = edit_all(model, directions, samples, sampler, scales, count, reuse)
-            synchronize(model.device)
-            seconds[name].append(time.perf_counter() - start)
-            _log(f"[evaluate] round {round_index + 1}/{repeats} {name}: {seconds[name][-1]:.2f} s")
+        for name in names:
+            elapsed, images[name] = run(name)
+            seconds[name].append(elapsed)
+            _log(f"[evaluate] round {round_index + 1}/{repeats} {name}: {elapsed:.2f} s")
     edited = count * len(scales) * len(samples.seeds)
     results: dict[str, Any] = {"edited_images": edited}
     for name, values in seconds.items():
@@ -103,6 +178,9 @@ def compare(
         results[name] = {"seconds": values, "median_seconds": median, "seconds_per_image": median / edited}
     results["ratio_full_vs_reuse"] = results["full"]["median_seconds"] / results["reuse"]["median_seconds"]
     results["max_abs_pixel_difference"] = float((images["full"] - images["reuse"]).abs().max())
+    if baseline is not None:
+        results["ratio_baseline_vs_reuse"] = results["baseline"]["median_seconds"] / results["reuse"]["median_seconds"]
+        results["max_abs_pixel_difference_baseline"] = float((images["baseline"] - images["reuse"]).abs().max())
     return results
 
 
@@ -140,7 +218,19 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         scales = cfg.scales_for(directions.method)
         samples = held_out(model, sampler, cfg.seed_offset, args.samples)
         started = time.perf_counter()
-        results = compare(model, directions, samples, sampler, scales, count, args.repeats, args.warmup)
+        with tempfile.TemporaryDirectory() as folder:
+            baseline = None
+            if args.baseline_rev is not None:
+                job = {
+                    "model": str(Path(model_cfg.source).resolve()), "directions": str(Path(args.directions).resolve()),
+                    "device": str(device), "threads": threads or torch.get_num_threads(), "scales": list(scales),
+                    "count": count, "samples": args.samples, "seed_offset": cfg.seed_offset,
+                    "images": str(Path(folder) / "baseline.pt"),
+                }  # fmt: skip
+                baseline = (export_revision(args.baseline_rev, Path(folder)), job)
+            results = compare(
+                model, directions, samples, sampler, scales, count, args.repeats, args.warmup, baseline
+            )
         results["first_edited_steps"] = (
             [first_edited_step(directions.delta(k, 1.0)) for k in range(count)] if directions.space == "h" else None
         )
@@ -149,7 +239,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 "model": model_cfg.source, "directions": str(args.directions), "method": directions.method,
                 "space": directions.space, "directions_edited": count, "scales": scales, "samples": args.samples,
                 "seed_offset": cfg.seed_offset, "sampler": dataclasses.asdict(sampler), "repeats": args.repeats,
-                "warmup": args.warmup, "device": str(device), "threads": threads,
+                "warmup": args.warmup, "device": str(device), "threads": threads, "baseline_rev": args.baseline_rev,
             },
             "environment": {**environment(device), "total_seconds": time.perf_counter() - started},
             "results": results,
@@ -173,10 +263,15 @@ def summary(report: dict[str, Any]) -> str:
         f"injection {config['sampler']['injection']}, eta {config['sampler']['eta']}, "
         f"{config['sampler']['steps']} steps; first edited steps {results['first_edited_steps']}",
     ]
-    for name in CONFIGURATIONS:
-        lines.append(f"  {name:6s} {results[name]['seconds_per_image'] * 1000:8.2f} ms per edited image")
+    for name in (*CONFIGURATIONS, "baseline"):
+        if name in results:
+            label = name if name != "baseline" else f"baseline ({config['baseline_rev']})"
+            lines.append(f"  {label}: {results[name]['seconds_per_image'] * 1000:.2f} ms per edited image")
     lines.append(f"  ratio full / reuse x{results['ratio_full_vs_reuse']:.2f}")
-    lines.append(f"  max |pixel difference| {results['max_abs_pixel_difference']:.1e}")
+    lines.append(f"  max |pixel difference| full vs reuse {results['max_abs_pixel_difference']:.1e}")
+    if "baseline" in results:
+        lines.append(f"  ratio baseline / reuse x{results['ratio_baseline_vs_reuse']:.2f}")
+        lines.append(f"  max |pixel difference| baseline vs reuse {results['max_abs_pixel_difference_baseline']:.1e}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ unedited x there, equals the full decode from x_T, with fewer UNet calls."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,3 +158,28 @@ def test_the_benchmark_compares_both_editors(
     assert report["results"]["first_edited_steps"] == [steps // 2]
     assert report["results"]["edited_images"] == 2 * len(report["config"]["scales"])
     assert report["results"]["max_abs_pixel_difference"] < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs git and a clone")
+def test_evaluate_benchmark_times_a_revisions_code_beside_this_one(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """``--baseline-rev HEAD`` runs the committed code's editor in a fresh process on the same edits: its images
+    equal this code's (HEAD is this code, up to what the working tree changed)."""
+    from benchmarks.evaluate import main
+
+    monkeypatch.chdir(ROOT)
+    steps = load_section("sampler", SamplerConfig).steps
+    model = load_model(str(tiny_model_dir), device="cpu")
+    shape = hspace_shape(model.unet, "after", model.sample_shape)
+    origin = Origin(model.model_id, "after", sampler_steps=steps, eta=0.0)
+    vectors = torch.randn((1, steps, *shape), generator=torch.Generator().manual_seed(5)) * 0.3
+    save_directions(tmp_path / "d.safetensors", Directions(vectors, "pca_all_steps", "h", ["pc0"], origin))
+    report = main([
+        "--model", str(tiny_model_dir), "--directions", str(tmp_path / "d.safetensors"), "--samples", "2",
+        "--repeats", "1", "--warmup", "0", "--device", "cpu", "--baseline-rev", "HEAD",
+    ])  # fmt: skip
+    results = report["results"]
+    assert results["baseline"]["seconds_per_image"] > 0 and results["ratio_baseline_vs_reuse"] > 0
+    assert results["max_abs_pixel_difference_baseline"] < 1e-5
+    with pytest.raises(SystemExit):
+        main(["--directions", str(tmp_path / "d.safetensors"), "--baseline-rev", "no-such-revision"])
