@@ -255,6 +255,20 @@ def test_a_curve_whose_best_point_is_past_the_first_scales_is_extended_to_it():
     assert [point.scale for point in capped.curve] == [1.0, 2.0, 4.0] and capped.status == "edge"
 
 
+def test_a_curve_flat_at_its_low_end_is_not_extended_towards_zero():
+    images = torch.full((8, 3, 8, 8), 0.2)
+    # two of the four choosing samples sit on the boundary and flip at any scale; scale 2 also adds a hat
+    editor = _ThresholdEditor(images, torch.tensor([0.0, 0.0, 1e9, 1e9] * 2), spills_at=2.0)
+    up = _judge_up(editor, ProtocolConfig(scales=[0.5, 1.0, 2.0], max_extensions=3, grid_samples=1), choose=4)
+    assert [point.scale for point in up.curve] == [0.5, 1.0, 2.0] and up.operating.scale == 0.5
+    assert up.status == "inside"
+    # a curve that falls from its low end is followed down
+    falling = _ThresholdEditor(images, torch.tensor([0.2, 0.2, 0.2, 1e9] * 2), spills_at=0.5)
+    down = _judge_up(falling, ProtocolConfig(scales=[0.25, 0.5], max_extensions=2, grid_samples=1), choose=4)
+    assert [point.scale for point in down.curve] == [0.125, 0.25, 0.5] and down.operating.scale == 0.25
+    assert down.status == "inside"
+
+
 def test_a_side_that_no_scale_flips_says_so():
     images = torch.full((6, 3, 8, 8), 0.2)
     editor = _ThresholdEditor(images, torch.full((6,), 1e9), breaks_at=4.0)  # never flips, breaks from 4 on

@@ -25,9 +25,10 @@ A side's operating scale is the one with the highest clean-flip rate among those
 of the eligible samples broken (:func:`~pipeline.evaluation.judge.operating_point`). The curve does not stop at
 the configured scales: while its operating point is its largest scale (or nothing flips and the largest scale is
 within the broken budget) the curve gains the scale ``growth`` times larger, and while the operating point is
-its smallest scale and either breaks or flips, the scale ``growth`` times smaller, up to ``max_extensions``
-added scales (:func:`curve_edges`). A side's ``status`` says how to read its result: "inside" (the operating
-point lies inside its curve), "edge" (it is still at an end after every extension), "no_flip" (no scale flips
+its smallest scale and either every scale breaks or the curve falls from there, the scale ``growth`` times
+smaller, up to ``max_extensions`` added scales (:func:`curve_edges`). A side's ``status`` says how to read its
+result: "inside" (the operating point lies inside its curve), "edge" (it is still at an end after every
+extension), "no_flip" (no scale flips
 ``min_clean_flip`` of the eligible samples cleanly: no scale flips it) or "infeasible" (every scale breaks more
 than the budget). Beside the rates with Wilson intervals, each side reports MNAC and the attribute dependency
 (:func:`~pipeline.evaluation.judge.attributes_changed`, :func:`~pipeline.evaluation.judge.attribute_dependency`)
@@ -435,17 +436,20 @@ def curve_edges(choice: _Choice, cfg: ProtocolConfig) -> float | None:
     """The scale a side's curve should gain next, or None when its operating point lies inside it: ``growth``
     times its largest scale when the operating point is the largest scale, or when no scale flips
     ``min_clean_flip`` of the eligible samples cleanly, the largest being within the broken budget (a larger
-    one might); ``1 / growth`` times its smallest scale when the operating point is the smallest scale and it
-    breaks too often or flips (a smaller one might break less or overshoot less)."""
-    scales = [point.scale for point in choice.curve]
-    low, high = min(scales), max(scales)
-    point, largest = choice.point, choice.curve[scales.index(high)]
-    clean = point.outcome.clean_flip_rate()
-    nothing_flips = all(p.outcome.clean_flip_rate() < cfg.min_clean_flip for p in choice.curve)
-    if largest.outcome.broken_rate() <= cfg.max_broken and (point.scale == high or nothing_flips):
-        return high * cfg.growth
-    if point.scale == low and len(scales) > 1 and (not choice.feasible or clean >= cfg.min_clean_flip):
-        return low / cfg.growth
+    one might); ``1 / growth`` times its smallest scale when the operating point is the smallest scale and
+    either every scale breaks too often or it flips more cleanly than the next scale (the curve falls from its
+    low end, so a smaller scale might overshoot less). A curve flat at its low end is not extended downwards:
+    the operating point, the smallest of equals, already lies on the plateau, and towards scale 0 the only
+    "flips" left are samples that sit on the classifier's boundary."""
+    points = sorted(choice.curve, key=lambda point: point.scale)
+    point, lowest, highest = choice.point, points[0], points[-1]
+    rates = [p.outcome.clean_flip_rate() for p in points]
+    nothing_flips = all(rate < cfg.min_clean_flip for rate in rates)
+    if highest.outcome.broken_rate() <= cfg.max_broken and (point.scale == highest.scale or nothing_flips):
+        return highest.scale * cfg.growth
+    falling = len(points) > 1 and rates[0] > rates[1]
+    if point.scale == lowest.scale and (not choice.feasible or falling):
+        return lowest.scale / cfg.growth
     return None
 
 
