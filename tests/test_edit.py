@@ -330,3 +330,19 @@ def test_a_folder_with_an_unreadable_file_edits_the_others_and_exits_1(
     assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == [
         "images/face_0/reconstruction.png", "images/face_0/smiling_+2.png"]  # fmt: skip
     assert (out / "grid.png").is_file()
+
+
+def test_the_command_answers_help_without_loading_the_model_libraries() -> None:
+    """``hspace-edit --help`` parses before diffusers and the steps are imported (they take seconds to load)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom pipeline.editing import command\n"
+        "try:\n    command.cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(name for name in ('diffusers', 'pipeline.steps.edit', 'pipeline.diffusion.models') "
+        "if name in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "--inversion {edit_friendly,ddim}" in done.stdout and "--crop {none,center}" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -12,26 +12,32 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.classifiers import load_judge
-from pipeline.diffusion.models import open_model, resolve_device
-from pipeline.directions import Expected, load_directions, require_directions_file
-from pipeline.editing.images import INVERSIONS
+from pipeline.editing.inversions import INVERSIONS
 from pipeline.io.errors import ConfigError, run_main
-from pipeline.io.files import write_json
 from pipeline.io.images import CROPS, save_png
 from pipeline.io.params import DEFAULT_PARAMS, StageParams, load_params
-from pipeline.steps import edit as step
-from pipeline.steps.sections import SECTIONS, stage_params
+
+if TYPE_CHECKING:
+    from pipeline.steps import edit as step
+
+# The model libraries (diffusers, the steps) are imported inside the functions that use them, so that the command
+# parses its arguments, and answers --help, without loading them.
 
 
 def edit_to(params: StageParams, output: Path, inputs: list[str] | None = None) -> step.EditResult:
     """Run the edit step with ``params`` on ``inputs`` (default: ``edit.inputs``), write its grid, JSON and images
     under ``output`` and print what it did (:func:`print_report`). When some input files could not be read, the
     others are edited and written, then a one-line ConfigError names the skipped files."""
+    from pipeline.classifiers import load_judge
+    from pipeline.diffusion.models import open_model, resolve_device
+    from pipeline.directions import Expected, load_directions, require_directions_file
+    from pipeline.io.files import write_json
+    from pipeline.steps import edit as step
+
     model_cfg, cfg = params["model"], params["edit"]
     require_directions_file(cfg.directions)  # before any model loads
     device = str(resolve_device(params.device))
@@ -82,6 +88,9 @@ def print_report(result: step.EditResult, output: Path) -> None:
 
 def default_params() -> DictConfig:
     """The study's defaults for every section the edit step reads (what params.yaml holds on a fresh clone)."""
+    from pipeline.steps import edit as step
+    from pipeline.steps.sections import SECTIONS
+
     params = OmegaConf.create({"device": "auto"})
     for key in (*step.PARAMS, "logging"):
         section = key if key in SECTIONS else key.rpartition(".")[0]
@@ -118,6 +127,8 @@ def cli(argv: list[str] | None = None) -> None:
             OmegaConf.update(params, f"edit.{key}", value, force_add=True)
     if args.device is not None:
         params.device = args.device
+    from pipeline.steps.sections import stage_params
+
     edit_to(stage_params("edit", params), Path(args.out), args.inputs)
 
 

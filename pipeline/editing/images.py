@@ -34,12 +34,10 @@ from pipeline.directions.jacobian import jacobian_directions, jacobian_spectra
 from pipeline.directions.methods import REGISTRY
 from pipeline.directions.pullback import local_basis, states_at
 from pipeline.editing.guidance import Guidance
+from pipeline.editing.inversions import INVERSIONS
 from pipeline.editing.samples import HeldOut, edit
 from pipeline.io.errors import ConfigError
 from pipeline.linalg import SolverConfig
-
-INVERSIONS = ("edit_friendly", "ddim")
-"""Inversion methods: edit-friendly DDPM (exact) or deterministic DDIM (approximate)."""
 
 IMAGE_SPECIFIC = {"jacobian": "k", "pullback": "v"}
 """Methods whose directions belong to one image (recomputed on each input) and the prefix of their names:

@@ -29,7 +29,6 @@ from pipeline.directions.format import Directions
 from pipeline.directions.masks import sample_masks
 from pipeline.editing.images import (
     IMAGE_SPECIFIC,
-    INVERSIONS,
     EditedRow,
     ImageSpecificSettings,
     Inverted,
@@ -38,6 +37,7 @@ from pipeline.editing.images import (
     invert_images,
     select_directions,
 )
+from pipeline.editing.inversions import INVERSIONS
 from pipeline.evaluation.broken import BrokenConfig
 from pipeline.evaluation.judge import EditOutcome, decisions
 from pipeline.evaluation.readout import calibrated_reader
