@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from benchmarks.reference import synchronize
-from benchmarks.run import environment
+from benchmarks.run import environment, run_command
 from pipeline.diffusion.models import DiffusionModel, open_model, resolve_device
 from pipeline.diffusion.sampling import SamplerConfig
 from pipeline.directions import Directions, Expected, load_directions
@@ -186,13 +186,7 @@ def compare(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print its summary; write the JSON report when asked; return the report."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except PipelineError as error:
-        parser.exit(2, f"error: {error}\n")
-        raise  # unreachable: parser.exit raises SystemExit
+    return run_command(build_parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

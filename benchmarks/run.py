@@ -12,7 +12,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +163,22 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the selected suites; print their tables; write the JSON report when asked; return the report."""
-    parser = build_parser()
+def run_command(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict[str, Any]], argv: Sequence[str] | None
+) -> dict[str, Any]:
+    """Parse ``argv`` and return ``run(args)``; a PipelineError exits with status 2 and its one-line message,
+    as the stages do (shared by the benchmark entry points)."""
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return run(args)
     except PipelineError as error:
         parser.exit(2, f"error: {error}\n")
         raise  # unreachable: parser.exit raises SystemExit
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the selected suites; print their tables; write the JSON report when asked; return the report."""
+    return run_command(build_parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
